@@ -1,0 +1,53 @@
+"""Checkpoint files: a state_dict plus a JSON-serialisable config, loadable with weights_only=True."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from retrieval.model import DisentangledSiamese
+
+DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "default.pt"
+
+
+def save_checkpoint(path: str | Path, model: DisentangledSiamese, config: dict[str, Any], half: bool = False) -> Path:
+    """Write {"state_dict", "config"} atomically (temp file + rename); `half` stores floats as fp16."""
+    path = Path(path)
+    json.dumps(config)  # refuse configs that would not survive weights_only loading
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({"state_dict": state, "config": config}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path | None = None) -> tuple[DisentangledSiamese, dict[str, Any]]:
+    """Build the model a checkpoint describes and load its weights (None: the shipped checkpoint)."""
+    path = Path(path) if path is not None else DEFAULT_CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt files
+        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(blob, dict) or "state_dict" not in blob or "config" not in blob:
+        raise ValueError(f"{path}: not a checkpoint of this project (expected keys 'state_dict' and 'config')")
+    config = blob["config"]
+    model = DisentangledSiamese(config.get("backbone", "resnet50"), config.get("anatomy_dim", 128), config.get("noise_dim", 64))
+    model.load_state_dict(blob["state_dict"])
+    return model.eval(), config
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (checkpoints are named by it in index manifests)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,149 @@
+"""DistortionAwareMetric: the user API over a trained checkpoint (embed, α, distances).
+
+distance(a, b) = d_anat(a, b) + BETA · |â(a) − â(b)|, with d_anat = 0.5 · (1 − cos(z_a, z_b)).
+d_anat tells who (it stays near 0 for benign distortion α ≤ TAU); the second term tells how
+differently the two images were acquired, so the sum also tracks distortion severity.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from retrieval.checkpoint import DEFAULT_CHECKPOINT, file_sha256, load_checkpoint
+from retrieval.model import DisentangledSiamese, anatomical_distance
+from retrieval.preprocess import DEFAULT_SIZE, intensity, resize_square
+
+BETA = 0.1  # weight of the α difference in the distortion-aware distance
+
+ImageLike = np.ndarray | torch.Tensor | str | Path
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """Model outputs for N images: anatomy (N×128, unit norm), noise (N×64) and α (N)."""
+
+    anatomy: np.ndarray
+    noise: np.ndarray
+    alpha: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.alpha)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' → CUDA when present, else CPU; 'cpu' / 'cuda' as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda was asked for but no CUDA device is available")
+    return torch.device(device)
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on CPU and CUDA (3–4× faster on AVX-512-bf16 CPUs)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+class DistortionAwareMetric:
+    """Embeds raw slices, tensors or files and compares them by anatomy and distortion."""
+
+    def __init__(self, model: DisentangledSiamese, config: dict[str, Any], checkpoint_hash: str = "", device: str = "auto") -> None:
+        self.device = resolve_device(device)
+        self.model = model.eval().to(self.device).to(memory_format=torch.channels_last)
+        self.config = config
+        self.checkpoint_hash = checkpoint_hash
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, device: str = "auto") -> "DistortionAwareMetric":
+        """Load a checkpoint file (None: the shipped checkpoint)."""
+        path = Path(path) if path is not None else DEFAULT_CHECKPOINT
+        model, config = load_checkpoint(path)
+        return cls(model, config, file_sha256(path), device)
+
+    @property
+    def size(self) -> int:
+        """Side of the square network input this checkpoint was trained on."""
+        return int(self.config.get("size", DEFAULT_SIZE))
+
+    def preprocess(self, pixels: np.ndarray | torch.Tensor, modality: str, spacing: tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
+        """One raw 2D slice in modality units → 3×S×S network input."""
+        return intensity(resize_square(pixels, self.size, spacing), modality)
+
+    @torch.inference_mode()
+    def embed_tensor(self, batch: torch.Tensor) -> Embeddings:
+        """Embed an already preprocessed (B, 3, S, S) batch."""
+        x = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with autocast(self.device):
+            z_anat, z_noise, a_hat = self.model.forward_once(x)
+        return Embeddings(z_anat.float().cpu().numpy(), z_noise.float().cpu().numpy(), a_hat.float().cpu().numpy())
+
+    def _inputs(self, images: ImageLike | Sequence[ImageLike], modality: str | None) -> Iterable[torch.Tensor]:
+        """Network inputs for arrays, tensors (raw 2D or preprocessed 3×S×S) and file paths."""
+        items = [images] if isinstance(images, (str, Path)) or (hasattr(images, "ndim") and images.ndim in (2, 3)) else images
+        for item in items:
+            if isinstance(item, (str, Path)):
+                yield from self._file_inputs(Path(item), modality)
+                continue
+            tensor = torch.as_tensor(np.asarray(item) if not isinstance(item, torch.Tensor) else item, dtype=torch.float32)
+            if tensor.ndim == 3 and tensor.shape[0] == 3:
+                yield tensor
+            elif tensor.ndim == 2:
+                if modality not in ("CT", "MR"):
+                    raise ValueError("modality must be 'CT' or 'MR' for raw arrays (it cannot be read from a file)")
+                yield self.preprocess(tensor, modality)
+            else:
+                raise ValueError(f"expected a 2D slice or a 3×H×W tensor, got shape {tuple(tensor.shape)}")
+
+    def _file_inputs(self, path: Path, modality: str | None) -> Iterable[torch.Tensor]:
+        """Every slice of a file or folder, preprocessed with its own (or the given) modality."""
+        from retrieval.io import Identity, Skipped, iter_slices
+
+        for item in iter_slices([path], Identity(modality=modality)):
+            if isinstance(item, Skipped):
+                raise ValueError(f"{item.path}: {item.reason}")
+            chosen = modality or item.modality
+            if chosen not in ("CT", "MR"):
+                raise ValueError(f"{item.path}: modality {item.modality!r} is not CT or MR; pass modality=")
+            yield self.preprocess(item.pixels, chosen, item.spacing)
+
+    def embed(self, images: ImageLike | Sequence[ImageLike], modality: str | None = None, batch_size: int = 32) -> Embeddings:
+        """Embed images (arrays in modality units, tensors or paths) in batches."""
+        parts: list[Embeddings] = []
+        batch: list[torch.Tensor] = []
+        for tensor in self._inputs(images, modality):
+            batch.append(tensor)
+            if len(batch) == batch_size:
+                parts.append(self.embed_tensor(torch.stack(batch)))
+                batch = []
+        if batch:
+            parts.append(self.embed_tensor(torch.stack(batch)))
+        if not parts:
+            raise ValueError("no images to embed")
+        return Embeddings(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("anatomy", "noise", "alpha")))
+
+    def alpha(self, images: ImageLike | Sequence[ImageLike], modality: str | None = None) -> np.ndarray:
+        """Predicted distortion severity â ∈ [0, 1] per image."""
+        return self.embed(images, modality).alpha
+
+    def _embeddings(self, x: Embeddings | ImageLike | Sequence[ImageLike], modality: str | None) -> Embeddings:
+        """Pass Embeddings through; embed anything else."""
+        return x if isinstance(x, Embeddings) else self.embed(x, modality)
+
+    def anatomy_distance(self, a: Any, b: Any, modality: str | None = None) -> np.ndarray:
+        """Row-aligned (or one-to-many) anatomical distance 0.5 · (1 − cos) between images or Embeddings."""
+        ea, eb = self._embeddings(a, modality), self._embeddings(b, modality)
+        return anatomical_distance(torch.from_numpy(ea.anatomy), torch.from_numpy(eb.anatomy)).numpy()
+
+    def distance(self, a: Any, b: Any, modality: str | None = None) -> np.ndarray:
+        """Distortion-aware distance d_anat + BETA · |â_a − â_b| (see the module docstring)."""
+        ea, eb = self._embeddings(a, modality), self._embeddings(b, modality)
+        d_anat = anatomical_distance(torch.from_numpy(ea.anatomy), torch.from_numpy(eb.anatomy)).numpy()
+        return d_anat + BETA * np.abs(ea.alpha - eb.alpha)

@@ -1,0 +1,95 @@
+"""DisentangledSiamese: a shared ResNet encoder with anatomy, noise and α heads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision import models
+
+# name → (torchvision constructor, feature size, torchvision weights enum name)
+BACKBONES: dict[str, tuple[Callable[..., nn.Module], int, str]] = {
+    "resnet18": (models.resnet18, 512, "ResNet18_Weights"),
+    "resnet34": (models.resnet34, 512, "ResNet34_Weights"),
+    "resnet50": (models.resnet50, 2048, "ResNet50_Weights"),
+}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _imagenet_state(backbone: str) -> dict[str, torch.Tensor]:
+    """torchvision's ImageNet weights, only if they are already in the torch hub cache (never downloads)."""
+    weights = getattr(models, BACKBONES[backbone][2]).IMAGENET1K_V1
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if not cached.is_file():
+        raise FileNotFoundError(f"{cached}: ImageNet weights for {backbone} are not on disk (nothing is downloaded); pass a local weights path")
+    return torch.load(cached, map_location="cpu", weights_only=True)
+
+
+def _head(in_features: int, hidden: int, out_features: int) -> nn.Sequential:
+    """Two-layer projection head."""
+    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_features))
+
+
+class DisentangledSiamese(nn.Module):
+    """Siamese network separating patient anatomy (z_anat, L2-normalised) from distortion (z_noise, â ∈ [0, 1])."""
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        anatomy_dim: int = 128,
+        noise_dim: int = 64,
+        pretrained: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        if backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
+        constructor, features, _ = BACKBONES[backbone]
+        self.backbone_name = backbone
+        self.encoder = constructor(weights=None)
+        if pretrained is not None:
+            state = _imagenet_state(backbone) if str(pretrained) == "imagenet" else torch.load(pretrained, map_location="cpu", weights_only=True)
+            self.encoder.load_state_dict(state)
+        self.encoder.fc = nn.Identity()
+        self.anatomy_head = _head(features, 512, anatomy_dim)
+        self.noise_head = _head(features, 256, noise_dim)
+        self.alpha_head = nn.Linear(noise_dim, 1)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward_once(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Embed a (B, 3, H, W) batch in [0, 1]: (z_anat (B,128) unit norm, z_noise (B,64), â (B,) in [0, 1])."""
+        features = self.encoder((x - self.mean) / self.std)
+        z_anat = F.normalize(self.anatomy_head(features).float(), dim=1)
+        z_noise = self.noise_head(features)
+        a_hat = torch.sigmoid(self.alpha_head(z_noise).float()).squeeze(1)
+        return z_anat, z_noise.float(), a_hat
+
+    def forward(
+        self, anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor
+    ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """Run anchor, positive and negative through the shared weights (one batched pass)."""
+        n = anchor.shape[0]
+        outputs = self.forward_once(torch.cat([anchor, positive, negative]))
+        split = [tuple(t[i * n : (i + 1) * n] for t in outputs) for i in range(3)]
+        return split[0], split[1], split[2]
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Load a state_dict or a whole checkpoint ({"state_dict", "config"}), rebuilding for its backbone."""
+        if "state_dict" in state_dict and "config" in state_dict:
+            config = state_dict["config"]
+            if config.get("backbone", self.backbone_name) != self.backbone_name:
+                rebuilt = DisentangledSiamese(config["backbone"], config.get("anatomy_dim", 128), config.get("noise_dim", 64))
+                self.__dict__.update(rebuilt.__dict__)
+            state_dict = state_dict["state_dict"]
+        own = self.state_dict()
+        cast = {k: v.to(own[k].dtype) if k in own and v.is_floating_point() else v for k, v in state_dict.items()}
+        return super().load_state_dict(cast, strict=strict, assign=assign)
+
+
+def anatomical_distance(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    """Row-wise anatomical distance 0.5 · (1 − cos(z1, z2)) ∈ [0, 1]."""
+    return 0.5 * (1.0 - F.cosine_similarity(z1, z2, dim=-1))
