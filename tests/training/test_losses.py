@@ -1,0 +1,82 @@
+"""Each loss term: known values on tiny inputs, gradients flow, and the documented special cases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from retrieval import TAU
+from training import losses
+
+
+def test_shape_a_matches_formula_at_and_around_tau() -> None:
+    alpha = torch.tensor([0.0, 0.2, TAU, TAU + 1e-4, 0.5, 1.0], dtype=torch.float64)
+    k = 4.0
+    expected = [0.0, 0.0, 0.0] + [math.expm1(k * (a - TAU)) / math.expm1(k * (1 - TAU)) for a in alpha[3:].tolist()]
+    assert torch.allclose(losses.shape_a(alpha, TAU, k), torch.tensor(expected, dtype=torch.float64))
+    assert losses.shape_a(torch.tensor([1.0]), TAU, k).item() == pytest.approx(1.0)
+    values = losses.shape_a(torch.linspace(TAU, 1.0, 50), TAU, k)
+    assert (values.diff() > 0).all()
+
+
+def test_info_nce_known_value_two_pairs() -> None:
+    z = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]), dim=1)
+    labels = torch.tensor([0, 0, 1, 1])
+    t = 0.5
+    # anchor 0: similarities to (1, 2, 3) = (1, 0, 0) → −log(e^{2} / (e^{2} + 2))
+    expected = -math.log(math.exp(1 / t) / (math.exp(1 / t) + 2.0))
+    assert losses.info_nce(z, labels, t).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_info_nce_prefers_patient_clusters_and_has_gradients() -> None:
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    good = F.normalize(torch.eye(3).repeat_interleave(2, dim=0) + 0.01, dim=1)
+    mixed = good[[0, 2, 4, 1, 3, 5]]
+    assert losses.info_nce(good, labels) < losses.info_nce(mixed, labels)
+    z = torch.randn(6, 8, requires_grad=True)
+    losses.info_nce(F.normalize(z, dim=1), labels).backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+
+
+def test_distortion_regression_zero_on_target_and_differentiable() -> None:
+    clean = F.normalize(torch.randn(4, 16), dim=1)
+    alpha = torch.tensor([0.1, 0.3, 0.7, 1.0])
+    assert losses.distortion_regression(clean[:2], clean[:2], alpha[:2]).item() == pytest.approx(0.0, abs=1e-7)
+    distorted = F.normalize(torch.randn(4, 16), dim=1).requires_grad_(True)
+    loss = losses.distortion_regression(clean, distorted, alpha)
+    loss.backward()
+    assert loss.item() > 0 and distorted.grad.abs().sum() > 0
+
+
+def test_ordering_hinge_values() -> None:
+    d_low, d_high = torch.tensor([0.01, 0.05]), torch.tensor([0.05, 0.01])
+    a_low, a_high = torch.tensor([0.4, 0.4]), torch.tensor([0.9, 0.9])
+    # first pair already ordered by more than the margin; second violates by 0.04 + margin
+    assert losses.ordering(d_low, d_high, a_low, a_high, margin=0.005).item() == pytest.approx((0.0 + 0.045) / 2)
+    # swapping which argument holds the higher α gives the same loss
+    assert losses.ordering(d_high, d_low, a_high, a_low, margin=0.005).item() == pytest.approx((0.0 + 0.045) / 2)
+    # pairs where both levels are benign carry no ordering constraint
+    assert losses.ordering(d_low, d_high, torch.tensor([0.0, 0.1]), torch.tensor([0.2, 0.3])).item() == 0.0
+
+
+def test_alpha_regression_known_value() -> None:
+    a_hat = torch.tensor([0.0, 0.5], requires_grad=True)
+    loss = losses.alpha_regression(a_hat, torch.tensor([1.0, 0.5]))
+    loss.backward()
+    assert loss.item() == pytest.approx(0.5)
+    assert a_hat.grad.abs().sum() > 0
+
+
+def test_orthogonality_zero_for_orthogonal_codes_positive_otherwise() -> None:
+    z_anat = torch.zeros(4, 6)
+    z_anat[:2, 0] = 1.0
+    z_noise = torch.zeros(4, 3)
+    z_noise[2:, 1] = 1.0  # the batch columns of the two codes are orthogonal
+    assert losses.orthogonality(z_anat, z_noise).item() == 0.0
+    shared = torch.randn(4, 3, requires_grad=True)
+    value = losses.orthogonality(torch.cat([shared, shared], dim=1), shared)
+    value.backward()
+    assert value.item() > 0 and shared.grad.abs().sum() > 0

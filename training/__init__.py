@@ -1,0 +1,1 @@
+"""Training of the DisentangledSiamese metric: sampler, losses, loop."""

@@ -1,0 +1,233 @@
+"""The seeded, resumable training loop: views → five losses → AdamW; validation and checkpoints per epoch."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from retrieval import TAU
+from retrieval.checkpoint import save_checkpoint
+from retrieval.distortions import distort_batch
+from retrieval.metric import autocast, resolve_device
+from retrieval.model import DisentangledSiamese, anatomical_distance
+from retrieval.preprocess import intensity
+from training import losses
+from training.data import SliceSet
+from training.sampler import TripletBatch, TripletSampler
+
+VAL_ALPHAS = (0.0, 0.8)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; stored in every checkpoint."""
+
+    backbone: str = "resnet18"
+    size: int = 128
+    epochs: int = 20
+    steps_per_epoch: int = 100
+    batch_patients: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    val_fraction: float = 0.2
+    temperature: float = losses.TEMPERATURE
+    k: float = losses.K
+    d_max: float = losses.D_MAX
+    weights: dict[str, float] = field(default_factory=lambda: losses.LossWeights().as_dict())
+    device: str = "auto"
+    pretrained: str | None = None
+
+    def checkpoint_config(self, data_summary: dict[str, Any], validation_patients: list[str]) -> dict[str, Any]:
+        """The JSON config saved next to the weights."""
+        return {
+            **asdict(self), "tau": TAU, "anatomy_dim": 128, "noise_dim": 64,
+            "preprocessing": {"size": self.size, "order": "resize_square then intensity"},
+            "training_data": data_summary, "validation_patients": validation_patients,
+        }
+
+
+def distorted(images: torch.Tensor, modalities: np.ndarray, alphas: np.ndarray, seeds: np.ndarray) -> torch.Tensor:
+    """Distort a (B, S, S) batch in modality units, one distort_batch call per modality."""
+    out = images.clone()
+    for modality in np.unique(modalities):
+        rows = np.flatnonzero(modalities == modality)
+        out[rows] = distort_batch(images[rows], torch.as_tensor(alphas[rows], dtype=torch.float32), str(modality), seeds[rows].tolist())
+    return out
+
+
+def network_input(images: torch.Tensor, modalities: np.ndarray) -> torch.Tensor:
+    """(B, S, S) modality units → (B, 3, S, S) network input, per-slice modality."""
+    out = torch.empty((images.shape[0], 3, *images.shape[1:]), dtype=torch.float32)
+    for modality in np.unique(modalities):
+        rows = torch.as_tensor(np.flatnonzero(modalities == modality))
+        out[rows] = intensity(images[rows], str(modality))
+    return out
+
+
+def views(data: SliceSet, batch: TripletBatch) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Five views per triplet (anchor, positive clean, positive@α1, positive@α2, negative@α3), their patients and α."""
+    images = torch.from_numpy(data.images)
+    zeros = np.zeros(len(batch.anchor))
+    parts = [
+        (batch.anchor, zeros, None),
+        (batch.positive, zeros, None),
+        (batch.positive, batch.alpha_1, batch.seeds[:, 0]),
+        (batch.positive, batch.alpha_2, batch.seeds[:, 1]),
+        (batch.negative, batch.alpha_negative, batch.seeds[:, 2]),
+    ]
+    tensors, alphas = [], []
+    for index, alpha, seeds in parts:
+        raw = images[index]
+        if seeds is not None:
+            raw = distorted(raw, data.modalities[index], alpha, seeds)
+        tensors.append(network_input(raw, data.modalities[index]))
+        alphas.append(alpha)
+    index_all = np.concatenate([p[0] for p in parts])
+    return torch.cat(tensors), data.patients[index_all], np.concatenate(alphas).astype(np.float32)
+
+
+def loss_terms(model: DisentangledSiamese, x: torch.Tensor, patients: np.ndarray, alphas: np.ndarray, config: TrainConfig) -> dict[str, torch.Tensor]:
+    """The five loss terms and their weighted total for one batch of views."""
+    z_anat, z_noise, a_hat = model.forward_once(x)
+    _, labels = np.unique(patients, return_inverse=True)
+    labels_t = torch.as_tensor(labels, device=x.device)
+    alpha_t = torch.as_tensor(alphas, device=x.device)
+    b = x.shape[0] // 5
+    clean, d1, d2 = z_anat[b : 2 * b], z_anat[2 * b : 3 * b], z_anat[3 * b : 4 * b]
+    a1, a2 = alpha_t[2 * b : 3 * b], alpha_t[3 * b : 4 * b]
+    terms = {
+        "infonce": losses.info_nce(z_anat, labels_t, config.temperature),
+        "distortion": 0.5 * (losses.distortion_regression(clean, d1, a1, config.d_max, config.k) + losses.distortion_regression(clean, d2, a2, config.d_max, config.k)),
+        "ordering": losses.ordering(anatomical_distance(clean, d1), anatomical_distance(clean, d2), a1, a2),
+        "alpha": losses.alpha_regression(a_hat, alpha_t),
+        "orthogonality": losses.orthogonality(z_anat, z_noise),
+    }
+    terms["total"] = sum(config.weights[name] * value for name, value in terms.items())
+    return terms
+
+
+@torch.inference_mode()
+def embed_all(model: DisentangledSiamese, x: torch.Tensor, device: torch.device, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Anatomy embeddings and â for a preprocessed tensor, batched."""
+    model.eval()
+    anat, alpha = [], []
+    for start in range(0, len(x), batch_size):
+        chunk = x[start : start + batch_size].to(device).contiguous(memory_format=torch.channels_last)
+        with autocast(device):
+            z, _, a = model.forward_once(chunk)
+        anat.append(z.float().cpu().numpy())
+        alpha.append(a.float().cpu().numpy())
+    return np.concatenate(anat), np.concatenate(alpha)
+
+
+def validate(model: DisentangledSiamese, data: SliceSet, device: torch.device, seed: int) -> dict[str, float]:
+    """Anatomy mAP (same patient = relevant) at α = 0 and 0.8, and Spearman of â against α, on held-out patients."""
+    from eval.metrics import mean_average_precision
+
+    images = torch.from_numpy(data.images)
+    gallery, _ = embed_all(model, network_input(images, data.modalities), device)
+    same = data.patients[:, None] == data.patients[None, :]
+    relevant = same & ~np.eye(len(data), dtype=bool)
+    rng = np.random.default_rng(seed)
+    seeds = rng.integers(0, 2**31 - 1, size=len(data))
+    result: dict[str, float] = {}
+    alpha_true, alpha_pred = [], []
+    for alpha in (*VAL_ALPHAS, 0.3, 0.5, 1.0):
+        levels = np.full(len(data), alpha, dtype=np.float32)
+        query_images = images if alpha == 0.0 else distorted(images, data.modalities, levels, seeds)
+        queries, a_hat = embed_all(model, network_input(query_images, data.modalities), device)
+        alpha_true.append(levels)
+        alpha_pred.append(a_hat)
+        if alpha in VAL_ALPHAS:
+            distances = 0.5 * (1.0 - queries @ gallery.T)
+            np.fill_diagonal(distances, np.inf)  # a query never retrieves its own clean slice
+            result[f"map_{alpha:g}"] = mean_average_precision(distances, relevant)
+    result["spearman_alpha"] = float(spearmanr(np.concatenate(alpha_true), np.concatenate(alpha_pred)).statistic)
+    return result
+
+
+def _score(figures: dict[str, float]) -> float:
+    """Model selection on validation patients: both mAPs and the α Spearman, equally weighted."""
+    return figures["map_0"] + figures["map_0.8"] + figures["spearman_alpha"]
+
+
+def _atomic_json(path: Path, value: Any) -> None:
+    """Write JSON via a temp file and rename."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=2))
+    os.replace(tmp, path)
+
+
+def train(
+    config: TrainConfig,
+    train_data: SliceSet,
+    val_data: SliceSet,
+    out_dir: Path,
+    on_step: Callable[[int, int, dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
+    """Train (or resume from out_dir/last.pt) and keep out_dir/best.pt; returns the final state summary."""
+    torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = DisentangledSiamese(config.backbone, pretrained=config.pretrained).to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    total_steps = config.epochs * config.steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps, pct_start=0.1)
+    sampler = TripletSampler(train_data.patients, config.batch_patients, config.seed)
+    saved = asdict(config) | {"device": None}
+    state = {"epoch": 0, "best_score": -np.inf, "history": []}
+    last = out_dir / "last.pt"
+    if last.is_file():
+        blob = torch.load(last, map_location="cpu", weights_only=True)
+        if json.loads(blob["config"]) != saved:
+            raise ValueError(f"{out_dir}: holds a run with another configuration; use a new --out or the same options")
+        model.load_state_dict(blob["model"])
+        optimizer.load_state_dict(blob["optimizer"])
+        scheduler.load_state_dict(blob["scheduler"])
+        state = json.loads(blob["state"])
+    checkpoint_config = config.checkpoint_config(train_data.summary(), sorted(set(val_data.patients.tolist())))
+    log = out_dir / "metrics.csv"
+    for epoch in range(state["epoch"], config.epochs):
+        model.train()
+        sums: dict[str, float] = {}
+        started = time.perf_counter()
+        for step in range(config.steps_per_epoch):
+            global_step = epoch * config.steps_per_epoch + step
+            x, patients, alphas = views(train_data, sampler.batch(global_step))
+            x = x.to(device).contiguous(memory_format=torch.channels_last)
+            with autocast(device):
+                terms = loss_terms(model, x, patients, alphas, config)
+            optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            optimizer.step()
+            scheduler.step()
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + float(value)
+            if on_step is not None:
+                on_step(global_step + 1, total_steps, {n: float(v) for n, v in terms.items()})
+        row = {"epoch": epoch + 1, **{n: v / config.steps_per_epoch for n, v in sums.items()}}
+        row |= validate(model, val_data, device, config.seed) | {"seconds": time.perf_counter() - started}
+        state["history"].append(row)
+        if _score(row) > state["best_score"]:
+            state["best_score"] = _score(row)
+            save_checkpoint(out_dir / "best.pt", model, checkpoint_config | {"epoch": epoch + 1, "validation": row}, half=True)
+        with open(log, "w", newline="") as handle:  # rewritten whole, so a resumed run never duplicates rows
+            writer = csv.DictWriter(handle, fieldnames=list(row))
+            writer.writeheader()
+            writer.writerows(state["history"])
+        state["epoch"] = epoch + 1
+        tmp = last.with_suffix(".tmp")
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "config": json.dumps(saved), "state": json.dumps(state)}, tmp)
+        os.replace(tmp, last)
+    return state

@@ -1,0 +1,94 @@
+"""The five loss terms of the disentangled metric, each a small function, plus their weighted sum.
+
+Default weights (LossWeights): infonce 1, distortion 5, ordering 1, alpha 1, orthogonality 0.1.
+The distortion regression pulls the clean↔distorted anatomical distance towards D_MAX · shape_a(α):
+0 for benign α ≤ TAU, then rising as expm1(K(α − TAU)) / expm1(K(1 − TAU)) to D_MAX at α = 1.
+D_MAX = 0.1 keeps even the worst distortion well inside the typical distance between patients.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from retrieval import TAU
+from retrieval.model import anatomical_distance
+
+K = 4.0  # curvature of shape_a above TAU
+D_MAX = 0.1  # target anatomical distance between a slice and its α = 1 distortion
+TEMPERATURE = 0.1
+ORDER_MARGIN = 0.005
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the five terms in the total loss."""
+
+    infonce: float = 1.0
+    distortion: float = 5.0
+    ordering: float = 1.0
+    alpha: float = 1.0
+    orthogonality: float = 0.1
+
+    def as_dict(self) -> dict[str, float]:
+        """Plain dict for checkpoint configs and CSV logs."""
+        return asdict(self)
+
+
+def shape_a(alpha: torch.Tensor, tau: float = TAU, k: float = K) -> torch.Tensor:
+    """Target shape of distortion movement: 0 for α ≤ tau, expm1(k(α − tau)) / expm1(k(1 − tau)) above."""
+    rising = torch.expm1(k * (alpha - tau)) / math.expm1(k * (1.0 - tau))
+    return torch.where(alpha > tau, rising, torch.zeros_like(alpha))
+
+
+def info_nce(z: torch.Tensor, labels: torch.Tensor, temperature: float = TEMPERATURE) -> torch.Tensor:
+    """Multi-positive InfoNCE: every embedding is pulled to all others of its patient, pushed from the rest.
+
+    For anchor i with positives P(i): −mean_{p∈P(i)} log(exp(s_ip/t) / Σ_{j≠i} exp(s_ij/t)), averaged over anchors
+    that have a positive. z is (N, D) and L2-normalised; labels are (N,) patient indices.
+    """
+    n = z.shape[0]
+    logits = (z @ z.T) / temperature
+    self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    positives = (labels[:, None] == labels[None, :]) & ~self_mask
+    counts = positives.sum(1)
+    has_positive = counts > 0
+    if not has_positive.any():
+        return z.sum() * 0.0
+    per_anchor = -(log_prob.masked_fill(~positives, 0.0).sum(1)[has_positive]) / counts[has_positive]
+    return per_anchor.mean()
+
+
+def distortion_regression(z_clean: torch.Tensor, z_distorted: torch.Tensor, alpha: torch.Tensor, d_max: float = D_MAX, k: float = K) -> torch.Tensor:
+    """MSE between d_anat(clean, distorted) and d_max · shape_a(α)."""
+    return F.mse_loss(anatomical_distance(z_clean, z_distorted), d_max * shape_a(alpha, k=k))
+
+
+def ordering(d_low: torch.Tensor, d_high: torch.Tensor, alpha_low: torch.Tensor, alpha_high: torch.Tensor, margin: float = ORDER_MARGIN) -> torch.Tensor:
+    """Hinge making the distance at the higher α exceed the lower by `margin`, where the higher α is malignant."""
+    swap = alpha_low > alpha_high
+    lo, hi = torch.where(swap, d_high, d_low), torch.where(swap, d_low, d_high)
+    a_hi = torch.maximum(alpha_low, alpha_high)
+    active = (a_hi > TAU) & ((alpha_high - alpha_low).abs() > 0.05)
+    hinge = F.relu(margin + lo - hi)
+    return (hinge * active).sum() / active.sum().clamp_min(1)
+
+
+def alpha_regression(a_hat: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """MSE between predicted and true distortion severity."""
+    return F.mse_loss(a_hat, alpha)
+
+
+def orthogonality(z_anat: torch.Tensor, z_noise: torch.Tensor) -> torch.Tensor:
+    """Squared Frobenius norm of the batch cross-correlation of the two codes (0 when they are orthogonal).
+
+    As the difference loss of Domain Separation Networks: ||Ẑ_anatᵀ Ẑ_noise||²_F / N with row-normalised codes.
+    """
+    a = F.normalize(z_anat, dim=1)
+    b = F.normalize(z_noise, dim=1)
+    return (a.T @ b).pow(2).sum() / z_anat.shape[0]
