@@ -46,8 +46,24 @@ class Series:
     shape: tuple[int, int]
     spacing: tuple[float, float]
     study_id: str | None = None
-    loader: Callable[[], list[Slice]] = field(repr=False, default=lambda: [])
+    loader: Callable[[], list[Slice | Skipped]] = field(repr=False, default=lambda: [])
+    skipped: list[Skipped] = field(default_factory=list, repr=False)
 
     def load(self) -> list[Slice]:
-        """Read the pixel data of every slice of this series, ordered by position."""
-        return self.loader()
+        """Read the pixel data of every slice of this series, ordered by position.
+
+        Files whose pixels cannot be decoded are left out and listed in `skipped` (set by each call).
+        """
+        items = self.loader()
+        self.skipped = [item for item in items if isinstance(item, Skipped)]
+        return [item for item in items if isinstance(item, Slice)]
+
+
+@dataclass(frozen=True)
+class SeriesKey:
+    """The identity fields every Slice of a series repeats (kept apart from Series so loaders pickle)."""
+
+    patient_id: str
+    series_id: str
+    modality: str
+    study_id: str | None = None

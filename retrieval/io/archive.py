@@ -1,0 +1,134 @@
+"""One reader interface: walk files and folders, tell formats by content, yield lazy Series or Skipped."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from retrieval.io.dicom import Frame, group_series, read_header
+from retrieval.io.formats import DICOM, NIFTI, Unsupported, sniff
+from retrieval.io.identity import Identity
+from retrieval.io.images import read_image
+from retrieval.io.nifti import read_nifti
+from retrieval.io.slices import Series, Skipped, Slice
+
+PathLike = str | os.PathLike[str]
+
+
+def _entries(folder: Path) -> list[os.DirEntry[str]] | Skipped:
+    """A folder's entries sorted by name, or the reason it cannot be listed."""
+    try:
+        with os.scandir(folder) as scan:
+            return sorted(scan, key=lambda entry: entry.name)
+    except OSError as exc:
+        return Skipped(str(folder), f"cannot read folder: {exc.strerror or exc}")
+
+
+def walk(root: Path) -> Iterator[Path | Skipped]:
+    """Every file under `root` in name order (folder symlinks followed once); problems as Skipped."""
+    if root.is_file():
+        yield root
+        return
+    if not root.is_dir():
+        yield Skipped(str(root), "no such file or folder" if not os.path.lexists(root) else "not a regular file or folder")
+        return
+    seen: set[str] = set()
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        real = os.path.realpath(folder)
+        if real in seen:
+            continue
+        seen.add(real)
+        entries = _entries(folder)
+        if isinstance(entries, Skipped):
+            yield entries
+            continue
+        subfolders = []
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.is_dir():
+                subfolders.append(path)
+            elif entry.is_file():
+                yield path
+            else:
+                yield Skipped(str(path), "broken symbolic link" if entry.is_symlink() else "not a regular file")
+        stack.extend(reversed(subfolders))
+
+
+def _is_pair_data(path: Path) -> bool:
+    """True for the .img half of an Analyze/NIfTI pair: it is read with its .hdr."""
+    return path.suffix.lower() == ".img" and path.with_suffix(".hdr").is_file()
+
+
+def read_archive(
+    paths: Iterable[PathLike],
+    identity: Identity | None = None,
+    *,
+    slice_axis: int | None = None,
+    on_file: Callable[[Path], None] | None = None,
+) -> Iterator[Series | Skipped]:
+    """Headers only: yield a lazily loaded Series per volume/DICOM series, and a Skipped per unusable file.
+
+    NIfTI and 2D images are yielded as they are met; DICOM series after the walk, since one series
+    may span folders. `slice_axis` fixes the NIfTI slice axis; `on_file` is called per file (progress).
+    """
+    identity = identity or Identity()
+    frames: list[Frame] = []
+    seen: set[str] = set()
+    for root in paths:
+        for item in walk(Path(os.path.abspath(root))):
+            if isinstance(item, Skipped):
+                yield item
+                continue
+            real = os.path.realpath(item)
+            if real in seen or _is_pair_data(item):
+                continue
+            seen.add(real)
+            if on_file is not None:
+                on_file(item)
+            try:
+                kind = sniff(item)
+            except Unsupported as exc:
+                yield Skipped(str(item), str(exc))
+                continue
+            if kind == DICOM:
+                header = read_header(item, identity)
+                if isinstance(header, Skipped):
+                    yield header
+                else:
+                    frames.extend(header)
+            elif kind == NIFTI:
+                volumes = read_nifti(item, identity, slice_axis)
+                yield from volumes if isinstance(volumes, list) else [volumes]
+            else:
+                yield read_image(item, identity)
+    yield from group_series(frames)
+
+
+def iter_slices(
+    paths: Iterable[PathLike], identity: Identity | None = None, *, slice_axis: int | None = None
+) -> Iterator[Slice | Skipped]:
+    """Every slice of an archive in series order, one series in memory at a time; problems as Skipped."""
+    for item in read_archive(paths, identity, slice_axis=slice_axis):
+        if isinstance(item, Skipped):
+            yield item
+            continue
+        yield from item.load()
+        yield from item.skipped
+
+
+def read_path(path: PathLike, identity: Identity | None = None, *, slice_axis: int | None = None) -> list[Slice]:
+    """All slices of one file or folder (e.g. a search query); raises when it holds no usable image."""
+    target = Path(path)
+    if not os.path.lexists(target):
+        raise FileNotFoundError(f"{target}: no such file or folder")
+    slices: list[Slice] = []
+    problems: list[Skipped] = []
+    for item in iter_slices([target], identity, slice_axis=slice_axis):
+        (problems if isinstance(item, Skipped) else slices).append(item)  # type: ignore[arg-type]
+    if not slices:
+        reason = f"{problems[0].path}: {problems[0].reason}" if problems else f"{target}: no image files"
+        raise ValueError(reason)
+    return slices

@@ -1,0 +1,277 @@
+"""DICOM: headers without pixels, series grouping and ordering, and lazy pixel decoding to modality units.
+
+Files are grouped by (patient, SeriesInstanceUID); a multi-frame file contributes one entry per frame.
+Order within a series: ImagePositionPatient projected on the slice normal (the cross product of
+ImageOrientationPatient) when every frame has both, else InstanceNumber; ties keep file path and frame order.
+Pixels are RescaleSlope × value + RescaleIntercept (per frame for enhanced multi-frame; a Modality LUT when
+present), so CT is in Hounsfield units; colour becomes grey; MONOCHROME1 is negated so higher is brighter.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import warnings
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from retrieval.io.identity import Identity
+from retrieval.io.pixels import one_line, to_grey
+from retrieval.io.slices import Series, SeriesKey, Skipped, Slice
+
+_DICOMDIR = "1.2.840.10008.1.3.10"
+_NOT_ANATOMY = {  # image SOP classes whose pixels are labels or dose, not anatomy
+    "1.2.840.10008.5.1.4.1.1.481.2",  # RT Dose
+    "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation
+    "1.2.840.10008.5.1.4.1.1.66.7",  # Label Map Segmentation
+}
+_PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}
+_LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN"}
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Header facts about one 2D frame of a DICOM file, enough to group, order and later decode it."""
+
+    path: str
+    frame: int
+    patient_id: str
+    modality: str
+    series_uid: str
+    study_id: str | None
+    shape: tuple[int, int]
+    spacing: tuple[float, float]
+    position: tuple[float, float, float] | None
+    orientation: tuple[float, ...] | None
+    instance: int | None
+
+
+def _floats(value: Any, count: int) -> tuple[float, ...] | None:
+    """`count` floats from a DICOM multi-value, or None when absent or malformed."""
+    try:
+        values = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return values if len(values) == count and all(np.isfinite(values)) else None
+
+
+def _functional(ds: Any, index: int, sequence: str, attribute: str) -> Any:
+    """An attribute from the per-frame, then shared functional groups, then the top level (enhanced MF)."""
+    for groups in (ds.get("PerFrameFunctionalGroupsSequence"), ds.get("SharedFunctionalGroupsSequence")):
+        if not groups:
+            continue
+        item = groups[index] if len(groups) > index and groups is ds.get("PerFrameFunctionalGroupsSequence") else groups[0]
+        inner = item.get(sequence)
+        if inner and attribute in inner[0]:
+            return inner[0].get(attribute)
+    return ds.get(attribute)
+
+
+def _non_image_reason(ds: Any) -> str | None:
+    """Why a dataset holds no anatomy image (SR, presentation state, RT, raw data, DICOMDIR…), or None."""
+    from pydicom.uid import UID
+
+    meta = getattr(ds, "file_meta", None)
+    sop = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta else None)
+    name = UID(str(sop)).name if sop else "no SOP class"
+    if sop == _DICOMDIR:
+        return "DICOMDIR: a directory index, not an image"
+    if sop in _NOT_ANATOMY:
+        return f"non-image DICOM ({name}): its pixels are labels or dose, not anatomy"
+    if "Rows" not in ds or "Columns" not in ds:
+        return f"non-image DICOM ({name}): no image pixel data"
+    return None
+
+
+def _pixel_problem(handle: Any, ds: Any, size: int) -> str | None:
+    """Check the Pixel Data element where the header read stopped: present, and long enough when native."""
+    start = handle.tell()
+    head = handle.read(12)
+    implicit, little = getattr(ds, "original_encoding", (None, True))
+    endian = "<" if little is not False else ">"
+    if len(head) < 8 or struct.unpack(endian + "HH", head[:4]) not in _PIXEL_TAGS:
+        return "no Pixel Data element (missing, or the file is truncated before it)"
+    if implicit or head[4:6] in _LONG_VRS:
+        offset, length = (8, struct.unpack(endian + "I", head[4:8])[0]) if implicit else (12, struct.unpack(endian + "I", head[8:12])[0])
+    else:
+        offset, length = 8, struct.unpack(endian + "H", head[6:8])[0]
+    if length == 0xFFFFFFFF:
+        return None  # encapsulated (compressed): checked when decoded
+    held = size - start - offset
+    if held < length:
+        return f"truncated: Pixel Data declares {length} bytes, the file holds {max(held, 0)}"
+    from pydicom.pixels.utils import get_expected_length
+
+    try:
+        expected = get_expected_length(ds)
+    except Exception:  # noqa: BLE001 - malformed image attributes surface when decoding
+        return None
+    if length < expected:
+        return f"Pixel Data holds {length} bytes but the image attributes need {expected}"
+    return None
+
+
+def _frames(path: Path, ds: Any, identity: Identity) -> list[Frame]:
+    """One Frame per frame of a dataset, with identity, position and spacing resolved."""
+    try:
+        count = max(1, int(ds.get("NumberOfFrames") or 1))
+    except (TypeError, ValueError):
+        count = 1
+    patient = identity.patient(path, str(ds.get("PatientID") or "") or None)
+    modality = identity.modality_of(path, str(ds.get("Modality") or "") or None)
+    series = str(ds.get("SeriesInstanceUID") or "") or str(path)
+    study = str(ds.get("StudyInstanceUID") or "") or None
+    instance = ds.get("InstanceNumber")
+    try:
+        instance = int(instance) if instance not in (None, "") else None
+    except (TypeError, ValueError):
+        instance = None
+    shape = (int(ds.Rows), int(ds.Columns))
+    frames = []
+    for index in range(count):
+        spacing = _floats(_functional(ds, index, "PixelMeasuresSequence", "PixelSpacing"), 2) or _floats(ds.get("ImagerPixelSpacing"), 2)
+        position = _functional(ds, index, "PlanePositionSequence", "ImagePositionPatient") if count == 1 or "PerFrameFunctionalGroupsSequence" in ds else None
+        frames.append(
+            Frame(
+                path=str(path), frame=index, patient_id=patient, modality=modality, series_uid=series,
+                study_id=study, shape=shape, spacing=spacing if spacing and min(spacing) > 0 else (1.0, 1.0),
+                position=_floats(position, 3),  # type: ignore[arg-type]
+                orientation=_floats(_functional(ds, index, "PlaneOrientationSequence", "ImageOrientationPatient"), 6),
+                instance=instance,
+            )
+        )
+    return frames
+
+
+def read_header(path: Path, identity: Identity) -> list[Frame] | Skipped:
+    """Read one DICOM file's header (no pixels) into frames, or the reason it cannot be used."""
+    import pydicom
+
+    try:
+        with warnings.catch_warnings(), path.open("rb") as handle:
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(handle, stop_before_pixels=True, force=True)
+            reason = _non_image_reason(ds) or _pixel_problem(handle, ds, path.stat().st_size)
+            if reason:
+                return Skipped(str(path), reason)
+            return _frames(path, ds, identity)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on corrupt input; report, never stop
+        return Skipped(str(path), f"unreadable DICOM header: {one_line(exc)}")
+
+
+def _projection(frame: Frame, normal: np.ndarray | None) -> float | None:
+    """Position of a frame along the series' slice normal (mm), or None without geometry."""
+    if normal is None or frame.position is None:
+        return None
+    return float(np.dot(frame.position, normal))
+
+
+def _normal(frames: list[Frame]) -> np.ndarray | None:
+    """Unit slice normal of a series when every frame has a position and orientation, else None."""
+    if not all(f.position is not None and f.orientation is not None for f in frames):
+        return None
+    orientation = np.asarray(frames[0].orientation)
+    normal = np.cross(orientation[:3], orientation[3:])
+    length = float(np.linalg.norm(normal))
+    return normal / length if length > 1e-6 else None
+
+
+def order_frames(frames: list[Frame]) -> list[tuple[Frame, float | None]]:
+    """Frames in slice order with their positions: by projection on the normal, else by InstanceNumber."""
+    normal = _normal(frames)
+    big = float("inf")
+
+    def key(frame: Frame) -> tuple[float, float, str, int]:
+        projected = _projection(frame, normal)
+        instance = float(frame.instance) if frame.instance is not None else big
+        first = projected if projected is not None else instance
+        return (first, instance, frame.path, frame.frame)
+
+    return [(frame, _projection(frame, normal)) for frame in sorted(frames, key=key)]
+
+
+def _rescale(ds: Any, index: int, image: np.ndarray) -> np.ndarray:
+    """Apply the modality transform of frame `index`: Modality LUT, or slope/intercept (per frame when given)."""
+    if ds.get("ModalityLUTSequence"):
+        from pydicom.pixels import apply_modality_lut
+
+        return np.asarray(apply_modality_lut(image, ds), dtype=np.float32)
+    slope = _functional(ds, index, "PixelValueTransformationSequence", "RescaleSlope")
+    intercept = _functional(ds, index, "PixelValueTransformationSequence", "RescaleIntercept")
+    image = image.astype(np.float32)
+    if slope not in (None, "") and float(slope) != 1.0:
+        image *= np.float32(float(slope))
+    if intercept not in (None, "") and float(intercept) != 0.0:
+        image += np.float32(float(intercept))
+    return image
+
+
+def _decode(path: str) -> tuple[Any, np.ndarray]:
+    """Read one file with pixels: the dataset and an array of shape (frames, rows, cols[, samples])."""
+    import pydicom
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(path, force=True)
+        pixels = ds.pixel_array
+    count = max(1, int(ds.get("NumberOfFrames") or 1))
+    colour = int(ds.get("SamplesPerPixel") or 1) > 1
+    if count == 1:
+        pixels = pixels[None]
+    expected_ndim = 4 if colour else 3
+    if pixels.ndim != expected_ndim:
+        raise ValueError(f"decoded pixel array has shape {pixels.shape}, expected {count} frame(s)")
+    return ds, pixels
+
+
+def load_frames(ordered: tuple[tuple[Frame, float | None], ...], series: SeriesKey) -> list[Slice | Skipped]:
+    """Decode a series' frames file by file into Slices (in order); a file that fails becomes a Skipped."""
+    by_file: dict[str, list[int]] = defaultdict(list)
+    for index, (frame, _) in enumerate(ordered):
+        by_file[frame.path].append(index)
+    slices: dict[int, Slice] = {}
+    problems: list[Skipped] = []
+    for path, indices in by_file.items():
+        try:
+            ds, pixels = _decode(path)
+            colour = int(ds.get("SamplesPerPixel") or 1) > 1
+            invert = str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1"
+            for index in indices:
+                frame, position = ordered[index]
+                image = _rescale(ds, frame.frame, to_grey(pixels[frame.frame], colour) if colour else pixels[frame.frame])
+                slices[index] = Slice(
+                    pixels=-image if invert else image, patient_id=series.patient_id, series_id=series.series_id,
+                    modality=series.modality, index=index, path=path, spacing=frame.spacing,
+                    study_id=series.study_id, position=position,
+                )
+        except Exception as exc:  # noqa: BLE001 - a corrupt file must not stop the series
+            problems.append(Skipped(path, f"cannot decode pixel data: {one_line(exc)}"))
+    return [slices[i] for i in sorted(slices)] + problems
+
+
+def _most_common(values: Iterable[Any]) -> Any:
+    """The most frequent value (first seen on ties)."""
+    return Counter(values).most_common(1)[0][0]
+
+
+def group_series(frames: Iterable[Frame]) -> Iterator[Series]:
+    """Group frames by (patient, SeriesInstanceUID) into lazily loaded, ordered Series."""
+    groups: dict[tuple[str, str], list[Frame]] = defaultdict(list)
+    for frame in frames:
+        groups[(frame.patient_id, frame.series_uid)].append(frame)
+    for (patient, uid), members in groups.items():
+        ordered = tuple(order_frames(members))
+        files = list(dict.fromkeys(frame.path for frame, _ in ordered))
+        folder = files[0] if len(files) == 1 else os.path.commonpath([str(Path(f).parent) for f in files])
+        series = Series(
+            patient_id=patient, series_id=uid, modality=members[0].modality, path=folder, files=files,
+            n_slices=len(ordered), shape=_most_common(f.shape for f in members),
+            spacing=_most_common(f.spacing for f in members), study_id=members[0].study_id,
+        )
+        series.loader = partial(load_frames, ordered, SeriesKey(patient, uid, members[0].modality, members[0].study_id))
+        yield series

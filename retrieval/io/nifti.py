@@ -1,0 +1,133 @@
+"""NIfTI (and Analyze) volumes: header-only series, pixels reoriented to the closest canonical (RAS+) on load.
+
+Reorientation is the transform of `nibabel.as_closest_canonical` (io_orientation + apply_orientation),
+applied per 3D volume so that a 4D file is read one volume at a time; each volume of a 4D file is a series.
+Slice axis (in canonical voxel axes): the given one, else an axis of length 1 when there is one, else the
+axis with the largest voxel spacing, ties going to the last (axial) axis. Thick-slice oblique acquisitions
+(e.g. short-axis cardiac MR with 8-23 mm slices) are thus cut along their own slices, not across them.
+Each slice is shown like a DICOM image: rows run along the second in-plane axis reversed
+(anterior or superior at the top) and columns along the first reversed (the patient's right on the left).
+"""
+
+from __future__ import annotations
+
+import warnings
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrieval.io.identity import Identity
+from retrieval.io.pixels import one_line, to_grey
+from retrieval.io.slices import Series, SeriesKey, Skipped, Slice
+
+
+def slice_axis(shape: tuple[int, int, int], zooms: tuple[float, float, float], axis: int | None = None) -> int:
+    """The axis to cut slices along: `axis` if given, else a length-1 axis, else the largest spacing (ties → last)."""
+    if axis is not None:
+        if axis not in (0, 1, 2):
+            raise ValueError(f"slice axis must be 0, 1 or 2, got {axis}")
+        return axis
+    singles = [i for i in range(3) if shape[i] == 1]
+    if singles:
+        return singles[-1]
+    largest = max(zooms)
+    return max(i for i in range(3) if np.isclose(zooms[i], largest, rtol=1e-3))
+
+
+def _geometry(img: Any) -> tuple[np.ndarray, tuple[int, int, int], tuple[float, float, float], np.ndarray]:
+    """Orientation transform, canonical shape, canonical zooms and canonical affine of a 2-4D image."""
+    import nibabel as nib
+
+    shape = tuple(img.shape[:3]) + (1,) * (3 - min(3, len(img.shape)))
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3]) + (1.0,) * (3 - min(3, len(img.shape)))
+    ornt = nib.io_orientation(img.affine)
+    canon_shape, canon_zooms = [0, 0, 0], [0.0, 0.0, 0.0]
+    for source, (target, _) in enumerate(ornt):
+        canon_shape[int(target)], canon_zooms[int(target)] = shape[source], abs(zooms[source]) or 1.0
+    affine = img.affine @ nib.orientations.inv_ornt_aff(ornt, shape)
+    return ornt, tuple(canon_shape), tuple(canon_zooms), affine  # type: ignore[return-value]
+
+
+def _in_plane(axis: int) -> tuple[int, int]:
+    """The two canonical axes of a slice, in canonical order (first → columns, second → rows)."""
+    first, second = (i for i in range(3) if i != axis)
+    return first, second
+
+
+def _volume_count(shape: tuple[int, ...]) -> int:
+    """Number of 3D volumes (1 for 2D/3D, the 4th dimension for 4D); ValueError for 5D and beyond."""
+    extra = [n for n in shape[4:] if n != 1]
+    if len(shape) < 2 or extra:
+        raise ValueError(f"unsupported NIfTI shape {shape}: only 2D, 3D and 4D images are read")
+    return shape[3] if len(shape) >= 4 else 1
+
+
+def read_nifti(path: Path, identity: Identity, axis: int | None = None) -> list[Series] | Skipped:
+    """Headers of a NIfTI file as one Series per 3D volume, or the reason it cannot be used."""
+    import nibabel as nib
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = nib.load(str(path))
+        if np.issubdtype(img.get_data_dtype(), np.complexfloating):
+            return Skipped(str(path), "complex-valued NIfTI is not supported")
+        volumes = _volume_count(img.shape)
+        _, shape, zooms, _ = _geometry(img)
+        cut = slice_axis(shape, zooms, axis)
+    except Exception as exc:  # noqa: BLE001 - nibabel raises many types on corrupt headers
+        return Skipped(str(path), f"unreadable NIfTI header: {one_line(exc)}")
+    if str(path).endswith(".nii"):
+        needed = int(img.header.get_data_offset()) + int(np.prod(img.shape)) * img.get_data_dtype().itemsize
+        if path.stat().st_size < needed:
+            return Skipped(str(path), f"truncated: the header needs {needed} bytes, the file holds {path.stat().st_size}")
+    first, second = _in_plane(cut)
+    files = [str(path)] + ([str(path.with_suffix(".img"))] if path.suffix == ".hdr" else [])
+    patient, modality = identity.patient(path), identity.modality_of(path)
+    series = []
+    for volume in range(volumes):
+        series_id = files[0] + (f"#t{volume}" if volumes > 1 else "")
+        key = SeriesKey(patient, series_id, modality)
+        series.append(
+            Series(
+                patient_id=patient, series_id=series_id, modality=modality, path=files[0], files=files,
+                n_slices=shape[cut], shape=(shape[second], shape[first]), spacing=(zooms[second], zooms[first]),
+                loader=partial(load_volume, files[0], volume, axis, key),
+            )
+        )
+    return series
+
+
+def _as_grey(data: np.ndarray) -> np.ndarray:
+    """Float32 scalar voxels; RGB(A) structured voxels become BT.601 grey."""
+    if data.dtype.names:
+        return to_grey(np.stack([data[name] for name in data.dtype.names], axis=-1), colour=True)
+    return np.asarray(data, dtype=np.float32)
+
+
+def load_volume(path: str, volume: int, axis: int | None, key: SeriesKey) -> list[Slice | Skipped]:
+    """Read one 3D volume, reorient it to the closest canonical and cut it into ordered Slices."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(path)
+        ornt, shape, zooms, affine = _geometry(img)
+        data = img.dataobj[:, :, :, volume] if len(img.shape) >= 4 else img.dataobj
+        data = _as_grey(np.asanyarray(data)).reshape(tuple(img.shape[:3]) + (1,) * (3 - min(3, len(img.shape))))
+        data = nib.orientations.apply_orientation(data, ornt)
+    except Exception as exc:  # noqa: BLE001 - truncated or corrupt data: report the file, keep going
+        return [Skipped(path, f"cannot read NIfTI voxels: {one_line(exc)}")]
+    cut = slice_axis(shape, zooms, axis)
+    first, second = _in_plane(cut)
+    step = float(np.linalg.norm(affine[:3, cut])) or 1.0
+    origin = float(np.dot(affine[:3, 3], affine[:3, cut] / step))
+    return [
+        Slice(
+            pixels=np.ascontiguousarray(np.flip(np.take(data, index, axis=cut)).T), patient_id=key.patient_id,
+            series_id=key.series_id, modality=key.modality, index=index, path=path,
+            spacing=(zooms[second], zooms[first]), position=origin + index * step,
+        )
+        for index in range(shape[cut])
+    ]
