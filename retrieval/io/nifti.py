@@ -123,11 +123,12 @@ def load_volume(path: str, volume: int, axis: int | None, key: SeriesKey) -> lis
     first, second = _in_plane(cut)
     step = float(np.linalg.norm(affine[:3, cut])) or 1.0
     origin = float(np.dot(affine[:3, 3], affine[:3, cut] / step))
+    # (slice, first, second) → flip both in-plane axes → (slice, rows=second, cols=first), one copy
+    images = np.ascontiguousarray(np.flip(np.moveaxis(data, cut, 0), axis=(1, 2)).transpose(0, 2, 1))
     return [
         Slice(
-            pixels=np.ascontiguousarray(np.flip(np.take(data, index, axis=cut)).T), patient_id=key.patient_id,
-            series_id=key.series_id, modality=key.modality, index=index, path=path,
-            spacing=(zooms[second], zooms[first]), position=origin + index * step,
+            pixels=images[index], patient_id=key.patient_id, series_id=key.series_id, modality=key.modality,
+            index=index, path=path, spacing=(zooms[second], zooms[first]), position=origin + index * step,
         )
         for index in range(shape[cut])
     ]
