@@ -75,6 +75,48 @@ def train(
     typer.echo(json.dumps(summary, indent=2) if json_out else f"done: {summary['epochs']} epochs, best checkpoint {out / 'best.pt'}; last epoch {summary['last']}")
 
 
+@app.command()
+def scan(
+    paths: Annotated[list[Path], typer.Argument(help="Archive folders or files (DICOM, NIfTI, PNG/JPEG/TIFF).")],
+    manifest: ManifestOpt = None,
+    patient_regex: PatientRegexOpt = None,
+    modality: ModalityOpt = None,
+    slice_axis: Annotated[Optional[int], typer.Option("--slice-axis", min=0, max=2, help="NIfTI canonical axis to slice along (default: largest spacing).")] = None,
+    headers_only: Annotated[bool, typer.Option("--headers-only", help="Read headers only: faster, no value ranges or pixel checks.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Summarise an archive per patient and series, with totals and the files that could not be used."""
+    import json
+
+    from retrieval.io import Identity
+    from retrieval.scan import print_report, scan_archive
+
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        fail(f"{missing[0]}: no such file or folder")
+    try:
+        identity = Identity(manifest=manifest, patient_regex=patient_regex, modality=modality)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    counts = {"file": 0, "series": 0}
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("scanning", total=None)
+
+        def progress(event: str, path: str) -> None:
+            counts[event] += 1
+            bar.update(task, description=f"{counts['file']} files, {counts['series']} series: {Path(path).name}")
+
+        report = scan_archive(paths, identity, slice_axis=slice_axis, read_pixels=not headers_only, progress=progress)
+    if json_out:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        print_report(report)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -1,0 +1,123 @@
+"""`retrieval scan`: summarise an archive per patient and series, and list what could not be used."""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from retrieval.io import Identity, Series, Skipped, read_archive
+
+Progress = Callable[[str, str], None]  # (event: "file" | "series", path)
+
+
+def _series_entry(series: Series, read_pixels: bool) -> tuple[dict[str, Any], list[Skipped]]:
+    """One series' summary; with `read_pixels`, decode it for the value range and real slice count."""
+    entry: dict[str, Any] = {
+        "series_id": series.series_id, "path": series.path, "modality": series.modality, "study_id": series.study_id,
+        "n_slices": series.n_slices, "n_files": len(series.files), "shape": list(series.shape),
+        "spacing": [round(float(s), 4) for s in series.spacing], "value_range": None,
+    }
+    if not read_pixels:
+        return entry, []
+    slices = series.load()
+    entry["n_slices"] = len(slices)
+    if slices:
+        entry["value_range"] = [float(min(s.pixels.min() for s in slices)), float(max(s.pixels.max() for s in slices))]
+    return entry, series.skipped
+
+
+def scan_archive(
+    paths: Iterable[str | os.PathLike[str]],
+    identity: Identity | None = None,
+    *,
+    slice_axis: int | None = None,
+    read_pixels: bool = True,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Walk `paths` and return the scan report: patients with their series, skipped files, totals.
+
+    With `read_pixels` (the default) every series is decoded, one at a time, so the report has value
+    ranges and catches files whose pixel data is corrupt; without it only headers are read.
+    """
+    patients: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    skipped: list[Skipped] = []
+    on_file = (lambda path: progress("file", str(path))) if progress else None
+    for item in read_archive(paths, identity, slice_axis=slice_axis, on_file=on_file):
+        if isinstance(item, Skipped):
+            skipped.append(item)
+            continue
+        if progress:
+            progress("series", item.path)
+        entry, problems = _series_entry(item, read_pixels)
+        skipped.extend(problems)
+        if entry["n_slices"]:
+            patients[item.patient_id].append(entry)
+    report_patients = [
+        {
+            "patient_id": patient,
+            "modality": ",".join(sorted({s["modality"] for s in series})),
+            "n_slices": sum(s["n_slices"] for s in series),
+            "series": sorted(series, key=lambda s: s["path"]),
+        }
+        for patient, series in sorted(patients.items())
+    ]
+    return {
+        "patients": report_patients,
+        "skipped": [{"path": s.path, "reason": s.reason} for s in sorted(skipped, key=lambda s: s.path)],
+        "totals": {
+            "patients": len(report_patients),
+            "series": sum(len(p["series"]) for p in report_patients),
+            "slices": sum(p["n_slices"] for p in report_patients),
+            "skipped": len(skipped),
+        },
+    }
+
+
+def _root(report: dict[str, Any]) -> str:
+    """The deepest folder holding every series and skipped path of a report ('' when there are none)."""
+    paths = [s["path"] for p in report["patients"] for s in p["series"]] + [s["path"] for s in report["skipped"]]
+    if not paths:
+        return ""
+    root = os.path.commonpath(paths)
+    return root if os.path.isdir(root) else os.path.dirname(root)
+
+
+def _number(value: float) -> str:
+    """Compact number: integers without decimals, others to 3 significant digits."""
+    return str(int(value)) if float(value).is_integer() else f"{value:.3g}"
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """Print the scan report as rich tables: one row per series, the totals, then the skipped files."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    root = _root(report)
+    table = Table(title=f"Series per patient under {root}")
+    for column in ("patient", "modality", "source", "slices", "shape", "spacing (mm)", "value range"):
+        table.add_column(column, justify="right" if column == "slices" else "left", overflow="fold",
+                         no_wrap=column in ("shape", "spacing (mm)"))
+    for patient in report["patients"]:
+        for number, series in enumerate(patient["series"]):
+            value_range = series["value_range"]
+            table.add_row(
+                patient["patient_id"] if number == 0 else "", series["modality"], os.path.relpath(series["path"], root),
+                str(series["n_slices"]), "×".join(map(str, series["shape"])), "×".join(_number(s) for s in series["spacing"]),
+                f"{_number(value_range[0])}…{_number(value_range[1])}" if value_range else "-",
+            )
+    console.print(table)
+    totals = report["totals"]
+    console.print(
+        f"{totals['patients']} patients, {totals['series']} series, {totals['slices']} slices; "
+        f"{totals['skipped']} files skipped"
+    )
+    if report["skipped"]:
+        skipped = Table(title=f"Skipped (under {root})")
+        skipped.add_column("path", overflow="fold")
+        skipped.add_column("reason", overflow="fold")
+        for item in report["skipped"]:
+            skipped.add_row(os.path.relpath(item["path"], root), item["reason"])
+        console.print(skipped)
