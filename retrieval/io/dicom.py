@@ -9,10 +9,12 @@ present), so CT is in Hounsfield units; colour becomes grey; MONOCHROME1 is nega
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import warnings
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -25,6 +27,7 @@ from retrieval.io.pixels import one_line, to_grey
 from retrieval.io.slices import Series, SeriesKey, Skipped, Slice
 
 _DICOMDIR = "1.2.840.10008.1.3.10"
+_DEFLATED = "1.2.840.10008.1.2.1.99"
 _NOT_ANATOMY = {  # image SOP classes whose pixels are labels or dose, not anatomy
     "1.2.840.10008.5.1.4.1.1.481.2",  # RT Dose
     "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation
@@ -49,6 +52,20 @@ class Frame:
     position: tuple[float, float, float] | None
     orientation: tuple[float, ...] | None
     instance: int | None
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Silence pydicom's warnings and log records (with tracebacks) while reading: we report one line per file."""
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def _floats(value: Any, count: int) -> tuple[float, ...] | None:
@@ -84,15 +101,21 @@ def _non_image_reason(ds: Any) -> str | None:
     if sop in _NOT_ANATOMY:
         return f"non-image DICOM ({name}): its pixels are labels or dose, not anatomy"
     if "Rows" not in ds or "Columns" not in ds:
+        if "Image Storage" in name:
+            return f"{name} without image attributes (no Rows/Columns)"
         return f"non-image DICOM ({name}): no image pixel data"
     return None
 
 
 def _pixel_problem(handle: Any, ds: Any, size: int) -> str | None:
     """Check the Pixel Data element where the header read stopped: present, and long enough when native."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID") == _DEFLATED:
+        return None  # the header was read from an inflated stream: positions in the file do not apply
     start = handle.tell()
     head = handle.read(12)
     implicit, little = getattr(ds, "original_encoding", (None, True))
+    implicit = implicit or not (head[4:6].isalpha() and head[4:6].isupper())  # files that lie about their VR
     endian = "<" if little is not False else ">"
     if len(head) < 8 or struct.unpack(endian + "HH", head[:4]) not in _PIXEL_TAGS:
         return "no Pixel Data element (missing, or the file is truncated before it)"
@@ -153,8 +176,7 @@ def read_header(path: Path, identity: Identity) -> list[Frame] | Skipped:
     import pydicom
 
     try:
-        with warnings.catch_warnings(), path.open("rb") as handle:
-            warnings.simplefilter("ignore")
+        with quiet(), path.open("rb") as handle:
             ds = pydicom.dcmread(handle, stop_before_pixels=True, force=True)
             reason = _non_image_reason(ds) or _pixel_problem(handle, ds, path.stat().st_size)
             if reason:
@@ -211,13 +233,26 @@ def _rescale(ds: Any, index: int, image: np.ndarray) -> np.ndarray:
     return image
 
 
+def _assume_transfer_syntax(ds: Any) -> None:
+    """Give a dataset without a Transfer Syntax UID the native one it was parsed with, so it can decode."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    if not hasattr(ds, "file_meta"):
+        ds.file_meta = FileMetaDataset()
+    if "TransferSyntaxUID" in ds.file_meta:
+        return
+    implicit, little = ds.original_encoding
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+
+
 def _decode(path: str) -> tuple[Any, np.ndarray]:
     """Read one file with pixels: the dataset and an array of shape (frames, rows, cols[, samples])."""
     import pydicom
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet():
         ds = pydicom.dcmread(path, force=True)
+        _assume_transfer_syntax(ds)
         pixels = ds.pixel_array
     count = max(1, int(ds.get("NumberOfFrames") or 1))
     colour = int(ds.get("SamplesPerPixel") or 1) > 1

@@ -35,7 +35,7 @@ def _gunzip_head(path: Path, size: int) -> bytes:
         with gzip.open(path, "rb") as handle:
             return handle.read(size)
     except (OSError, EOFError, zlib.error) as exc:
-        raise Unsupported(f"corrupt gzip stream: {exc}") from None
+        raise Unsupported(f"corrupt or truncated gzip stream: {exc}") from None
 
 
 def sniff(path: Path) -> str:
@@ -59,9 +59,10 @@ def sniff(path: Path) -> str:
     if name.endswith(_NIFTI_NAMES) and _nifti_magic(head):
         return NIFTI
     if len(head) >= 8:
-        group, element = struct.unpack("<HH", head[:4])
-        if group in _BARE_DICOM_GROUPS and element < 0x0100:
-            return DICOM
+        for endian in "<>":
+            group, element = struct.unpack(endian + "HH", head[:4])
+            if group in _BARE_DICOM_GROUPS and element < 0x0100:
+                return DICOM
     suffix = ".gz" if name.endswith(".gz") else path.suffix.lower()
     if suffix in _CLAIMS:
         raise Unsupported(f"named {suffix} but the content is not {_CLAIMS[suffix]}")

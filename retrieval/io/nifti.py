@@ -68,10 +68,14 @@ def read_nifti(path: Path, identity: Identity, axis: int | None = None) -> list[
     """Headers of a NIfTI file as one Series per 3D volume, or the reason it cannot be used."""
     import nibabel as nib
 
+    if path.suffix.lower() == ".hdr" and not path.with_suffix(".img").is_file():
+        return Skipped(str(path), f"header of an image pair whose data file {path.with_suffix('.img').name} is missing")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             img = nib.load(str(path))
+        if not isinstance(img, nib.analyze.AnalyzeImage):  # NIfTI-1/2 and Analyze, not CIFTI or surfaces
+            return Skipped(str(path), f"{type(img).__name__} is not a volume image")
         if np.issubdtype(img.get_data_dtype(), np.complexfloating):
             return Skipped(str(path), "complex-valued NIfTI is not supported")
         volumes = _volume_count(img.shape)

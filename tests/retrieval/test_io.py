@@ -1,0 +1,308 @@
+"""Readers on real files: pydicom's and nibabel's test data, files the tests write, and bad input."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from nibabel.testing import data_path as nibabel_data
+from PIL import Image
+from pydicom.data import get_testdata_file, get_testdata_files
+from pydicom.pixels import apply_modality_lut
+
+from retrieval.io import Identity, Series, Skipped, Slice, iter_slices, read_archive, read_path
+from retrieval.io.nifti import slice_axis
+
+
+def pixels(name: str) -> np.ndarray:
+    """All slices of one pydicom test file, stacked in reading order."""
+    return np.stack([s.pixels for s in read_path(get_testdata_file(name))])
+
+
+def test_every_pydicom_test_file_is_read_or_skipped_with_a_reason() -> None:
+    files = [f for f in get_testdata_files() if os.path.isfile(f)]  # the list also names a few folders
+    assert len(files) > 200, "pydicom-data is not installed: the corpus is incomplete"
+    seen: dict[str, list[Slice | Skipped]] = {}
+    for name in files:
+        for item in iter_slices([name]):
+            seen.setdefault(item.path, []).append(item)
+            if isinstance(item, Skipped):
+                assert item.reason and "\n" not in item.reason
+            else:
+                assert item.pixels.dtype == np.float32 and item.pixels.ndim == 2
+    assert set(seen) >= {os.path.abspath(f) for f in files}
+    reason = {Path(p).name: items[0].reason for p, items in seen.items() if isinstance(items[0], Skipped)}
+    assert "Structure Set" in reason["rtstruct.dcm"]
+    assert "SR Storage" in reason["test-SR.dcm"] and "Plan" in reason["rtplan.dcm"]
+    assert "Waveform" in reason["waveform_ecg.dcm"] and "DICOMDIR" in reason["DICOMDIR"]
+    assert "truncated" in reason["MR_truncated.dcm"]
+    assert "Dose" in reason["rtdose.dcm"] and "Segmentation" in reason["liver.dcm"]
+    read = {Path(p).name for p, items in seen.items() if isinstance(items[0], Slice)}
+    assert {"CT_small.dcm", "MR_small_RLE.dcm", "US1_J2KR.dcm", "emri_small_jpeg_ls_lossless.dcm", "SC_rgb_jpeg.dcm"} <= read
+
+
+@pytest.mark.parametrize(
+    "plain, compressed",
+    [
+        ("MR_small.dcm", "MR_small_RLE.dcm"),
+        ("MR_small.dcm", "MR_small_jp2klossless.dcm"),
+        ("MR_small.dcm", "MR_small_jpeg_ls_lossless.dcm"),
+        ("MR_small.dcm", "MR_small_bigendian.dcm"),
+        ("emri_small.dcm", "emri_small_RLE.dcm"),
+        ("emri_small.dcm", "emri_small_jpeg_2k_lossless.dcm"),
+        ("emri_small.dcm", "emri_small_jpeg_ls_lossless.dcm"),
+        ("OBXXXX1A_2frame.dcm", "OBXXXX1A_rle_2frame.dcm"),
+        ("SC_rgb.dcm", "SC_rgb_rle.dcm"),
+        ("SC_rgb.dcm", "SC_rgb_jpeg_gdcm.dcm"),  # JPEG lossless (process 14)
+        ("US1_UNCR.dcm", "US1_J2KR.dcm"),
+        ("693_UNCR.dcm", "693_J2KR.dcm"),
+        ("MR2_UNCI.dcm", "MR2_J2KI.dcm"),  # *_UNCI holds the decoded irreversible JPEG 2000
+        ("693_UNCI.dcm", "693_J2KI.dcm"),
+    ],
+)
+def test_lossless_codecs_decode_to_the_uncompressed_twin(plain: str, compressed: str) -> None:
+    expected, decoded = pixels(plain), pixels(compressed)
+    assert decoded.shape == expected.shape
+    np.testing.assert_array_equal(decoded, expected)
+
+
+@pytest.mark.parametrize(
+    "reference, lossy, max_error",
+    [
+        ("SC_rgb_dcmtk_ebcr_dcmd.dcm", "SC_rgb_dcmtk_+eb+cr.dcm", 1.0),  # JPEG baseline vs dcmtk's decoding
+        ("SC_rgb_jpeg_dcmd.dcm", "SC_rgb_jpeg.dcm", 1.0),
+        ("SC_rgb.dcm", "SC_rgb_jpeg_dcmtk.dcm", 4.0),  # JPEG baseline vs the original (quantised)
+        ("SC_rgb.dcm", "SC_rgb_jls_lossy_line.dcm", 2.0),  # JPEG-LS near-lossless, NEAR=2
+        ("SC_rgb.dcm", "SC_rgb_jls_lossy_sample.dcm", 2.0),
+    ],
+)
+def test_lossy_codecs_stay_within_their_tolerance(reference: str, lossy: str, max_error: float) -> None:
+    expected, decoded = pixels(reference), pixels(lossy)
+    assert decoded.shape == expected.shape
+    error = np.abs(decoded - expected)
+    assert error.max() <= max_error + 1e-4 and error.mean() < 1.0
+
+
+def test_ct_pixels_are_hounsfield_units() -> None:
+    path = get_testdata_file("CT_small.dcm")
+    ds = pydicom.dcmread(path)
+    (ct,) = read_path(path)
+    assert ds.RescaleIntercept != 0 and ct.modality == "CT"
+    np.testing.assert_allclose(ct.pixels, apply_modality_lut(ds.pixel_array, ds), atol=1e-3)
+    assert ct.spacing == tuple(float(v) for v in ds.PixelSpacing)
+    assert ct.patient_id == ds.PatientID and ct.study_id == ds.StudyInstanceUID
+
+
+def test_multiframe_files_expand_to_ordered_frames() -> None:
+    path = get_testdata_file("emri_small.dcm")
+    ds = pydicom.dcmread(path)
+    slices = read_path(path)
+    assert [s.index for s in slices] == list(range(int(ds.NumberOfFrames)))
+    np.testing.assert_array_equal(np.stack([s.pixels for s in slices]), ds.pixel_array.astype(np.float32))
+    enhanced = read_path(get_testdata_file("eCT_Supplemental.dcm"))
+    positions = [s.position for s in enhanced]
+    assert len(enhanced) == 2 and None not in positions and positions == sorted(positions)
+
+
+def _write_copies(folder: Path, positions: list[float | None], instances: list[int], series: list[str]) -> list[Path]:
+    """Copies of MR_small.dcm with the given z positions, instance numbers and series UIDs."""
+    source = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    paths = []
+    for number, (z, instance, uid) in enumerate(zip(positions, instances, series)):
+        ds = source.copy()
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        if z is None:
+            ds.pop("ImagePositionPatient", None)
+        else:
+            ds.ImagePositionPatient = [0.0, 0.0, z]
+        ds.InstanceNumber, ds.SeriesInstanceUID = instance, uid
+        ds.PixelData = (source.pixel_array + number).astype(source.pixel_array.dtype).tobytes()
+        paths.append(folder / f"file{number}.dcm")
+        ds.save_as(paths[-1])
+    return paths
+
+
+def test_dicom_series_are_grouped_by_uid_and_ordered_by_position(tmp_path: Path) -> None:
+    # positions disagree with instance numbers and file names: position wins
+    _write_copies(tmp_path, [30.0, -10.0, 10.0, 5.0], [1, 2, 3, 1], ["1.2.3", "1.2.3", "1.2.3", "9.9.9"])
+    series = sorted((s for s in read_archive([tmp_path]) if isinstance(s, Series)), key=lambda s: s.n_slices)
+    assert [s.series_id for s in series] == ["9.9.9", "1.2.3"]
+    slices = series[1].load()
+    assert [s.position for s in slices] == [-10.0, 10.0, 30.0]
+    assert [Path(s.path).name for s in slices] == ["file1.dcm", "file2.dcm", "file0.dcm"]
+    assert [s.index for s in slices] == [0, 1, 2] and series[1].files == [s.path for s in slices]
+
+
+def test_dicom_without_positions_is_ordered_by_instance_number(tmp_path: Path) -> None:
+    _write_copies(tmp_path, [None, None, None], [3, 1, 2], ["1.2.3"] * 3)
+    (series,) = [s for s in read_archive([tmp_path]) if isinstance(s, Series)]
+    assert [Path(s.path).name for s in series.load()] == ["file1.dcm", "file2.dcm", "file0.dcm"]
+
+
+def test_series_pickle_and_load_later(tmp_path: Path) -> None:
+    """Indexer workers receive Series in other processes: the loader must survive pickling."""
+    (series,) = [s for s in read_archive([get_testdata_file("MR_small.dcm")]) if isinstance(s, Series)]
+    copy = pickle.loads(pickle.dumps(series))
+    np.testing.assert_array_equal(copy.load()[0].pixels, series.load()[0].pixels)
+
+
+def _nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
+    nib.save(nib.Nifti1Image(data, affine), path)
+    return path
+
+
+def test_nifti_is_reoriented_like_as_closest_canonical(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(6, 5, 4)).astype(np.float32)
+    # voxel axes → (−x, +z, −y) with spacings 0.7, 0.7, 12 mm: an oblique-ish thick-slice acquisition
+    affine = np.array([[-0.7, 0, 0, 10], [0, 0, -12, 5], [0, 0.7, 0, -3], [0, 0, 0, 1]], dtype=float)
+    path = _nifti(tmp_path / "101_C0.nii.gz", data, affine)
+    canonical = nib.as_closest_canonical(nib.load(path))
+    expected = np.asarray(canonical.dataobj)
+    assert np.argmax(canonical.header.get_zooms()) == 1  # the 12 mm axis is canonical y
+    slices = read_path(path)
+    assert len(slices) == 4 and all(s.spacing == pytest.approx((0.7, 0.7)) for s in slices)
+    for s in slices:
+        np.testing.assert_array_equal(s.pixels, np.flip(expected[:, s.index, :]).T)
+    positions = [s.position for s in slices]
+    assert np.allclose(np.diff(positions), 12.0)
+    assert slices[0].patient_id == "101" and slices[0].modality == "OT"
+
+
+def test_slice_axis_rule() -> None:
+    assert slice_axis((478, 482, 5), (0.73, 0.73, 12.0)) == 2
+    assert slice_axis((5, 482, 478), (12.0, 0.73, 0.73)) == 0
+    assert slice_axis((64, 64, 64), (1.0, 1.0, 1.0)) == 2  # ties → axial
+    assert slice_axis((64, 64, 1), (1.0, 2.0, 0.5)) == 2  # a single-slice volume is cut along its one slice
+    assert slice_axis((64, 64, 64), (1.0, 1.0, 1.0), axis=0) == 0
+    with pytest.raises(ValueError):
+        slice_axis((4, 4, 4), (1.0, 1.0, 1.0), axis=3)
+
+
+def test_nifti_slice_axis_option(tmp_path: Path) -> None:
+    path = _nifti(tmp_path / "vol.nii", np.zeros((6, 5, 4), np.int16), np.eye(4))
+    assert [s.n_slices for s in read_archive([path]) if isinstance(s, Series)] == [4]
+    assert [s.n_slices for s in read_archive([path], slice_axis=0) if isinstance(s, Series)] == [6]
+
+
+def test_nibabel_test_volumes() -> None:
+    example = Path(nibabel_data) / "example4d.nii.gz"
+    img = nib.load(example)
+    series = [s for s in read_archive([example]) if isinstance(s, Series)]
+    assert len(series) == img.shape[3] and series[0].series_id.endswith("#t0")
+    assert all(len(s.load()) == s.n_slices for s in series)
+    items = list(read_archive([Path(nibabel_data) / "analyze.hdr", Path(nibabel_data) / "row_major.dconn.nii"]))
+    assert all(isinstance(i, Skipped) for i in items)
+    assert "analyze.img is missing" in items[0].reason and "not a volume" in items[1].reason
+
+
+def test_two_d_images(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, size=(20, 30, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "colour.png")
+    deep = rng.integers(0, 60000, size=(12, 9), dtype=np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    pages = [Image.fromarray(rng.integers(0, 256, size=(8, 8), dtype=np.uint8)) for _ in range(3)]
+    pages[0].save(tmp_path / "pages.tif", save_all=True, append_images=pages[1:])
+    (colour,) = read_path(tmp_path / "colour.png")
+    np.testing.assert_allclose(colour.pixels, rgb @ np.array([0.299, 0.587, 0.114]), atol=1e-3)
+    (grey,) = read_path(tmp_path / "deep.png")
+    np.testing.assert_array_equal(grey.pixels, deep.astype(np.float32))
+    tiff = read_path(tmp_path / "pages.tif")
+    assert [s.index for s in tiff] == [0, 1, 2]
+    np.testing.assert_array_equal(tiff[2].pixels, np.asarray(pages[2], dtype=np.float32))
+    assert colour.patient_id == tmp_path.name  # default rule: the folder holding the file
+
+
+def _bad_files(folder: Path) -> dict[str, str]:
+    """Write one file per kind of bad input; return name → a word its reason must contain."""
+    dicom = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    (folder / "empty.dcm").write_bytes(b"")
+    (folder / "truncated.dcm").write_bytes(dicom[: len(dicom) // 2])
+    (folder / "random.bin").write_bytes(np.random.default_rng(3).bytes(4096))
+    (folder / "notes.dcm").write_text("patient,slice\n1,2\n")
+    (folder / "text.nii.gz").write_text("not a volume")
+    volume = gzip.compress(nib.Nifti1Image(np.random.default_rng(5).random((32, 32, 32), np.float32), np.eye(4)).to_bytes())
+    (folder / "cut.nii.gz").write_bytes(volume[: len(volume) // 2])
+    buffer = folder / "whole.png"
+    Image.fromarray(np.random.default_rng(4).integers(0, 256, (64, 64), dtype=np.uint8)).save(buffer)
+    (folder / "cut.png").write_bytes(buffer.read_bytes()[:200])
+    buffer.unlink()
+    return {
+        "empty.dcm": "empty", "truncated.dcm": "truncated", "random.bin": "not an image",
+        "notes.dcm": "named .dcm", "text.nii.gz": "named .gz", "cut.nii.gz": "NIfTI", "cut.png": "image",
+    }
+
+
+def test_bad_files_are_skipped_with_reasons_and_lose_nothing_else(tmp_path: Path) -> None:
+    expected = _bad_files(tmp_path)
+    shutil.copy(get_testdata_file("CT_small.dcm"), tmp_path / "good.dcm")
+    shutil.copy(get_testdata_file("CT_small.dcm"), tmp_path / "dicom_named.png")  # content, not name, decides
+    items = list(iter_slices([tmp_path]))
+    skipped = {Path(i.path).name: i.reason for i in items if isinstance(i, Skipped)}
+    assert set(skipped) == set(expected)
+    for name, word in expected.items():
+        assert word in skipped[name], (name, skipped[name])
+    assert sorted(Path(i.path).name for i in items if isinstance(i, Slice)) == ["dicom_named.png", "good.dcm"]
+
+
+def test_read_path_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        read_path(tmp_path / "missing.dcm")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match="notes.txt: not an image"):
+        read_path(tmp_path / "notes.txt")
+
+
+def test_identity_rules(tmp_path: Path) -> None:
+    (tmp_path / "study").mkdir()
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(
+        "relative_path,patient_id,modality\nstudy,site-A,MR\nstudy/special.dcm,site-B,\n", encoding="utf-8"
+    )
+    identity = Identity(manifest=manifest)
+    assert identity.patient(tmp_path / "study" / "x.dcm", "HEADER") == "site-A"  # manifest wins over header
+    assert identity.patient(tmp_path / "study" / "special.dcm", "HEADER") == "site-B"  # deepest entry wins
+    assert identity.modality_of(tmp_path / "study" / "special.dcm", "CT") == "CT"  # empty manifest modality
+    assert identity.modality_of(tmp_path / "study" / "x.dcm", "CT") == "MR"
+    assert identity.patient(tmp_path / "other" / "x.dcm", "HEADER") == "HEADER"
+    regex = Identity(patient_regex=r"case_(\d+)", modality="ct")
+    assert regex.patient(Path("/data/case_007/img.png")) == "007"
+    assert regex.patient(Path("/data/ab/img.png")) == "ab"  # no match → default rule
+    assert regex.modality_of(Path("x.png")) == "CT" and regex.modality_of(Path("x.dcm"), "PT") == "OT"
+    assert Identity().patient(Path("/data/myops/101_C0.nii.gz")) == "101"
+    assert Identity().patient(Path("/data/patient01/study1_FLAIR.nii.gz")) == "patient01"
+    with pytest.raises(ValueError, match="patient regex"):
+        Identity(patient_regex="(")
+    with pytest.raises(FileNotFoundError):
+        Identity(manifest=tmp_path / "nope.csv")
+    (tmp_path / "bad.csv").write_text("path,id\nx,y\n")
+    with pytest.raises(ValueError, match="missing column"):
+        Identity(manifest=tmp_path / "bad.csv")
+
+
+def test_archive_slices_match_the_manifest(archive: Path) -> None:
+    """With the manifest, every manifest row's source yields exactly its n_slices slices, all decodable."""
+    import csv
+
+    rows = list(csv.DictReader((archive / "manifest.csv").open()))
+    expected: dict[str, int] = {}
+    for row in rows:
+        expected[row["patient_id"]] = expected.get(row["patient_id"], 0) + int(row["n_slices"])
+    counted: dict[str, int] = {}
+    problems = []
+    for item in iter_slices([archive], Identity(manifest=archive / "manifest.csv")):
+        if isinstance(item, Skipped):
+            problems.append(item)
+        else:
+            counted[item.patient_id] = counted.get(item.patient_id, 0) + 1
+            assert np.isfinite(item.pixels).all()
+    assert counted == expected
+    assert {Path(p.path).suffix for p in problems} <= {".csv", ".md"}  # only the archive's own documents
