@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import os
 import pickle
 import shutil
@@ -221,28 +220,8 @@ def test_two_d_images(tmp_path: Path) -> None:
     assert colour.patient_id == tmp_path.name  # default rule: the folder holding the file
 
 
-def _bad_files(folder: Path) -> dict[str, str]:
-    """Write one file per kind of bad input; return name → a word its reason must contain."""
-    dicom = Path(get_testdata_file("CT_small.dcm")).read_bytes()
-    (folder / "empty.dcm").write_bytes(b"")
-    (folder / "truncated.dcm").write_bytes(dicom[: len(dicom) // 2])
-    (folder / "random.bin").write_bytes(np.random.default_rng(3).bytes(4096))
-    (folder / "notes.dcm").write_text("patient,slice\n1,2\n")
-    (folder / "text.nii.gz").write_text("not a volume")
-    volume = gzip.compress(nib.Nifti1Image(np.random.default_rng(5).random((32, 32, 32), np.float32), np.eye(4)).to_bytes())
-    (folder / "cut.nii.gz").write_bytes(volume[: len(volume) // 2])
-    buffer = folder / "whole.png"
-    Image.fromarray(np.random.default_rng(4).integers(0, 256, (64, 64), dtype=np.uint8)).save(buffer)
-    (folder / "cut.png").write_bytes(buffer.read_bytes()[:200])
-    buffer.unlink()
-    return {
-        "empty.dcm": "empty", "truncated.dcm": "truncated", "random.bin": "not an image",
-        "notes.dcm": "named .dcm", "text.nii.gz": "named .gz", "cut.nii.gz": "NIfTI", "cut.png": "image",
-    }
-
-
-def test_bad_files_are_skipped_with_reasons_and_lose_nothing_else(tmp_path: Path) -> None:
-    expected = _bad_files(tmp_path)
+def test_bad_files_are_skipped_with_reasons_and_lose_nothing_else(tmp_path: Path, bad_files: dict[str, str]) -> None:
+    expected = bad_files
     shutil.copy(get_testdata_file("CT_small.dcm"), tmp_path / "good.dcm")
     shutil.copy(get_testdata_file("CT_small.dcm"), tmp_path / "dicom_named.png")  # content, not name, decides
     items = list(iter_slices([tmp_path]))
