@@ -1,0 +1,1 @@
+"""Archive indexing: a SQLite catalog of slices, a FAISS store of their anatomy vectors, a manifest, the pipeline."""

@@ -1,0 +1,273 @@
+"""The slice catalog: SQLite through SQLAlchemy 2.0, one row per indexed slice, the source of truth.
+
+Each slice row keeps its anatomy vector, so the FAISS index is a cache that can always be
+brought back in line with the catalog (see `indexer.directory`). A series row says whether all
+of its slices were committed (`complete`); an incomplete series is redone on the next run.
+Row ids are AUTOINCREMENT, so an id is never reused after a delete: FAISS ids stay unambiguous.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+from sqlalchemy import Boolean, Float, ForeignKey, Integer, LargeBinary, String, create_engine, delete, event, func, insert, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+T = TypeVar("T")
+CHUNK = 20_000  # ids per IN (...) clause, below SQLite's bound-parameter limit
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the catalog tables."""
+
+
+class SeriesRow(Base):
+    """One series (a DICOM series or a volume file) and whether all its slices are in."""
+
+    __tablename__ = "series"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String, unique=True)
+    patient_id: Mapped[str] = mapped_column(String, index=True)
+    study_id: Mapped[str | None] = mapped_column(String, nullable=True)
+    series_id: Mapped[str] = mapped_column(String)
+    modality: Mapped[str] = mapped_column(String)
+    path: Mapped[str] = mapped_column(String)
+    checksum: Mapped[str] = mapped_column(String)
+    n_slices: Mapped[int] = mapped_column(Integer, default=0)
+    complete: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class SliceRow(Base):
+    """One indexed slice: where it came from, its predicted α and its anatomy vector."""
+
+    __tablename__ = "slices"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_pk: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), index=True)
+    patient_id: Mapped[str] = mapped_column(String, index=True)
+    study_id: Mapped[str | None] = mapped_column(String, nullable=True)
+    series_id: Mapped[str] = mapped_column(String)
+    slice_index: Mapped[int] = mapped_column(Integer)
+    modality: Mapped[str] = mapped_column(String, index=True)
+    path: Mapped[str] = mapped_column(String)
+    file_checksum: Mapped[str] = mapped_column(String)
+    alpha: Mapped[float] = mapped_column(Float, index=True)
+    model_version: Mapped[str] = mapped_column(String)
+    index_version: Mapped[str] = mapped_column(String)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+@dataclass(frozen=True)
+class SeriesRecord:
+    """What the catalog stores about a series before its slices arrive."""
+
+    key: str
+    patient_id: str
+    study_id: str | None
+    series_id: str
+    modality: str
+    path: str
+    checksum: str
+
+
+@dataclass(frozen=True)
+class SliceRecord:
+    """One embedded slice ready to be committed (vector: float32 anatomy embedding)."""
+
+    series_key: str
+    slice_index: int
+    path: str
+    file_checksum: str
+    alpha: float
+    vector: np.ndarray
+
+
+@dataclass(frozen=True)
+class SliceInfo:
+    """A catalog row as search, info and qc report it."""
+
+    id: int
+    patient_id: str
+    study_id: str | None
+    series_id: str
+    slice_index: int
+    modality: str
+    path: str
+    alpha: float
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    """WAL journal (a killed writer never corrupts the file), foreign keys on."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+
+def _chunks(values: Iterable[T] | np.ndarray) -> Iterator[list[T]]:
+    """Split ids or keys into lists small enough for one IN (...) clause."""
+    values = values.tolist() if isinstance(values, np.ndarray) else [v.item() if isinstance(v, np.generic) else v for v in values]
+    for start in range(0, len(values), CHUNK):
+        yield values[start : start + CHUNK]
+
+
+class Catalog:
+    """The SQLite catalog of one index directory."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.engine = create_engine(f"sqlite:///{self.path}")
+        _sqlite_pragmas(self.engine)
+        Base.metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self.engine.dispose()
+
+    def series_states(self) -> dict[str, tuple[str, bool]]:
+        """series key → (checksum, complete) for every recorded series."""
+        with Session(self.engine) as session:
+            rows = session.execute(select(SeriesRow.key, SeriesRow.checksum, SeriesRow.complete))
+            return {key: (checksum, complete) for key, checksum, complete in rows}
+
+    def series_paths(self) -> dict[str, str]:
+        """series key → path of the series (folder or file)."""
+        with Session(self.engine) as session:
+            return dict(session.execute(select(SeriesRow.key, SeriesRow.path)).all())
+
+    def commit_batch(self, series: Iterable[SeriesRecord], slices: Sequence[SliceRecord], completed: Iterable[str], model_version: str, index_version: str) -> np.ndarray:
+        """In one transaction: add new series, add the slices, mark series complete; return the new slice ids in order."""
+        with Session(self.engine) as session, session.begin():
+            known = set(session.scalars(select(SeriesRow.key)))
+            new = [vars(s) for s in series if s.key not in known]
+            if new:
+                session.execute(insert(SeriesRow), new)
+            keys = {s.series_key for s in slices} | set(completed)
+            owners = {
+                row.key: row
+                for chunk in _chunks(keys)
+                for row in session.scalars(select(SeriesRow).where(SeriesRow.key.in_(chunk)))
+            }
+            ids = np.zeros(0, dtype=np.int64)
+            if slices:
+                values = [
+                    {
+                        "series_pk": owners[s.series_key].id,
+                        "patient_id": owners[s.series_key].patient_id,
+                        "study_id": owners[s.series_key].study_id,
+                        "series_id": owners[s.series_key].series_id,
+                        "modality": owners[s.series_key].modality,
+                        "slice_index": s.slice_index,
+                        "path": s.path,
+                        "file_checksum": s.file_checksum,
+                        "alpha": float(s.alpha),
+                        "model_version": model_version,
+                        "index_version": index_version,
+                        "vector": np.ascontiguousarray(s.vector, dtype=np.float32).tobytes(),
+                    }
+                    for s in slices
+                ]
+                result = session.scalars(insert(SliceRow).returning(SliceRow.id, sort_by_parameter_order=True), values)
+                ids = np.fromiter(result, dtype=np.int64, count=len(values))
+            for key in completed:
+                count = session.scalar(select(func.count()).select_from(SliceRow).where(SliceRow.series_pk == owners[key].id))
+                session.execute(update(SeriesRow).where(SeriesRow.key == key).values(complete=True, n_slices=count))
+            return ids
+
+    def _delete_where(self, session: Session, series_condition) -> np.ndarray:  # type: ignore[no-untyped-def]
+        """Delete the series matching a condition and their slices; return the slice ids removed."""
+        pks = list(session.scalars(select(SeriesRow.id).where(series_condition)))
+        ids: list[int] = []
+        for chunk in _chunks(pks):
+            ids.extend(session.scalars(select(SliceRow.id).where(SliceRow.series_pk.in_(chunk))))
+            session.execute(delete(SliceRow).where(SliceRow.series_pk.in_(chunk)))
+            session.execute(delete(SeriesRow).where(SeriesRow.id.in_(chunk)))
+        return np.asarray(ids, dtype=np.int64)
+
+    def delete_series(self, keys: Iterable[str]) -> np.ndarray:
+        """Delete series by key with their slices, in one transaction; return the slice ids removed."""
+        with Session(self.engine) as session, session.begin():
+            parts = [self._delete_where(session, SeriesRow.key.in_(chunk)) for chunk in _chunks(keys)]
+            return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def delete_patient(self, patient_id: str) -> np.ndarray:
+        """Delete every series and slice of a patient in one transaction; return the slice ids removed."""
+        with Session(self.engine) as session, session.begin():
+            return self._delete_where(session, SeriesRow.patient_id == patient_id)
+
+    def ids(self) -> np.ndarray:
+        """All slice ids, ascending."""
+        with Session(self.engine) as session:
+            return np.fromiter(session.scalars(select(SliceRow.id).order_by(SliceRow.id)), dtype=np.int64)
+
+    def vectors(self, ids: Sequence[int] | np.ndarray, dim: int) -> np.ndarray:
+        """The stored anatomy vectors of these ids, in the order given (n × dim float32)."""
+        found: dict[int, bytes] = {}
+        with Session(self.engine) as session:
+            for chunk in _chunks(ids):
+                found.update(session.execute(select(SliceRow.id, SliceRow.vector).where(SliceRow.id.in_(chunk))).all())
+        out = np.empty((len(ids), dim), dtype=np.float32)
+        for row, i in enumerate(ids):
+            out[row] = np.frombuffer(found[int(i)], dtype=np.float32)
+        return out
+
+    def slices(self, ids: Iterable[int]) -> dict[int, SliceInfo]:
+        """Catalog rows of these ids (missing ids are absent from the result)."""
+        columns = (SliceRow.id, SliceRow.patient_id, SliceRow.study_id, SliceRow.series_id, SliceRow.slice_index, SliceRow.modality, SliceRow.path, SliceRow.alpha)
+        out: dict[int, SliceInfo] = {}
+        with Session(self.engine) as session:
+            for chunk in _chunks(ids):
+                for row in session.execute(select(*columns).where(SliceRow.id.in_(chunk))):
+                    out[row[0]] = SliceInfo(*row)
+        return out
+
+    def eligible_ids(self, max_alpha: float | None = None, modality: str | None = None, exclude_patients: Sequence[str] = ()) -> np.ndarray:
+        """Ids of slices passing the search filters (α at most max_alpha, this modality, not these patients)."""
+        query = select(SliceRow.id)
+        if max_alpha is not None:
+            query = query.where(SliceRow.alpha <= max_alpha)
+        if modality is not None:
+            query = query.where(SliceRow.modality == modality)
+        if exclude_patients:
+            query = query.where(SliceRow.patient_id.not_in(list(exclude_patients)))
+        with Session(self.engine) as session:
+            return np.fromiter(session.scalars(query), dtype=np.int64)
+
+    def patients(self) -> set[str]:
+        """Ids of the patients with at least one slice."""
+        with Session(self.engine) as session:
+            return set(session.scalars(select(SliceRow.patient_id).distinct()))
+
+    def table(self, columns: Sequence[str], above: float | None = None) -> list[tuple]:
+        """Selected slice columns for every row (or rows with α above a threshold), ordered by series then slice."""
+        query = select(*(getattr(SliceRow, c) for c in columns)).order_by(SliceRow.series_pk, SliceRow.slice_index)
+        if above is not None:
+            query = query.where(SliceRow.alpha > above)
+        with Session(self.engine) as session:
+            return [tuple(row) for row in session.execute(query)]
+
+    def counts(self, column: str) -> dict[str, int]:
+        """Number of slices per value of a column (e.g. modality, patient_id, series_id)."""
+        field_ = getattr(SliceRow, column)
+        with Session(self.engine) as session:
+            return dict(session.execute(select(field_, func.count()).group_by(field_)).all())
+
+    def series_count(self) -> tuple[int, int]:
+        """(series recorded, series complete)."""
+        with Session(self.engine) as session:
+            total = session.scalar(select(func.count()).select_from(SeriesRow)) or 0
+            complete = session.scalar(select(func.count()).select_from(SeriesRow).where(SeriesRow.complete)) or 0
+            return int(total), int(complete)
+

@@ -1,0 +1,167 @@
+"""One index directory: manifest.json, catalog.sqlite and vectors.faiss, opened consistently.
+
+Write order makes every crash recoverable: the manifest is written before anything else; catalog
+batches commit atomically (rows with their vectors); the FAISS file is only ever replaced whole.
+So the catalog is always right and the FAISS file at worst stale: on open, ids the catalog lacks
+are removed from the index and rows the index lacks are added back from the stored vectors.
+Writers (index, remove) hold an exclusive lock on DIR/.lock; readers need none (SQLite WAL).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from indexer.catalog import Catalog
+from indexer.manifest import MANIFEST_NAME, Manifest, read_manifest, write_manifest
+from indexer.store import IVFPQ_MIN_VECTORS, VectorStore, build_ivfpq, recall_at_k
+
+CATALOG_NAME = "catalog.sqlite"
+STORE_NAME = "vectors.faiss"
+LOCK_NAME = ".lock"
+
+
+@dataclass(frozen=True)
+class Repair:
+    """What the consistency check on open changed in the FAISS index."""
+
+    added: int = 0
+    removed: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed)
+
+
+class IndexBusy(RuntimeError):
+    """Another process is writing to the index directory."""
+
+
+class IndexDirectory:
+    """Manifest, catalog and FAISS store of one DIR, kept in agreement."""
+
+    def __init__(self, path: Path, manifest: Manifest, catalog: Catalog, store: VectorStore, lock: int | None) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.catalog = catalog
+        self.store = store
+        self.lock_fd = lock
+        self.repair = Repair()
+
+    @classmethod
+    def open(cls, path: str | Path, expected: Manifest | None = None, writable: bool = False) -> "IndexDirectory":
+        """Open DIR (creating it from `expected` when it has no manifest), check it matches, repair the index."""
+        path = Path(path)
+        manifest = read_manifest(path) if path.is_dir() else None
+        if manifest is None and expected is None:
+            raise FileNotFoundError(f"{path}: no index here (no manifest.json); build one with `retrieval index ARCHIVE --index {path}`")
+        if manifest is None and path.is_dir() and any(p.name not in (LOCK_NAME, MANIFEST_NAME + ".tmp") for p in path.iterdir()):
+            raise FileNotFoundError(f"{path}: not empty and not an index (no manifest.json); choose a new or empty --index DIR")
+        if manifest is not None and expected is not None:
+            manifest.check(path, expected.checkpoint_sha256, expected.checkpoint_path, expected.preprocessing)
+        lock = None
+        if writable:
+            path.mkdir(parents=True, exist_ok=True)
+            lock = _lock(path)
+        try:
+            if manifest is None:
+                manifest = expected
+                write_manifest(path, manifest)
+            directory = cls(path, manifest, Catalog(path / CATALOG_NAME), _load_store(path / STORE_NAME, manifest.embedding_size), lock)
+            directory.repair = directory.sync()
+            if directory.repair and writable:
+                directory.save()
+        except BaseException:
+            if lock is not None:
+                os.close(lock)
+            raise
+        return directory
+
+    def sync(self) -> Repair:
+        """Make the FAISS ids exactly the catalog's ids: drop extra ids, add missing rows' stored vectors."""
+        rows, held = self.catalog.ids(), self.store.ids()
+        extra = np.setdiff1d(held, rows, assume_unique=True)
+        missing = np.setdiff1d(rows, held, assume_unique=True)
+        self.store.remove(extra)
+        self.store.add(missing, self.catalog.vectors(missing, self.store.dim))
+        return Repair(added=len(missing), removed=len(extra))
+
+    def save(self) -> None:
+        """Replace the FAISS file atomically, then the manifest (only writers call this)."""
+        if self.lock_fd is None:
+            raise RuntimeError(f"{self.path}: opened read-only")
+        self.store.save(self.path / STORE_NAME)
+        write_manifest(self.path, self.manifest)
+
+    def remove_patient(self, patient_id: str) -> int:
+        """Delete a patient's rows (one transaction), drop their vectors and save; return slices removed."""
+        ids = self.catalog.delete_patient(patient_id)
+        self.store.remove(ids)
+        self.save()
+        return len(ids)
+
+    def reshape(self, kind: str) -> None:
+        """Make the store the requested kind: IVF-PQ is (re)trained when absent or the archive doubled since training."""
+        trained_on = int(self.manifest.index.get("trained_on", 0))
+        if kind == "ivfpq" and len(self.store) >= IVFPQ_MIN_VECTORS and (self.store.kind != "ivfpq" or len(self.store) > 2 * trained_on):
+            ids = self.catalog.ids()
+            vectors = self.catalog.vectors(ids, self.store.dim)
+            self.store = build_ivfpq(ids, vectors)
+            recall = recall_at_k(self.store, ids, vectors)
+            self.manifest.index = {"trained_on": len(ids), "nprobe": self.store.nprobe, "recall_at_10": round(recall, 4)}
+        elif kind == "flat" and self.store.kind != "flat":
+            self.store = VectorStore.empty(self.store.dim)
+            self.sync()
+            self.manifest.index = {}
+        self.manifest.index.update(requested=kind, kind=self.store.kind)
+
+    def metric(self, checkpoint: str | Path | None = None, device: str = "auto"):  # type: ignore[no-untyped-def]
+        """Load the checkpoint this index was built with (or `checkpoint`, which must be the same file content)."""
+        from indexer.manifest import preprocessing
+        from retrieval.metric import DistortionAwareMetric
+
+        path = Path(checkpoint) if checkpoint is not None else Path(self.manifest.checkpoint_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: checkpoint not found (this index was built with {self.manifest.checkpoint_sha256[:12]}); pass --checkpoint")
+        metric = DistortionAwareMetric.load(path, device)
+        self.manifest.check(self.path, metric.checkpoint_hash, str(path), preprocessing(metric.size))
+        return metric
+
+    def close(self) -> None:
+        """Release the catalog and the writer lock."""
+        self.catalog.close()
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+
+    def __enter__(self) -> "IndexDirectory":
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def _lock(path: Path) -> int:
+    """Take DIR's exclusive writer lock (released by the OS even on kill -9)."""
+    fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise IndexBusy(f"{path}: another `retrieval index` or `remove` is writing this index; wait for it to finish") from None
+    return fd
+
+
+def _load_store(path: Path, dim: int) -> VectorStore:
+    """The saved FAISS store, or an empty one when the file is missing or unreadable (sync then refills it)."""
+    if path.is_file():
+        try:
+            store = VectorStore.load(path)
+            if store.dim == dim:
+                return store
+        except (RuntimeError, ValueError):
+            pass  # a damaged cache: rebuilt from the catalog's vectors below
+    return VectorStore.empty(dim)

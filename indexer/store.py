@@ -1,0 +1,170 @@
+"""The FAISS store: anatomy vectors (unit norm, so inner product = cosine) keyed by catalog row id.
+
+Exact search (IndexFlatIP) is the default. IVF-PQ is the option for large archives: it is
+trained on a sample of the vectors and reports its recall@10 against exact search.
+Both sit inside an IndexIDMap2 so ids are the catalog's ids and can be removed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+KINDS = ("flat", "ivfpq")
+IVFPQ_MIN_VECTORS = 10_000  # below this IVF-PQ cannot be trained well (256 PQ centroids × 39); exact search is used
+IVFPQ_TRAIN_SAMPLE = 32_768
+RECALL_QUERIES = 500
+
+
+@dataclass(frozen=True)
+class IvfPqParams:
+    """IVF-PQ shape: coarse lists, PQ sub-quantisers, lists probed per query."""
+
+    nlist: int
+    m: int
+    nprobe: int
+
+    @classmethod
+    def for_size(cls, n: int, dim: int) -> "IvfPqParams":
+        """√n lists (at most 65,536), dim/4 sub-quantisers of 8 bits, 1/32 of the lists probed (at least 8)."""
+        nlist = int(min(65_536, max(16, round(math.sqrt(n)))))
+        return cls(nlist=nlist, m=max(1, dim // 4), nprobe=min(nlist, max(8, nlist // 32)))
+
+
+def _flat(dim: int) -> faiss.IndexIDMap2:
+    """An empty exact inner-product index with catalog ids."""
+    return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+
+
+def _ids(ids: np.ndarray) -> np.ndarray:
+    """Ids as the contiguous int64 array FAISS wants."""
+    return np.ascontiguousarray(ids, dtype=np.int64)
+
+
+def _vectors(vectors: np.ndarray) -> np.ndarray:
+    """Vectors as the contiguous float32 matrix FAISS wants."""
+    return np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
+
+
+class VectorStore:
+    """A FAISS IndexIDMap2 (exact or IVF-PQ) with atomic save and id-filtered search."""
+
+    def __init__(self, index: faiss.IndexIDMap2) -> None:
+        self.index = index
+
+    @classmethod
+    def empty(cls, dim: int) -> "VectorStore":
+        """A new exact store."""
+        return cls(_flat(dim))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "VectorStore":
+        """Read a store written by `save`."""
+        index = faiss.read_index(str(path))
+        if not isinstance(index, faiss.IndexIDMap2):
+            raise ValueError(f"{path}: not an id-mapped FAISS index")
+        return cls(index)
+
+    @property
+    def dim(self) -> int:
+        """Vector size."""
+        return int(self.index.d)
+
+    @property
+    def kind(self) -> str:
+        """'ivfpq' or 'flat'."""
+        return "ivfpq" if isinstance(faiss.downcast_index(self.index.index), faiss.IndexIVFPQ) else "flat"
+
+    @property
+    def nprobe(self) -> int | None:
+        """Lists probed per query (IVF-PQ only)."""
+        inner = faiss.downcast_index(self.index.index)
+        return int(inner.nprobe) if isinstance(inner, faiss.IndexIVF) else None
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def ids(self) -> np.ndarray:
+        """Ids of the stored vectors, ascending."""
+        return np.sort(faiss.vector_to_array(self.index.id_map).astype(np.int64))
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add vectors under their catalog ids."""
+        if len(ids):
+            self.index.add_with_ids(_vectors(vectors), _ids(ids))
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Remove ids (absent ones are ignored); return how many were removed."""
+        return int(self.index.remove_ids(_ids(ids))) if len(ids) else 0
+
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k inner products and ids per query, only among `allowed` ids when given (-1 pads missing hits)."""
+        queries = _vectors(queries)
+        k = max(1, min(k, len(self)))
+        inner = faiss.downcast_index(self.index.index)
+        options: dict = {"nprobe": int(inner.nprobe)} if isinstance(inner, faiss.IndexIVF) else {}
+        if allowed is not None:
+            allowed = _ids(allowed)
+            if not len(allowed) or not len(self):
+                return np.zeros((len(queries), k), np.float32), np.full((len(queries), k), -1, np.int64)
+            mask = np.zeros(int(allowed.max()) + 1, dtype=bool)
+            mask[allowed] = True
+            bitmap = np.packbits(mask, bitorder="little")  # must outlive the search call
+            options["sel"] = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bitmap))
+        if not options:
+            return self.index.search(queries, k)
+        params = faiss.SearchParametersIVF(**options) if "nprobe" in options else faiss.SearchParameters(**options)
+        return self.index.search(queries, k, params=params)
+
+    def save(self, path: str | Path) -> None:
+        """Write to a temp file, fsync, then rename over `path`: a reader sees the old or the new index, never half."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        faiss.write_index(self.index, str(tmp))
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+def build_ivfpq(ids: np.ndarray, vectors: np.ndarray, params: IvfPqParams | None = None, seed: int = 0) -> VectorStore:
+    """Train IVF-PQ on a sample of the vectors (at most IVFPQ_TRAIN_SAMPLE) and add all of them."""
+    vectors = _vectors(vectors)
+    n, dim = vectors.shape
+    if n < IVFPQ_MIN_VECTORS:
+        raise ValueError(f"IVF-PQ needs at least {IVFPQ_MIN_VECTORS} vectors to train, got {n}")
+    params = params or IvfPqParams.for_size(n, dim)
+    if dim % params.m:
+        raise ValueError(f"vector size {dim} is not divisible by the {params.m} PQ sub-quantisers")
+    inner = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, params.nlist, params.m, 8, faiss.METRIC_INNER_PRODUCT)
+    inner.cp.seed = seed
+    inner.nprobe = params.nprobe
+    rng = np.random.default_rng(seed)
+    sample = vectors[np.sort(rng.choice(n, size=min(n, IVFPQ_TRAIN_SAMPLE), replace=False))]
+    inner.train(sample)
+    store = VectorStore(faiss.IndexIDMap2(inner))
+    store.add(ids, vectors)
+    return store
+
+
+def recall_at_k(store: VectorStore, ids: np.ndarray, vectors: np.ndarray, k: int = 10, n_queries: int = RECALL_QUERIES, seed: int = 0) -> float:
+    """Mean fraction of the exact top-k (over ids/vectors) that `store` also returns, on a sample of the vectors as queries."""
+    vectors = _vectors(vectors)
+    if not len(vectors):
+        raise ValueError("recall needs at least one vector")
+    rng = np.random.default_rng(seed)
+    queries = vectors[rng.choice(len(vectors), size=min(n_queries, len(vectors)), replace=False)]
+    k = min(k, len(vectors))
+    _, exact_rows = faiss.knn(queries, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
+    exact = _ids(ids)[exact_rows]
+    _, found = store.search(queries, k)
+    return float(np.mean([len(set(e) & set(f)) / k for e, f in zip(exact.tolist(), found.tolist())]))

@@ -1,0 +1,85 @@
+"""FAISS store: exact and IVF-PQ search by catalog id, id filters, removal, atomic save."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from indexer.store import IVFPQ_MIN_VECTORS, VectorStore, build_ivfpq, recall_at_k
+
+
+def unit_vectors(n: int, dim: int = 128, clusters: int = 64, seed: int = 0) -> np.ndarray:
+    """Clustered unit vectors (like embeddings of many slices of fewer patients)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim))
+    x = centres[rng.integers(0, clusters, n)] + 0.5 * rng.standard_normal((n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture()
+def flat() -> tuple[VectorStore, np.ndarray, np.ndarray]:
+    vectors = unit_vectors(500)
+    ids = np.arange(1000, 1500, dtype=np.int64)
+    store = VectorStore.empty(128)
+    store.add(ids, vectors)
+    return store, ids, vectors
+
+
+def test_exact_search_finds_itself_under_its_catalog_id(flat) -> None:
+    store, ids, vectors = flat
+    scores, found = store.search(vectors[:20], 5)
+    assert found[:, 0].tolist() == ids[:20].tolist()
+    assert np.allclose(scores[:, 0], 1.0, atol=1e-5)
+    assert (np.diff(scores, axis=1) <= 1e-6).all()
+
+
+def test_allowed_ids_filter_inside_search_still_returns_k(flat) -> None:
+    store, ids, vectors = flat
+    allowed = ids[ids % 7 == 0]
+    _, found = store.search(vectors[:10], 10, allowed=allowed)
+    assert (found >= 0).all(), "k eligible ids exist, so k come back"
+    assert set(found.ravel()) <= set(allowed.tolist())
+    _, none = store.search(vectors[:2], 3, allowed=np.zeros(0, np.int64))
+    assert (none == -1).all()
+
+
+def test_remove_and_ids(flat) -> None:
+    store, ids, vectors = flat
+    assert store.remove(ids[:10]) == 10
+    assert store.remove(np.array([1, 2], np.int64)) == 0
+    assert store.ids().tolist() == ids[10:].tolist()
+    _, found = store.search(vectors[:10], 3)
+    assert not set(found.ravel()) & set(ids[:10].tolist())
+
+
+def test_save_replaces_whole_file_and_loads_back(flat, tmp_path) -> None:
+    store, ids, vectors = flat
+    path = tmp_path / "vectors.faiss"
+    store.save(path)
+    store.remove(ids[:100])
+    store.save(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vectors.faiss"]
+    loaded = VectorStore.load(path)
+    assert loaded.ids().tolist() == ids[100:].tolist()
+    assert loaded.search(vectors[200:201], 1)[1][0, 0] == ids[200]
+
+
+def test_ivfpq_recall_against_exact_and_filter() -> None:
+    n = IVFPQ_MIN_VECTORS + 2000
+    vectors = unit_vectors(n, seed=1)
+    ids = np.arange(n, dtype=np.int64) * 3 + 5
+    store = build_ivfpq(ids, vectors)
+    assert store.kind == "ivfpq" and len(store) == n and store.nprobe >= 8
+    recall = recall_at_k(store, ids, vectors, n_queries=200)
+    exact = VectorStore.empty(128)
+    exact.add(ids, vectors)
+    assert recall_at_k(exact, ids, vectors, n_queries=200) == 1.0
+    assert 0.5 < recall <= 1.0
+    allowed = ids[::2]
+    _, found = store.search(vectors[:5], 10, allowed=allowed)
+    assert set(found.ravel()) - {-1} <= set(allowed.tolist())
+
+
+def test_ivfpq_refuses_too_few_vectors() -> None:
+    with pytest.raises(ValueError, match="at least"):
+        build_ivfpq(np.arange(100), unit_vectors(100))
