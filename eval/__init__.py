@@ -1,0 +1,1 @@
+"""Evaluation: the retrieval benchmark's baselines, metrics and protocol."""
