@@ -1,0 +1,91 @@
+"""Preprocessing: documented CT windows, scale-invariant MR normalisation, aspect-keeping resize, empty slices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydicom.data import get_testdata_file
+
+from retrieval.io import read_path
+from retrieval.preprocess import CT_WINDOWS, intensity, is_empty, prepare, resize_square, square_shape
+
+# The README's documented defaults: (level, width) in HU for the three input channels.
+DOCUMENTED_WINDOWS = {"soft tissue": (40.0, 400.0), "lung": (-600.0, 1500.0), "bone": (400.0, 1800.0)}
+
+
+def test_ct_windows_are_the_documented_ones() -> None:
+    assert CT_WINDOWS == tuple(DOCUMENTED_WINDOWS.values())
+
+
+@pytest.mark.parametrize("channel, window", enumerate(DOCUMENTED_WINDOWS.values()))
+def test_known_hu_values_map_to_window_values(channel: int, window: tuple[float, float]) -> None:
+    level, width = window
+    hu = np.array([[level - width, level - width / 2, level - width / 4, level, level + width / 4, level + width / 2, level + width]])
+    out = intensity(hu.astype(np.float32), "CT")[channel].numpy()
+    np.testing.assert_allclose(out[0], [0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0], atol=1e-6)
+
+
+def test_air_water_and_bone_land_where_radiologists_expect() -> None:
+    out = intensity(np.array([[-1000.0, 0.0, 1000.0]], dtype=np.float32), "CT").numpy()[:, 0]
+    soft, lung, bone = out
+    assert soft[0] == 0.0 and soft[2] == 1.0 and 0.3 < soft[1] < 0.5  # water just below mid-grey
+    assert 0.0 < lung[0] < 0.3 and lung[2] == 1.0  # air is visible in the lung window
+    assert bone[0] == 0.0 and 0.0 < bone[2] < 1.0  # dense bone still has contrast in the bone window
+
+
+@pytest.fixture(scope="module")
+def mr_slice() -> np.ndarray:
+    (mr,) = read_path(get_testdata_file("MR_small.dcm"))
+    assert mr.modality == "MR"
+    return mr.pixels
+
+
+@pytest.mark.parametrize("scale", [1e-3, 0.37, 8.0, 2500.0])
+def test_mr_normalisation_is_invariant_to_a_global_scale(mr_slice: np.ndarray, scale: float) -> None:
+    reference = intensity(mr_slice, "MR").numpy()
+    np.testing.assert_allclose(intensity(mr_slice * np.float32(scale), "MR").numpy(), reference, atol=2e-5)
+    assert is_empty(mr_slice * np.float32(scale), "MR") == is_empty(mr_slice, "MR")
+
+
+def test_mr_percentiles_map_to_zero_and_one(mr_slice: np.ndarray) -> None:
+    out = intensity(mr_slice, "MR").numpy()
+    assert out.shape == (3,) + mr_slice.shape and np.array_equal(out[0], out[2])
+    low, high = np.percentile(mr_slice, [1.0, 99.5])
+    assert np.all(out[0][mr_slice <= low] == 0.0) and np.all(out[0][mr_slice >= high] == 1.0)
+    middle = (mr_slice > low) & (mr_slice < high)
+    assert np.all((out[0][middle] > 0.0) & (out[0][middle] < 1.0))
+
+
+def test_resize_keeps_physical_aspect_and_pads_with_the_minimum() -> None:
+    image = np.full((64, 32), 5.0, dtype=np.float32)
+    image[0, 0] = -7.0
+    assert square_shape((64, 32), 256) == (256, 128)
+    out = resize_square(image, 256)
+    assert out.shape == (256, 256) and out.dtype == np.float32
+    assert np.all(out[:, :64] == -7.0) and np.all(out[:, 192:] == -7.0)  # padding left and right
+    assert np.allclose(out[10:-10, 70:186], 5.0)
+    assert square_shape((64, 32), 256, spacing=(1.0, 2.0)) == (256, 256)  # 64 mm × 64 mm fills the square
+    with pytest.raises(ValueError):
+        resize_square(np.zeros((2, 3, 4), np.float32))
+
+
+def test_prepare_is_deterministic_network_input() -> None:
+    (ct,) = read_path(get_testdata_file("CT_small.dcm"))
+    first = prepare(ct.pixels, ct.modality, 64, ct.spacing)
+    assert first.shape == (3, 64, 64) and first.dtype == np.float32
+    assert 0.0 <= first.min() and first.max() <= 1.0
+    np.testing.assert_array_equal(first, prepare(ct.pixels, ct.modality, 64, ct.spacing))
+
+
+def test_empty_slice_rule() -> None:
+    (ct,) = read_path(get_testdata_file("CT_small.dcm"))
+    assert not is_empty(ct.pixels, "CT")
+    rng = np.random.default_rng(0)
+    air = (-1000.0 + rng.normal(0, 20, size=(128, 128))).astype(np.float32)
+    assert is_empty(air, "CT")
+    assert is_empty(np.full((16, 16), 300.0, np.float32), "MR")  # constant
+    mr = np.zeros((100, 100), np.float32)
+    mr[:10, :10] = 500.0  # 1% tissue: under the 2% rule
+    assert is_empty(mr, "MR")
+    mr[:10, :30] = 500.0  # 3% tissue
+    assert not is_empty(mr, "MR")
