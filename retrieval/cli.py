@@ -102,8 +102,9 @@ def scan(
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     counts = {"file": 0, "series": 0}
+    stderr = Console(stderr=True)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
+                  console=stderr, transient=True, disable=not stderr.is_terminal) as bar:
         task = bar.add_task("scanning", total=None)
 
         def progress(event: str, path: str) -> None:

@@ -75,6 +75,8 @@ def read_archive(
     may span folders. `slice_axis` fixes the NIfTI slice axis; `on_file` is called per file (progress).
     """
     identity = identity or Identity()
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]  # one path, not an iterable of characters
     frames: list[Frame] = []
     seen: set[str] = set()
     for root in paths:
