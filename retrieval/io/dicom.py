@@ -9,12 +9,9 @@ present), so CT is in Hounsfield units; colour becomes grey; MONOCHROME1 is nega
 
 from __future__ import annotations
 
-import logging
 import os
 import struct
-import warnings
 from collections import Counter, defaultdict
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -23,7 +20,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from retrieval.io.identity import Identity
-from retrieval.io.pixels import one_line, to_grey
+from retrieval.io.pixels import one_line, quiet, to_grey
 from retrieval.io.slices import Series, SeriesKey, Skipped, Slice
 
 _DICOMDIR = "1.2.840.10008.1.3.10"
@@ -54,20 +51,6 @@ class Frame:
     instance: int | None
 
 
-@contextmanager
-def quiet() -> Iterator[None]:
-    """Silence pydicom's warnings and log records (with tracebacks) while reading: we report one line per file."""
-    logger = logging.getLogger("pydicom")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
 def _floats(value: Any, count: int) -> tuple[float, ...] | None:
     """`count` floats from a DICOM multi-value, or None when absent or malformed."""
     try:
@@ -78,11 +61,10 @@ def _floats(value: Any, count: int) -> tuple[float, ...] | None:
 
 
 def _functional(ds: Any, index: int, sequence: str, attribute: str) -> Any:
-    """An attribute from the per-frame, then shared functional groups, then the top level (enhanced MF)."""
-    for groups in (ds.get("PerFrameFunctionalGroupsSequence"), ds.get("SharedFunctionalGroupsSequence")):
-        if not groups:
-            continue
-        item = groups[index] if len(groups) > index and groups is ds.get("PerFrameFunctionalGroupsSequence") else groups[0]
+    """An attribute from frame `index`'s functional group, then the shared group, then the top level."""
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    shared = ds.get("SharedFunctionalGroupsSequence") or []
+    for item in ([per_frame[index]] if index < len(per_frame) else []) + list(shared[:1]):
         inner = item.get(sequence)
         if inner and attribute in inner[0]:
             return inner[0].get(attribute)

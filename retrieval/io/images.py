@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import warnings
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from retrieval.io.identity import Identity
-from retrieval.io.pixels import one_line, to_grey
+from retrieval.io.pixels import one_line, quiet, to_grey
 from retrieval.io.slices import Series, SeriesKey, Skipped, Slice
 
 _SCALAR_MODES = ("1", "L", "I", "F")
@@ -20,8 +19,7 @@ def read_image(path: Path, identity: Identity) -> Series | Skipped:
     from PIL import Image
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet():
             with Image.open(path) as image:
                 width, height = image.size
                 pages = int(getattr(image, "n_frames", 1))
@@ -50,8 +48,7 @@ def load_image(path: str, pages: int, key: SeriesKey) -> list[Slice | Skipped]:
 
     slices: list[Slice | Skipped] = []
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet():
             with Image.open(path) as image:
                 for page in range(pages):
                     image.seek(page)

@@ -11,7 +11,6 @@ Each slice is shown like a DICOM image: rows run along the second in-plane axis 
 
 from __future__ import annotations
 
-import warnings
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from retrieval.io.identity import Identity
-from retrieval.io.pixels import one_line, to_grey
+from retrieval.io.pixels import one_line, quiet, to_grey
 from retrieval.io.slices import Series, SeriesKey, Skipped, Slice
 
 
@@ -36,11 +35,16 @@ def slice_axis(shape: tuple[int, int, int], zooms: tuple[float, float, float], a
     return max(i for i in range(3) if np.isclose(zooms[i], largest, rtol=1e-3))
 
 
+def _shape3(img: Any) -> tuple[int, int, int]:
+    """The first three dimensions of an image, a 2D image counting as one slice thick."""
+    return tuple(img.shape[:3]) + (1,) * (3 - min(3, len(img.shape)))  # type: ignore[return-value]
+
+
 def _geometry(img: Any) -> tuple[np.ndarray, tuple[int, int, int], tuple[float, float, float], np.ndarray]:
     """Orientation transform, canonical shape, canonical zooms and canonical affine of a 2-4D image."""
     import nibabel as nib
 
-    shape = tuple(img.shape[:3]) + (1,) * (3 - min(3, len(img.shape)))
+    shape = _shape3(img)
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3]) + (1.0,) * (3 - min(3, len(img.shape)))
     ornt = nib.io_orientation(img.affine)
     canon_shape, canon_zooms = [0, 0, 0], [0.0, 0.0, 0.0]
@@ -71,8 +75,7 @@ def read_nifti(path: Path, identity: Identity, axis: int | None = None) -> list[
     if path.suffix.lower() == ".hdr" and not path.with_suffix(".img").is_file():
         return Skipped(str(path), f"header of an image pair whose data file {path.with_suffix('.img').name} is missing")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet():
             img = nib.load(str(path))
         if not isinstance(img, nib.analyze.AnalyzeImage):  # NIfTI-1/2 and Analyze, not CIFTI or surfaces
             return Skipped(str(path), f"{type(img).__name__} is not a volume image")
@@ -116,11 +119,12 @@ def load_volume(path: str, volume: int, axis: int | None, key: SeriesKey) -> lis
     import nibabel as nib
 
     try:
-        img = nib.load(path)
-        ornt, shape, zooms, affine = _geometry(img)
-        data = img.dataobj[:, :, :, volume] if len(img.shape) >= 4 else img.dataobj
-        data = _as_grey(np.asanyarray(data)).reshape(tuple(img.shape[:3]) + (1,) * (3 - min(3, len(img.shape))))
-        data = nib.orientations.apply_orientation(data, ornt)
+        with quiet():
+            img = nib.load(path)
+            ornt, shape, zooms, affine = _geometry(img)
+            data = img.dataobj[:, :, :, volume] if len(img.shape) >= 4 else img.dataobj
+            data = _as_grey(np.asanyarray(data)).reshape(_shape3(img))
+            data = nib.orientations.apply_orientation(data, ornt)
     except Exception as exc:  # noqa: BLE001 - truncated or corrupt data: report the file, keep going
         return [Skipped(path, f"cannot read NIfTI voxels: {one_line(exc)}")]
     cut = slice_axis(shape, zooms, axis)
