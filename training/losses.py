@@ -85,10 +85,10 @@ def alpha_regression(a_hat: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
 
 
 def orthogonality(z_anat: torch.Tensor, z_noise: torch.Tensor) -> torch.Tensor:
-    """Squared Frobenius norm of the batch cross-correlation of the two codes (0 when they are orthogonal).
+    """Squared Frobenius norm of the batch cross-correlation of the two codes, in [0, 1] (0 when orthogonal).
 
-    As the difference loss of Domain Separation Networks: ||Ẑ_anatᵀ Ẑ_noise||²_F / N with row-normalised codes.
+    As the difference loss of Domain Separation Networks: ||Ẑ_anatᵀ Ẑ_noise||²_F / N² with row-normalised codes.
     """
     a = F.normalize(z_anat, dim=1)
     b = F.normalize(z_noise, dim=1)
-    return (a.T @ b).pow(2).sum() / z_anat.shape[0]
+    return (a.T @ b).pow(2).sum() / z_anat.shape[0] ** 2
