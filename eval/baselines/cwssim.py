@@ -10,9 +10,9 @@ from __future__ import annotations
 import functools
 
 import torch
-import torch.nn.functional as F
 
 from eval.baselines.base import Baseline, Stats
+from eval.baselines.filters import separable_valid
 from eval.baselines.steerable import max_levels, pyramid_level
 
 LEVELS = 4
@@ -22,9 +22,7 @@ WINDOW = 7
 
 def box_mean(maps: torch.Tensor) -> torch.Tensor:
     """Valid 7×7 means over the last two axes of any (…, h, w) real tensor."""
-    lead = maps.shape[:-2]
-    pooled = F.avg_pool2d(maps.reshape(1, -1, *maps.shape[-2:]), WINDOW, stride=1)
-    return pooled.view(*lead, *pooled.shape[-2:])
+    return separable_valid(maps, torch.full((WINDOW,), 1.0 / WINDOW))
 
 
 @functools.cache
@@ -52,15 +50,18 @@ class CWSSIM(Baseline):
         if max_levels(*images.shape[-2:]) < LEVELS:
             raise ValueError(f"cwssim: images of {tuple(images.shape[-2:])} are too small for {LEVELS} levels")
         bands = pyramid_level(images, LEVELS, ORIENTATIONS)
-        energy = box_mean(bands.real**2 + bands.imag**2)
-        return Stats(tuple(images.shape[-2:]), {"bands": bands, "energy": energy})
+        real, imag = bands.real.contiguous(), bands.imag.contiguous()
+        return Stats(tuple(images.shape[-2:]), {"re": real, "im": imag, "energy": box_mean(real * real + imag * imag)})
 
     def pair(self, query: Stats, gallery: Stats) -> torch.Tensor:
         """Windowed complex correlation of every pair of bands, then the Gaussian-weighted, band-averaged index."""
-        cross = query["bands"][:, None] * gallery["bands"][None].conj()
-        local = box_mean(torch.view_as_real(cross).movedim(-1, -3))  # (Q, G, K, 2, h, w): real, imaginary
-        numerator = 2 * torch.linalg.vector_norm(local, dim=-3) + self.k
+        q_re, q_im, g_re, g_im = query["re"][:, None], query["im"][:, None], gallery["re"][None], gallery["im"][None]
+        cross = torch.empty((2, len(query), len(gallery), *g_re.shape[2:]))  # q · conj(g): real, imaginary
+        torch.mul(q_re, g_re, out=cross[0]).addcmul_(q_im, g_im)
+        torch.mul(q_im, g_re, out=cross[1]).addcmul_(q_re, g_im, value=-1.0)
+        local = box_mean(cross)
+        numerator = 2 * torch.hypot(local[0], local[1]) + self.k
         denominator = query["energy"][:, None] + gallery["energy"][None] + self.k
         index = torch.where(denominator > 0, numerator / denominator.clamp_min(torch.finfo(torch.float32).tiny), 1.0)
-        weights = gaussian_weights(*query["bands"].shape[-2:])
+        weights = gaussian_weights(*query["re"].shape[-2:])
         return (index * weights).sum(dim=(-2, -1)).mean(-1)
