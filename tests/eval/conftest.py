@@ -22,6 +22,15 @@ def dicom_slice(name: str, frame: int | None = None) -> np.ndarray:
     return apply_rescale(pixels.astype(np.float32), dataset)
 
 
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Run torch single-threaded: on these shared cores a thread pool makes small ops many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def slices() -> torch.Tensor:
     """(7, 128, 128) float32 in [0, 1]: CT, two MR, a photograph, and noisy / shifted / blurred copies of them."""
