@@ -118,6 +118,194 @@ def scan(
         print_report(report)
 
 
+@app.command()
+def distort(
+    path: Annotated[Path, typer.Argument(help="A DICOM/NIfTI/image file or a series folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Montage image to write (PNG; the extension picks the format).")],
+    alpha: Annotated[Optional[list[float]], typer.Option("--alpha", min=0.0, max=1.0, help="Severity α (repeatable; default 0 0.1 0.3 0.5 0.7 1).")] = None,
+    slice_index: Annotated[Optional[int], typer.Option("--slice", min=0, help="Slice of the volume (default: the middle one).")] = None,
+    seed: Annotated[int, typer.Option(min=0, help="Distortion seed, the same for every panel.")] = 0,
+    size: Annotated[int, typer.Option(min=8, help="Working grid: the slice is resized to size×size first, as for training.")] = 256,
+    manifest: ManifestOpt = None,
+    patient_regex: PatientRegexOpt = None,
+    modality: ModalityOpt = None,
+) -> None:
+    """Write a montage of one slice at several distortion severities α (CT low dose, MR k-space corruption)."""
+    from retrieval.io import read_path
+
+    identity = _identity(manifest, patient_regex, modality)
+    try:
+        slices = read_path(path, identity)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    index = len(slices) // 2 if slice_index is None else slice_index
+    if index >= len(slices):
+        fail(f"{path}: --slice {index} is out of range, it has {len(slices)} slices (0–{len(slices) - 1})")
+    item = slices[index]
+    if item.modality not in ("CT", "MR"):
+        fail(f"{item.path}: modality {item.modality!r} has no distortion; pass --modality CT or MR")
+    if not out.parent.is_dir():
+        fail(f"{out.parent}: no such folder for --out")
+    from retrieval.distortions.montage import render
+
+    levels = alpha or [0.0, 0.1, 0.3, 0.5, 0.7, 1.0]
+    try:
+        render(item, levels, out, seed=seed, size=size)
+    except ValueError as exc:
+        fail(f"{out}: {exc}")
+    typer.echo(f"wrote {out}: {Path(item.path).name} slice {index} ({item.modality}) at α = {', '.join(f'{a:g}' for a in levels)}")
+
+
+IndexDirOpt = Annotated[Path, typer.Option("--index", help="Index directory (manifest.json, catalog.sqlite, vectors.faiss).")]
+
+
+def _require(paths: list[Path]) -> None:
+    """One-line error for the first path that does not exist."""
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        fail(f"{missing[0]}: no such file or folder")
+
+
+def _identity(manifest: Optional[Path], patient_regex: Optional[str], modality: Optional[str]):  # type: ignore[no-untyped-def]
+    """The shared identity options as a reader Identity, or a one-line error."""
+    from retrieval.io import Identity
+
+    try:
+        return Identity(manifest=manifest, patient_regex=patient_regex, modality=modality)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+
+
+@app.command()
+def index(
+    archive: Annotated[list[Path], typer.Argument(help="Archive folders or files to index.")],
+    index_dir: IndexDirOpt,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Model checkpoint (default: the shipped one).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Slices per model batch and per catalog transaction.")] = 32,
+    workers: Annotated[int, typer.Option(min=0, help="Worker processes that read and preprocess (0: in the main process).")] = 1,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    index_type: Annotated[str, typer.Option("--index-type", help="flat (exact) or ivfpq (approximate, for large archives; reports recall@10).")] = "flat",
+    manifest: ManifestOpt = None,
+    patient_regex: PatientRegexOpt = None,
+    modality: ModalityOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Embed an archive into an index directory (incremental: reruns embed only new or changed series)."""
+    import json
+
+    from indexer.directory import IndexBusy
+    from indexer.manifest import IndexMismatch
+    from indexer.pipeline import build_index, print_report
+
+    _require(archive)
+    identity = _identity(manifest, patient_regex, modality)
+    try:
+        report = build_index(archive, index_dir, identity, checkpoint=checkpoint, device=device, batch_size=batch_size,
+                             workers=workers, kind=index_type, show_progress=not json_out)
+    except (ValueError, FileNotFoundError, IndexMismatch, IndexBusy) as exc:
+        fail(str(exc))
+    if json_out:
+        typer.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        print_report(report)
+
+
+def _open_index(index_dir: Path, writable: bool = False):  # type: ignore[no-untyped-def]
+    """Open an index directory (consistency check included), or a one-line error."""
+    from indexer.directory import IndexBusy, IndexDirectory
+    from indexer.manifest import IndexMismatch
+
+    try:
+        return IndexDirectory.open(index_dir, writable=writable)
+    except (FileNotFoundError, IndexMismatch, IndexBusy) as exc:
+        fail(str(exc))
+
+
+@app.command()
+def search(
+    query: Annotated[Path, typer.Argument(help="Query: a DICOM/NIfTI/image file, or a series folder (its slices' results aggregate per patient).")],
+    index_dir: IndexDirOpt,
+    k: Annotated[int, typer.Option("-k", min=1, help="Number of patients (or slices with --by slice) to return.")] = 10,
+    max_alpha: Annotated[Optional[float], typer.Option("--max-alpha", min=0.0, max=1.0, help="Only return slices whose predicted α is at most this.")] = None,
+    modality: Annotated[Optional[str], typer.Option("--modality", help="CT or MR: the query's modality when the file does not say; also restricts results to it.")] = None,
+    exclude_patient: Annotated[Optional[list[str]], typer.Option("--exclude-patient", help="Leave this patient out of the results (repeatable).")] = None,
+    by: Annotated[str, typer.Option("--by", help="Rank patients or single slices.")] = "patient",
+    slice_index: Annotated[Optional[int], typer.Option("--slice", min=0, help="Query with this slice of a volume only.")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Checkpoint (default: the one the index was built with).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    manifest: ManifestOpt = None,
+    patient_regex: PatientRegexOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Find the patients (and their slices) that look most like the query, optionally only good-quality slices."""
+    import json
+
+    from indexer.manifest import IndexMismatch
+    from retrieval.search import BY, print_result, search_path
+
+    _require([query])
+    if by not in BY:
+        fail(f"--by must be one of {', '.join(BY)}, got {by!r}")
+    modality = modality.upper() if modality else None
+    identity = _identity(manifest, patient_regex, modality)
+    with _open_index(index_dir) as directory:
+        try:
+            metric = directory.metric(checkpoint, device)
+            result = search_path(directory, metric, query, identity, slice_index=slice_index, k=k, by=by, max_alpha=max_alpha,
+                                 modality=modality, exclude_patients=exclude_patient or ())
+        except (ValueError, FileNotFoundError, IndexMismatch) as exc:
+            fail(str(exc))
+    if json_out:
+        typer.echo(json.dumps(result.as_dict(), indent=2))
+    else:
+        print_result(result)
+
+
+@app.command()
+def remove(
+    index_dir: IndexDirOpt,
+    patient: Annotated[str, typer.Option("--patient", help="Patient id to delete from the index.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Delete every slice of a patient from the index (catalog and vectors)."""
+    import json
+
+    with _open_index(index_dir, writable=True) as directory:
+        removed = directory.remove_patient(patient)
+    if not removed:
+        fail(f"{index_dir}: no slices of patient {patient!r}", code=1)
+    typer.echo(json.dumps({"patient_id": patient, "slices_removed": removed}) if json_out else f"removed {removed} slices of {patient}")
+
+
+@app.command()
+def info(index_dir: IndexDirOpt, json_out: JsonOpt = False) -> None:
+    """Counts by modality and patient, predicted-α histogram and size on disk of an index."""
+    import json
+
+    from indexer.summary import info as summarise
+    from indexer.summary import print_info
+
+    with _open_index(index_dir) as directory:
+        summary = summarise(directory)
+    typer.echo(json.dumps(summary, indent=2)) if json_out else print_info(summary)
+
+
+@app.command()
+def qc(
+    index_dir: IndexDirOpt,
+    above: Annotated[float, typer.Option("--above", min=0.0, max=1.0, help="Flag slices whose predicted α exceeds this.")] = 0.3,
+    json_out: JsonOpt = False,
+) -> None:
+    """Quality control: series and slices whose predicted distortion α exceeds a threshold."""
+    import json
+
+    from indexer.summary import print_qc, quality_control
+
+    with _open_index(index_dir) as directory:
+        report = quality_control(directory, above)
+    typer.echo(json.dumps(report, indent=2)) if json_out else print_qc(report)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -1,0 +1,360 @@
+"""`retrieval index`: worker processes read and preprocess series while the model embeds batches.
+
+Incremental: a series (a DICOM series or one volume) is keyed by its id and path and fingerprinted
+by its files' SHA-256 plus its patient/modality; a complete series with the same fingerprint is
+skipped, a changed or incomplete one is deleted and redone, one that left the scanned folders is
+deleted. Crash-safe: each batch of slices commits in one catalog transaction with its vectors, and
+the series' `complete` flag commits with its last slice; the FAISS file is a cache that
+`IndexDirectory.open` repairs from the catalog (see indexer/directory.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from indexer.catalog import SeriesRecord, SliceRecord
+from indexer.directory import IndexDirectory
+from indexer.manifest import new_manifest
+from indexer.store import KINDS
+from retrieval import __version__
+from retrieval.checkpoint import file_sha256
+from retrieval.io import Identity, Series, Skipped, read_archive
+from retrieval.io.pixels import one_line
+from retrieval.metric import DistortionAwareMetric
+from retrieval.preprocess import is_empty, prepare
+
+INDEXED_MODALITIES = ("CT", "MR")
+SAVE_EVERY_S = 60.0  # the FAISS cache is rewritten at least this often during a run (and at its end)
+
+Progress = Callable[[int], None]  # called with the number of slices just finished
+
+
+@dataclass(frozen=True)
+class Job:
+    """A series to (re)index, with its catalog record and the SHA-256 of each of its files."""
+
+    series: Series
+    record: SeriesRecord
+    file_checksums: dict[str, str]
+
+
+@dataclass
+class Chunk:
+    """Up to one batch of preprocessed slices of one series, made in a worker process."""
+
+    key: str
+    pixels: torch.Tensor
+    indices: list[int]
+    paths: list[str]
+    last: bool
+    n_empty: int = 0
+    problems: list[Skipped] = field(default_factory=list)
+    failed: str | None = None
+
+
+@dataclass
+class Plan:
+    """What a run has to do: series to embed, series unchanged, stale series to delete, unusable files."""
+
+    jobs: list[Job]
+    unchanged: int
+    stale: list[str]
+    skipped: list[Skipped]
+
+
+@dataclass
+class IndexReport:
+    """Summary of one `retrieval index` run."""
+
+    series_indexed: int = 0
+    series_unchanged: int = 0
+    series_removed: int = 0
+    slices_added: int = 0
+    slices_removed: int = 0
+    slices_empty: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+    seconds: float = 0.0
+    index: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def slices_per_s(self) -> float:
+        """Indexing throughput of the run."""
+        return self.slices_added / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready summary."""
+        out = {k: v for k, v in vars(self).items() if k != "skipped"}
+        out["slices_per_s"] = round(self.slices_per_s, 2)
+        out["skipped"] = [{"path": s.path, "reason": s.reason} for s in self.skipped]
+        return out
+
+
+def series_key(series: Series) -> str:
+    """Stable catalog key of a series: its id and where it lives."""
+    return f"{series.series_id}@{series.path}"
+
+
+def _fingerprint(series: Series, sums: dict[str, str]) -> str:
+    """SHA-256 over the series' identity and its files' checksums: any change means re-embedding."""
+    blob = json.dumps([series.patient_id, series.study_id, series.modality, sorted(sums.items())])
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _under(path: str, roots: Sequence[str]) -> bool:
+    """True when path is one of the roots or inside one."""
+    return any(path == root or path.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
+
+
+def plan(paths: Sequence[str | Path], identity: Identity, states: dict[str, tuple[str, bool]], recorded: dict[str, str]) -> Plan:
+    """Read headers and checksums; split series into to-do and unchanged; list stale catalog series."""
+    series_list: list[Series] = []
+    skipped: list[Skipped] = []
+    for item in read_archive(paths, identity):
+        if isinstance(item, Skipped):
+            skipped.append(item)
+        elif item.modality not in INDEXED_MODALITIES:
+            skipped.append(Skipped(item.path, f"modality {item.modality}: only CT and MR are indexed (say which with --modality or --manifest)"))
+        else:
+            series_list.append(item)
+    files = sorted({f for s in series_list for f in s.files})
+    with ThreadPoolExecutor(max_workers=4) as pool:  # hashlib releases the GIL
+        sums = dict(zip(files, pool.map(file_sha256, files)))
+    jobs: list[Job] = []
+    seen: set[str] = set()
+    for series in series_list:
+        own = {f: sums[f] for f in series.files}
+        record = SeriesRecord(series_key(series), series.patient_id, series.study_id, series.series_id, series.modality, series.path, _fingerprint(series, own))
+        if record.key in seen:
+            skipped.append(Skipped(series.path, f"series {series.series_id} found twice under this path; indexed once"))
+            continue
+        seen.add(record.key)
+        if states.get(record.key) != (record.checksum, True):
+            jobs.append(Job(series, record, own))
+    todo = {job.record.key for job in jobs}
+    roots = [os.path.abspath(p) for p in paths]
+    stale = [key for key in states if key in todo or (key not in seen and _under(recorded[key], roots))]
+    return Plan(jobs, len(seen) - len(todo), stale, skipped)
+
+
+def _series_chunks(job: Job, size: int, chunk: int) -> Iterator[Chunk]:
+    """Load one series, drop empty slices, preprocess the rest into chunks of at most `chunk` slices."""
+    key = job.record.key
+    try:
+        slices = job.series.load()
+    except Exception as exc:  # noqa: BLE001 - a broken series is reported, the run goes on
+        yield Chunk(key, torch.zeros(0), [], [], True, failed=one_line(exc))
+        return
+    if not slices:
+        reason = job.series.skipped[0].reason if job.series.skipped else "no slices could be read"
+        yield Chunk(key, torch.zeros(0), [], [], True, failed=reason)
+        return
+    kept = [s for s in slices if not is_empty(s.pixels, s.modality)]
+    for start in range(0, max(1, len(kept)), chunk):
+        part = kept[start : start + chunk]
+        pixels = torch.from_numpy(np.stack([prepare(s.pixels, s.modality, size, s.spacing) for s in part])) if part else torch.zeros(0, 3, size, size)
+        first = start == 0
+        yield Chunk(key, pixels, [s.index for s in part], [s.path for s in part], start + chunk >= len(kept),
+                    n_empty=len(slices) - len(kept) if first else 0, problems=list(job.series.skipped) if first else [])
+
+
+class SeriesDataset(IterableDataset):
+    """Series split across DataLoader workers (round robin); each worker yields preprocessed chunks."""
+
+    def __init__(self, jobs: Sequence[Job], size: int, chunk: int) -> None:
+        self.jobs, self.size, self.chunk = list(jobs), size, chunk
+
+    def __iter__(self) -> Iterator[Chunk]:
+        info = get_worker_info()
+        mine = self.jobs if info is None else self.jobs[info.id :: info.num_workers]
+        for job in mine:
+            yield from _series_chunks(job, self.size, self.chunk)
+
+
+def _drop_inherited_lock(fd: int | None, _worker_id: int) -> None:
+    """Close the writer-lock fd a forked worker inherited, so a killed run's orphans never hold the lock."""
+    if fd is not None:
+        os.close(fd)
+
+
+def _keep(chunk: Chunk) -> Chunk:
+    """DataLoader collate function: chunks are already batched."""
+    return chunk
+
+
+class _Batcher:
+    """Re-cuts worker chunks into model batches; a series completes with the batch holding its last slice."""
+
+    def __init__(self) -> None:
+        self.pixels: list[torch.Tensor] = []
+        self.meta: list[tuple[str, int, str]] = []  # (series key, slice index, path)
+        self.completions: list[tuple[int, str]] = []  # (slices queued before it completed, key)
+        self.queued = 0
+
+    def put(self, chunk: Chunk) -> None:
+        """Queue a chunk's slices (and its series' completion when it is the last chunk)."""
+        if len(chunk.indices):
+            self.pixels.append(chunk.pixels)
+            self.meta.extend((chunk.key, i, p) for i, p in zip(chunk.indices, chunk.paths))
+            self.queued += len(chunk.indices)
+        if chunk.last:
+            self.completions.append((self.queued, chunk.key))
+
+    def take(self, n: int) -> tuple[torch.Tensor, list[tuple[str, int, str]], list[str]]:
+        """The first n queued slices and the series completed by them."""
+        pixels = torch.cat(self.pixels) if self.pixels else torch.zeros(0)
+        head, tail = pixels[:n], pixels[n:]
+        self.pixels = [tail] if len(tail) else []
+        meta, self.meta = self.meta[:n], self.meta[n:]
+        self.queued -= len(meta)
+        done = [key for before, key in self.completions if before <= len(meta)]
+        self.completions = [(before - len(meta), key) for before, key in self.completions if before > len(meta)]
+        return head, meta, done
+
+
+def index_archive(
+    paths: Sequence[str | Path],
+    directory: IndexDirectory,
+    metric: DistortionAwareMetric,
+    identity: Identity,
+    *,
+    batch_size: int = 32,
+    workers: int = 1,
+    kind: str = "flat",
+    progress: Callable[[int], Progress] | None = None,
+    save_every: float = SAVE_EVERY_S,
+) -> IndexReport:
+    """Bring DIR in line with the archive: embed new/changed series, delete stale ones, save the index."""
+    started = time.perf_counter()
+    catalog, store = directory.catalog, directory.store
+    work = plan(paths, identity, catalog.series_states(), catalog.series_paths())
+    report = IndexReport(series_unchanged=work.unchanged, skipped=list(work.skipped))
+    removed = catalog.delete_series(work.stale)
+    directory.store.remove(removed)
+    report.series_removed, report.slices_removed = len(work.stale), len(removed)
+    records = {job.record.key: job for job in work.jobs}
+    advance = progress(sum(job.series.n_slices for job in work.jobs)) if progress else (lambda n: None)
+    loader = DataLoader(SeriesDataset(work.jobs, metric.size, batch_size), batch_size=None, num_workers=workers, collate_fn=_keep,
+                        prefetch_factor=4 if workers else None, worker_init_fn=partial(_drop_inherited_lock, directory.lock_fd))
+    batcher, last_save = _Batcher(), time.monotonic()
+
+    def commit(n: int) -> None:
+        nonlocal last_save
+        pixels, meta, done = batcher.take(n)
+        slices: list[SliceRecord] = []
+        if len(meta):
+            embedded = metric.embed_tensor(pixels)
+            slices = [SliceRecord(key, index, path, records[key].file_checksums.get(path, records[key].record.checksum), float(alpha), vector)
+                      for (key, index, path), alpha, vector in zip(meta, embedded.alpha, embedded.anatomy)]
+        series = [records[key].record for key in {m[0] for m in meta} | set(done)]
+        ids = catalog.commit_batch(series, slices, done, metric.checkpoint_hash[:16], __version__)
+        store.add(ids, np.stack([s.vector for s in slices]) if slices else np.zeros((0, store.dim), np.float32))
+        report.slices_added += len(ids)
+        report.series_indexed += len(done)
+        advance(len(ids))
+        if time.monotonic() - last_save > save_every:
+            directory.save()
+            last_save = time.monotonic()
+
+    for chunk in loader:
+        if chunk.failed:
+            report.skipped.append(Skipped(records[chunk.key].series.path, chunk.failed))
+            advance(records[chunk.key].series.n_slices)
+            continue
+        report.skipped.extend(chunk.problems)
+        report.slices_empty += chunk.n_empty
+        advance(chunk.n_empty + len(chunk.problems))
+        batcher.put(chunk)
+        while batcher.queued >= batch_size:
+            commit(batch_size)
+    while batcher.queued or batcher.completions:
+        commit(batch_size)
+    directory.reshape(kind)
+    directory.save()
+    report.seconds = time.perf_counter() - started
+    report.index = dict(directory.manifest.index)
+    return report
+
+
+
+@contextmanager
+def progress_bar(enabled: bool = True) -> Iterator[Callable[[int], Progress]]:
+    """A rich progress bar on stderr with slices/s; yields a function that starts it for a total."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn, TimeRemainingColumn
+    from rich.progress import Progress as RichProgress
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            return Text(f"{task.speed or 0.0:.1f} slices/s")
+
+    with RichProgress(TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), Rate(), TimeRemainingColumn(),
+                      console=Console(stderr=True), disable=not enabled) as bar:
+
+        def start(total: int) -> Progress:
+            task = bar.add_task("indexing", total=total)
+            return lambda n: bar.advance(task, n)
+
+        yield start
+
+
+def build_index(
+    paths: Sequence[str | Path],
+    index_dir: str | Path,
+    identity: Identity,
+    *,
+    checkpoint: str | Path | None = None,
+    device: str = "auto",
+    batch_size: int = 32,
+    workers: int = 1,
+    kind: str = "flat",
+    show_progress: bool = True,
+) -> IndexReport:
+    """Load the checkpoint, open (or create) DIR for it and index the archive into it."""
+    from retrieval.checkpoint import DEFAULT_CHECKPOINT
+
+    if kind not in KINDS:
+        raise ValueError(f"index type must be one of {', '.join(KINDS)}, got {kind!r}")
+    checkpoint = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
+    metric = DistortionAwareMetric.load(checkpoint, device)
+    expected = new_manifest(metric.checkpoint_hash, checkpoint, metric.config, metric.size, kind)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(model_threads(workers))
+    try:
+        with IndexDirectory.open(index_dir, expected, writable=True) as directory, progress_bar(show_progress) as progress:
+            return index_archive(paths, directory, metric, identity, batch_size=batch_size, workers=workers, kind=kind, progress=progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def model_threads(workers: int) -> int:
+    """CPU threads left to the model once each reader worker has its core (oversubscribed OpenMP threads spin)."""
+    return max(1, len(os.sched_getaffinity(0)) - workers)
+
+
+def print_report(report: IndexReport, shown: int = 10) -> None:
+    """Human summary of a run on stdout, skipped files (first few) with their reasons."""
+    print(f"indexed {report.series_indexed} series ({report.slices_added} slices, {report.slices_per_s:.1f} slices/s), "
+          f"{report.series_unchanged} unchanged, {report.series_removed} removed ({report.slices_removed} slices); "
+          f"{report.slices_empty} empty slices not indexed; index {report.index.get('kind', '?')}"
+          + (f", recall@10 {report.index['recall_at_10']}" if "recall_at_10" in report.index else ""))
+    if report.skipped:
+        print(f"skipped {len(report.skipped)}:")
+        for item in report.skipped[:shown]:
+            print(f"  {item.path}: {item.reason}")
+        if len(report.skipped) > shown:
+            print(f"  … and {len(report.skipped) - shown} more (--json lists all)")

@@ -1,0 +1,152 @@
+"""`retrieval search` / `remove` / `info` / `qc` on an index of a real archive subset."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from indexer.directory import IndexDirectory
+from indexer.pipeline import build_index
+from retrieval.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
+from retrieval.cli import app
+from retrieval.io import Identity, read_path
+from retrieval.model import DisentangledSiamese
+from retrieval.search import rank, search_path
+
+TCGA = sorted(f"ct/tcga_lung/dicom_dir/{name}" for name in ["ID_0000_AGE_0060_CONTRAST_1_CT.dcm", "ID_0001_AGE_0069_CONTRAST_1_CT.dcm", "ID_0004_AGE_0056_CONTRAST_1_CT.dcm"])
+SUBSET = ["ct/dcm_qa_ct/GE", *TCGA, "mr/myops/101_C0.nii.gz", "mr/myops/102_C0.nii.gz", "mr/myops/104_C0.nii.gz"]
+
+
+def index_subset(archive: Path, root: Path, checkpoint: Path | None, relative: list[str]) -> Path:
+    """Symlink archive entries under root/archive and index them into root/idx."""
+    (root / "archive").mkdir(parents=True)
+    for rel in relative:
+        (root / "archive" / Path(rel).name).symlink_to(archive / rel)
+    build_index([root / "archive"], root / "idx", Identity(manifest=archive / "manifest.csv"), checkpoint=checkpoint, workers=1, show_progress=False)
+    return root / "idx"
+
+
+@pytest.fixture(scope="module")
+def index_dir(archive, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("search")
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(root / "tiny.pt", DisentangledSiamese("resnet18"), {"backbone": "resnet18", "size": 64})
+    return index_subset(archive, root, checkpoint, SUBSET)
+
+
+@pytest.fixture()
+def directory(index_dir):
+    with IndexDirectory.open(index_dir) as opened:
+        yield opened
+
+
+def cli(*args: str) -> dict:
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize(("relative", "patient", "slice_index"), [("ct/dcm_qa_ct/GE/12.dcm", "dcm_qa_ct-QMNx85rKkkg", None), (TCGA[1], None, None), ("mr/myops/102_C0.nii.gz", "myops-102", 2)])
+def test_an_indexed_slice_finds_its_patient_first(archive, directory, relative, patient, slice_index) -> None:
+    # Structural check with an untrained model (the same slice, undistorted); the α = 0.2 test below needs the trained checkpoint.
+    identity = Identity(manifest=archive / "manifest.csv")
+    query = read_path(archive / relative, identity)
+    result = search_path(directory, directory.metric(), archive / relative, identity, slice_index=slice_index, k=3)
+    assert result.results[0].patient_id == (patient or query[0].patient_id)
+    best = result.results[0].slices[0]
+    assert best.distance < 1e-3 and Path(best.path).resolve() == (archive / relative).resolve()
+    assert slice_index is None or best.slice_index == slice_index
+    assert result.n_slices == 1 and 0.0 <= result.alpha <= 1.0
+
+
+@pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="the trained default checkpoint is not shipped yet")
+def test_slice_distorted_at_alpha_02_finds_its_patient_first(archive, tmp_path) -> None:
+    from retrieval.distortions import distort
+
+    myops = [f"mr/myops/{n}_C0.nii.gz" for n in (101, 102, 104, 105, 106, 107, 108, 109, 110, 111)]
+    index = index_subset(archive, tmp_path, None, SUBSET[:4] + myops)
+    identity = Identity(manifest=archive / "manifest.csv")
+    with IndexDirectory.open(index) as directory:
+        metric = directory.metric()
+        for relative, position in [("ct/dcm_qa_ct/GE", 14), (TCGA[0], 0), (myops[3], 2), (myops[7], 1)]:
+            query = read_path(archive / relative, identity)[position]
+            noisy = distort(query.pixels, 0.2, query.modality, seed=position, spacing=query.spacing[0])
+            anatomy = metric.embed([metric.preprocess(noisy, query.modality, query.spacing)]).anatomy
+            assert rank(directory, anatomy, k=3)[0].patient_id == query.patient_id, relative
+
+
+def exact_top(directory: IndexDirectory, query: np.ndarray, eligible: np.ndarray, k: int) -> list[int]:
+    """Brute-force top-k catalog ids among eligible rows (the reference for the filtered search)."""
+    vectors = directory.catalog.vectors(eligible, 128)
+    return eligible[np.argsort(-(vectors @ query), kind="stable")[:k]].tolist()
+
+
+def test_max_alpha_is_applied_inside_the_search_and_k_still_come_back(directory) -> None:
+    ids = directory.catalog.ids()
+    rows = directory.catalog.slices(ids)
+    alphas = np.array([rows[i].alpha for i in ids])
+    threshold = float(np.median(alphas))
+    eligible = ids[alphas <= threshold]
+    query = directory.catalog.vectors(ids[alphas > threshold][:1], 128)  # a high-α slice: its own series is excluded
+    matches = rank(directory, query, k=10, by="slice", max_alpha=threshold)
+    found = [m.slices[0] for m in matches]
+    assert len(found) == 10 and all(s.alpha <= threshold for s in found)
+    by_path = {(rows[i].path, rows[i].slice_index): i for i in ids}
+    top = exact_top(directory, query[0], eligible, 10)
+    assert [by_path[(s.path, s.slice_index)] for s in found] == top
+    patients = {rows[i].patient_id for i in eligible}
+    ranked = rank(directory, query, k=len(patients), by="patient", max_alpha=threshold)
+    assert {m.patient_id for m in ranked} == patients, "every eligible patient comes back when k asks for all"
+    assert all(s.alpha <= threshold for m in ranked for s in m.slices)
+
+
+def test_modality_and_excluded_patients_are_filters(directory) -> None:
+    ids = directory.catalog.ids()
+    query = directory.catalog.vectors(ids[:1], 128)
+    assert {s.modality for m in rank(directory, query, k=50, by="slice", modality="MR") for s in m.slices} == {"MR"}
+    kept = rank(directory, query, k=50, exclude_patients=["myops-101", "dcm_qa_ct-QMNx85rKkkg"])
+    assert len(kept) == len(directory.catalog.patients()) - 2 and not {"myops-101", "dcm_qa_ct-QMNx85rKkkg"} & {m.patient_id for m in kept}
+
+
+def test_search_json_shape_and_order(archive, index_dir) -> None:
+    out = cli("search", str(archive / "mr/myops/101_C0.nii.gz"), "--index", str(index_dir), "-k", "4", "--manifest", str(archive / "manifest.csv"))
+    assert {"path", "n_slices", "alpha"} <= set(out["query"]) and out["query"]["n_slices"] == 5
+    assert len(out["results"]) == 4 and out["results"][0]["patient_id"] == "myops-101"
+    distances = [r["distance"] for r in out["results"]]
+    assert distances == sorted(distances)
+    for result in out["results"]:
+        assert {"patient_id", "distance", "slices"} <= set(result) and result["distance"] == result["slices"][0]["distance"]
+        for s in result["slices"]:
+            assert {"path", "slice_index", "distance", "alpha", "modality"} <= set(s)
+    by_slice = cli("search", str(archive / TCGA[2]), "--index", str(index_dir), "-k", "5", "--by", "slice", "--modality", "CT")
+    assert len(by_slice["results"]) == 5 and all(r["slices"][0]["modality"] == "CT" for r in by_slice["results"])
+
+
+def test_remove_patient_then_it_never_appears(archive, index_dir, tmp_path) -> None:
+    copy = shutil.copytree(index_dir, tmp_path / "idx")
+    before = cli("info", "--index", str(copy))
+    n = before["by_patient"]["myops-102"]
+    assert {"slices", "patients", "by_modality"} <= set(before) and n > 0
+    assert cli("remove", "--index", str(copy), "--patient", "myops-102") == {"patient_id": "myops-102", "slices_removed": n}
+    after = cli("info", "--index", str(copy))
+    assert after["patients"] == before["patients"] - 1 and after["slices"] == before["slices"] - n and "myops-102" not in after["by_patient"]
+    out = cli("search", str(archive / "mr/myops/102_C0.nii.gz"), "--index", str(copy), "-k", "100", "--manifest", str(archive / "manifest.csv"))
+    assert len(out["results"]) == after["patients"] and "myops-102" not in {r["patient_id"] for r in out["results"]}
+    again = CliRunner().invoke(app, ["remove", "--index", str(copy), "--patient", "myops-102"])
+    assert again.exit_code == 1 and "no slices" in again.output
+
+
+def test_qc_lists_exactly_the_slices_above_the_threshold(directory, index_dir) -> None:
+    alphas = sorted(r.alpha for r in directory.catalog.slices(directory.catalog.ids()).values())
+    threshold = alphas[len(alphas) * 3 // 4]
+    report = cli("qc", "--index", str(index_dir), "--above", str(threshold))
+    flagged = [s["alpha"] for series in report["series"] for s in series["slices"]]
+    assert report["slices"] == len(flagged) == sum(a > threshold for a in alphas) > 0
+    assert all(a > threshold - 1e-4 for a in flagged)
+    assert [s["max_alpha"] for s in report["series"]] == sorted((s["max_alpha"] for s in report["series"]), reverse=True)
