@@ -306,6 +306,23 @@ def qc(
     typer.echo(json.dumps(report, indent=2)) if json_out else print_qc(report)
 
 
+@app.command()
+def demo(
+    index_dir: Annotated[Optional[Path], typer.Option("--index", help="Keep the demo index here (default: a temporary folder).")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Model checkpoint (default: the shipped one).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Index the real test images pydicom and nibabel ship, then search them (no data of your own needed)."""
+    from indexer.directory import IndexBusy
+    from indexer.demo import run_demo
+    from indexer.manifest import IndexMismatch
+
+    try:
+        run_demo(index_dir, checkpoint, device)
+    except (ValueError, FileNotFoundError, IndexMismatch, IndexBusy) as exc:
+        fail(str(exc))
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
