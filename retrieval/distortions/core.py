@@ -52,12 +52,13 @@ def distort_batch(
     alphas: torch.Tensor | Sequence[float],
     modality: str,
     seeds: Sequence[int],
-    spacing: float | Sequence[float] | torch.Tensor = 1.0,
+    spacing: float | Sequence[float] | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Distort (B, H, W) slices in modality units (HU for CT) at per-slice α with per-slice seeds.
 
     Slice i equals `distort(images[i], alphas[i], modality, seeds[i])`: each draws from its own
-    generator seeded by its seed. `spacing` is the CT pixel size in mm (one value or one per slice).
+    generator seeded by its seed. `spacing` is the CT pixel size in mm (one value or one per slice;
+    None: the slice spans a 350 mm field of view).
     Slices with α = 0 come back bit for bit; the output keeps shape and dtype.
     """
     name = check_modality(modality)
@@ -70,7 +71,7 @@ def distort_batch(
     if len(seeds) != batch:
         raise ValueError(f"seeds has {len(seeds)} values for a batch of {batch}")
     seeds = [check_seed(seed) for seed in seeds]
-    pixel = _per_slice(spacing, batch, "spacing")
+    pixel = _per_slice(ct.default_spacing(tuple(images.shape[1:])) if spacing is None else spacing, batch, "spacing")
     if not bool(torch.all(pixel > 0)) or not all(math.isfinite(s) for s in pixel.tolist()):
         raise ValueError(f"spacing must be positive millimetres, got {spacing!r}")
     if not bool(torch.isfinite(images).all()):
@@ -90,7 +91,7 @@ def distort_batch(
     return out
 
 
-def distort(image: np.ndarray, alpha: float, modality: str, seed: int, spacing: float = 1.0) -> np.ndarray:
+def distort(image: np.ndarray, alpha: float, modality: str, seed: int, spacing: float | None = None) -> np.ndarray:
     """Distort one 2D slice in modality units (HU for CT) at severity α with a seed; α = 0 is a copy."""
     check_modality(modality)
     value = check_alpha(alpha)

@@ -10,10 +10,13 @@ appears. Rays whose counts fall below the electronic noise floor (long paths at 
 the streaks of photon starvation; the e^p weighting gives the streaky noise along the long axis of
 the body. No other blur or artefact is added.
 
-Units: μ = μ_water·(1 + HU/1000), clipped at 0, pixel spacing in mm (1 mm if unknown); N = N0 ×
-spacing per view. N0 is an effective constant for this 2D, 180-view geometry, calibrated so that the
-centre of a 300 mm water cylinder reconstructed on 0.7 mm pixels has σ ≈ 10 HU at full dose (a
-routine abdominal scan); the noise then scales physically with pixel size (σ ∝ spacing^−3/2).
+Units: μ = μ_water·(1 + HU/1000), clipped at 0, with the pixel spacing in mm (when unknown, the
+slice is taken to span a 350 mm field of view, a typical body scan). The noise level is set per pixel
+of the grid the slice is on: N = N0/spacing² per view, so that whatever the grid, the centre of a
+300 mm water cylinder has σ0 ≈ 10 HU at full dose, as a routine 512² abdominal reconstruction does.
+(A scanner reconstructing on coarser pixels would be quieter, σ ∝ spacing^−3/2; we keep the level
+per pixel so that an α looks equally severe at 128² and 256².) N0 is an effective constant for this
+2D, 180-view geometry.
 
 Geometry: parallel beam, 180 views over 180°, one detector bin per pixel, Shepp–Logan-filtered FBP.
 The clean sinogram (it only sets the noise variance) is projected with Joseph's method on a 2×
@@ -31,8 +34,9 @@ import torch.nn.functional as F
 
 MU_WATER = 0.0192  # 1/mm, water at an effective energy of about 70 keV
 VIEWS = 180  # projection angles over 180°
-N0 = 5.8e7  # effective full-dose incident photons per view per mm of detector (see above)
-ELECTRONIC = 2e-4  # σe² as a fraction of a ray's unattenuated full-dose count (≈ 25 counts² at 1.5e5)
+N0 = 1.8e7  # effective full-dose incident photons per view and ray at 1 mm pixels (see above)
+FIELD_OF_VIEW = 350.0  # mm spanned by a slice whose pixel spacing is unknown
+ELECTRONIC = 1e-4  # σe² as a fraction of a ray's unattenuated full-dose count (15 counts² at 1.5e5)
 DOSE_DECADES = 2.0  # α = 1 is 10^-2, i.e. 1% of the full dose
 GAUSSIAN_COUNTS = 50.0  # Poisson counts are drawn exactly below this mean, by their normal limit above
 BATCH_CHUNK = 32  # slices back-projected together (larger tables fall out of cache)
@@ -42,6 +46,11 @@ LANES = 16  # gather tables get a multiple of this many columns, so every slice 
 def dose_fraction(alpha: torch.Tensor | float) -> torch.Tensor:
     """Dose fraction d = 10^(−2α) simulated at severity α: 1 at α = 0, 0.1 at α = 0.5, 0.01 at α = 1."""
     return torch.pow(10.0, -DOSE_DECADES * torch.as_tensor(alpha, dtype=torch.float32))
+
+
+def default_spacing(shape: tuple[int, ...]) -> float:
+    """Pixel size in mm assumed for a slice of unknown spacing: its longer side spans FIELD_OF_VIEW."""
+    return FIELD_OF_VIEW / max(shape)
 
 
 def _bins(shape: tuple[int, int]) -> int:
@@ -195,7 +204,7 @@ def low_dose(
 ) -> torch.Tensor:
     """(B, H, W) full-dose slices in HU as they would look at dose fraction 10^(−2α) (one generator each)."""
     dose = dose_fraction(alphas).clamp(max=1.0 - 1e-7)
-    full = N0 * spacing  # unattenuated full-dose count of a pixel-wide bin
+    full = N0 / spacing**2  # unattenuated full-dose count of a pixel-wide bin
     incident = full * dose / (1.0 - dose)
     electronic = ELECTRONIC * full * (1.0 + dose) / (1.0 - dose)
     floor = torch.sqrt(ELECTRONIC * full)

@@ -20,12 +20,12 @@ SEED_BOUND = 2**31
 
 @dataclass(frozen=True)
 class DistortionRecord:
-    """One applied distortion: modality, α, seed and spacing replay it; `params` shows what they meant."""
+    """One applied distortion: modality, α, seed and spacing (None: the default) replay it; `params` shows what they meant."""
 
     modality: str
     alpha: float
     seed: int
-    spacing: float = 1.0
+    spacing: float | None = None
     params: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
@@ -61,20 +61,20 @@ class RandomDistortion:
         self.alpha_range = tuple(state["alpha_range"])  # type: ignore[assignment]
         self._rng.bit_generator.state = state["bit_generator"]
 
-    def sample(self, modality: str, spacing: float = 1.0) -> DistortionRecord:
+    def sample(self, modality: str, spacing: float | None = None) -> DistortionRecord:
         """Draw α and a seed for one slice, with the parameters they imply."""
         name = check_modality(modality)
         low, high = self.alpha_range
         alpha = float(low + (high - low) * self._rng.random())
         seed = int(self._rng.integers(SEED_BOUND))
-        return DistortionRecord(name, alpha, seed, float(spacing), describe(name, alpha, seed))
+        return DistortionRecord(name, alpha, seed, None if spacing is None else float(spacing), describe(name, alpha, seed))
 
-    def __call__(self, image: np.ndarray, modality: str, spacing: float = 1.0) -> tuple[np.ndarray, DistortionRecord]:
+    def __call__(self, image: np.ndarray, modality: str, spacing: float | None = None) -> tuple[np.ndarray, DistortionRecord]:
         """Distort one 2D slice; returns the output and its record."""
         record = self.sample(modality, spacing)
         return self.replay(image, record), record
 
-    def batch(self, images: torch.Tensor, modality: str, spacing: float = 1.0) -> tuple[torch.Tensor, list[DistortionRecord]]:
+    def batch(self, images: torch.Tensor, modality: str, spacing: float | None = None) -> tuple[torch.Tensor, list[DistortionRecord]]:
         """Distort a (B, H, W) batch, one record per slice."""
         records = [self.sample(modality, spacing) for _ in range(images.shape[0])]
         return self.replay_batch(images, records), records
@@ -90,6 +90,7 @@ class RandomDistortion:
         modalities = {record.modality for record in records}
         if len(modalities) != 1:
             raise ValueError(f"a batch is replayed with one modality, got {sorted(modalities)}")
+        default = ct.default_spacing(tuple(images.shape[1:]))
+        spacing = [default if record.spacing is None else record.spacing for record in records]
         alphas = torch.tensor([record.alpha for record in records])
-        spacing = torch.tensor([record.spacing for record in records])
         return distort_batch(images, alphas, modalities.pop(), [record.seed for record in records], spacing)
