@@ -39,7 +39,7 @@ def check_seed(seed: int) -> int:
 
 def _per_slice(value: float | Sequence[float] | torch.Tensor, batch: int, name: str) -> torch.Tensor:
     """A scalar or per-slice sequence as a (B,) float32 tensor."""
-    tensor = torch.as_tensor(value, dtype=torch.float32).reshape(-1)
+    tensor = torch.as_tensor(value, dtype=torch.float32).reshape(-1).cpu()
     if tensor.numel() == 1:
         tensor = tensor.expand(batch)
     if tensor.numel() != batch:
@@ -59,7 +59,8 @@ def distort_batch(
     Slice i equals `distort(images[i], alphas[i], modality, seeds[i])`: each draws from its own
     generator seeded by its seed. `spacing` is the CT pixel size in mm (one value or one per slice;
     None: the slice spans a 350 mm field of view).
-    Slices with α = 0 come back bit for bit; the output keeps shape and dtype.
+    Slices with α = 0 come back bit for bit; the output keeps shape, dtype and device (the work is
+    done on CPU).
     """
     name = check_modality(modality)
     if not isinstance(images, torch.Tensor) or images.ndim != 3 or not images.is_floating_point():
@@ -77,10 +78,11 @@ def distort_batch(
     if not bool(torch.isfinite(images).all()):
         raise ValueError("images contain NaN or infinite values")
 
+    device, images = images.device, images.cpu()
     out = images.clone()
     active = torch.nonzero(alpha > 0).flatten()
     if active.numel() == 0:
-        return out
+        return out.to(device)
     generators = [torch.Generator().manual_seed(seeds[i]) for i in active.tolist()]
     x = images[active].float()
     if name == "CT":
@@ -88,7 +90,7 @@ def distort_batch(
     else:
         result = mr.corrupt(x, alpha[active], generators)
     out[active] = result.to(images.dtype)
-    return out
+    return out.to(device)
 
 
 def distort(image: np.ndarray, alpha: float, modality: str, seed: int, spacing: float | None = None) -> np.ndarray:

@@ -12,11 +12,14 @@ import numpy as np
 import piq
 import pytest
 import torch
+from PIL import Image
 from pydicom.data import get_testdata_file
+from typer.testing import CliRunner
 
+from retrieval.cli import app
 from retrieval.distortions import RandomDistortion, distort, distort_batch, dose_fraction
 from retrieval.distortions import ct
-from retrieval.io import Identity, iter_slices, read_path
+from retrieval.io import Identity, Slice, iter_slices, read_path
 from retrieval.preprocess import intensity, is_empty, resize_square
 
 ALPHA_GRID = [round(0.1 * i, 1) for i in range(11)]
@@ -197,6 +200,41 @@ def test_records_describe_the_physics() -> None:
         RandomDistortion(alpha_range=(0.0, 1.2))
 
 
+def test_cli_writes_a_montage_with_one_panel_per_alpha(tmp_path: Path) -> None:
+    runner, source = CliRunner(), get_testdata_file("CT_small.dcm")
+    widths = []
+    for alphas in (["0", "1"], ["0", "0.3", "0.6", "1"]):
+        out = tmp_path / f"{len(alphas)}.png"
+        args = ["distort", source, "--out", str(out), "--size", "64", *[x for a in alphas for x in ("--alpha", a)]]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        widths.append(Image.open(out).size[0])
+    assert widths[1] > 1.8 * widths[0]
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--slice", "3"], ["--slice 3", "1 slices"]),
+        (["--out", "/no/such/folder/m.png"], ["/no/such/folder"]),
+        (["--alpha", "1.5"], ["--alpha", "less than or equal to 1"]),
+    ],
+)
+def test_cli_refuses_bad_input_in_one_line(tmp_path: Path, args: list[str], words: list[str]) -> None:
+    out = ["--out", str(tmp_path / "m.png")] if "--out" not in args else []
+    result = CliRunner().invoke(app, ["distort", get_testdata_file("CT_small.dcm"), *out, *args])
+    assert result.exit_code != 0 and all(word in result.output for word in words), result.output
+
+
+def test_cli_names_a_file_without_a_distortion_modality(tmp_path: Path) -> None:
+    picture = tmp_path / "photo.png"
+    Image.fromarray(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64).astype(np.uint8)).save(picture)
+    result = CliRunner().invoke(app, ["distort", str(picture), "--out", str(tmp_path / "m.png")])
+    assert result.exit_code == 2 and "photo.png" in result.output and "--modality" in result.output
+    result = CliRunner().invoke(app, ["distort", str(picture), "--modality", "MR", "--out", str(tmp_path / "m.png")])
+    assert result.exit_code == 0, result.output
+
+
 # --- the real archive ---------------------------------------------------------------------------
 
 def archive_slices(archive: Path, modality: str, per_dataset: int, size: int) -> tuple[torch.Tensor, list[float]]:
@@ -211,7 +249,7 @@ def archive_slices(archive: Path, modality: str, per_dataset: int, size: int) ->
     identity = Identity(manifest=archive / "manifest.csv")
     for paths in chosen.values():
         for path in paths:
-            volume = [s for s in iter_slices([path], identity) if not isinstance(s, type(None)) and hasattr(s, "pixels")]
+            volume = [s for s in iter_slices([path], identity) if isinstance(s, Slice)]
             item = volume[len(volume) // 2]
             if is_empty(item.pixels, modality):
                 continue
