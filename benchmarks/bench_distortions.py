@@ -14,6 +14,7 @@ import argparse
 import os
 import platform
 import time
+import timeit
 from collections.abc import Callable
 
 import numpy as np
@@ -30,12 +31,7 @@ DISTORTED_SHARE = 3 / 5  # views per training triplet that are distorted
 
 def best_of(repeats: int, call: Callable[[], object]) -> float:
     """Fastest wall time of `repeats` calls, in seconds."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(timeit.repeat(call, number=1, repeat=repeats))
 
 
 def batch_of(modality: str, size: int, batch: int) -> torch.Tensor:
