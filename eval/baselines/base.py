@@ -111,9 +111,10 @@ class Baseline:
                 rows.append(torch.cat(cols, dim=1))
         return torch.cat(rows, dim=0)
 
-    def paired(self, first: np.ndarray | torch.Tensor, second: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Scores (B,) of first[i] against second[i], e.g. a slice and its distorted copy."""
-        a, b = self.prepare_gallery(first, "first"), self.prepare_gallery(second, "second")
+    def paired(self, first: np.ndarray | torch.Tensor | Stats, second: np.ndarray | torch.Tensor | Stats) -> torch.Tensor:
+        """Scores (B,) of first[i] against second[i] (images or prepared stats), e.g. a slice and its distorted copy."""
+        a = first if isinstance(first, Stats) else self.prepare_gallery(first, "first")
+        b = second if isinstance(second, Stats) else self.prepare_gallery(second, "second")
         if len(a) != len(b) or a.shape != b.shape:
             raise ValueError(f"{self.name}: paired batches differ: {len(a)}×{a.shape} and {len(b)}×{b.shape}")
         with torch.inference_mode():
