@@ -88,6 +88,7 @@ class IndexReport:
     slices_empty: int = 0
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
+    seconds_embedding: float = 0.0
     index: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -215,9 +216,15 @@ class _Batcher:
 
     def take(self, n: int) -> tuple[torch.Tensor, list[tuple[str, int, str]], list[str]]:
         """The first n queued slices and the series completed by them."""
-        pixels = torch.cat(self.pixels) if self.pixels else torch.zeros(0)
-        head, tail = pixels[:n], pixels[n:]
-        self.pixels = [tail] if len(tail) else []
+        parts, rows = [], 0
+        while self.pixels and rows < n:  # concatenate only the chunks this batch needs
+            part = self.pixels.pop(0)
+            if rows + len(part) > n:
+                self.pixels.insert(0, part[n - rows :])
+                part = part[: n - rows]
+            parts.append(part)
+            rows += len(part)
+        head = parts[0] if len(parts) == 1 else torch.cat(parts) if parts else torch.zeros(0)
         meta, self.meta = self.meta[:n], self.meta[n:]
         self.queued -= len(meta)
         done = [key for before, key in self.completions if before <= len(meta)]
@@ -256,7 +263,9 @@ def index_archive(
         pixels, meta, done = batcher.take(n)
         slices: list[SliceRecord] = []
         if len(meta):
+            start = time.perf_counter()
             embedded = metric.embed_tensor(pixels)
+            report.seconds_embedding += time.perf_counter() - start
             slices = [SliceRecord(key, index, path, records[key].file_checksums.get(path, records[key].record.checksum), float(alpha), vector)
                       for (key, index, path), alpha, vector in zip(meta, embedded.alpha, embedded.anatomy)]
         series = [records[key].record for key in {m[0] for m in meta} | set(done)]
@@ -320,7 +329,7 @@ def build_index(
     checkpoint: str | Path | None = None,
     device: str = "auto",
     batch_size: int = 32,
-    workers: int = 1,
+    workers: int | None = None,
     kind: str = "flat",
     show_progress: bool = True,
 ) -> IndexReport:
@@ -332,6 +341,7 @@ def build_index(
     checkpoint = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
     metric = DistortionAwareMetric.load(checkpoint, device)
     expected = new_manifest(metric.checkpoint_hash, checkpoint, metric.config, metric.size, kind)
+    workers = default_workers() if workers is None else workers
     threads = torch.get_num_threads()
     torch.set_num_threads(model_threads(workers))
     try:
@@ -339,6 +349,11 @@ def build_index(
             return index_archive(paths, directory, metric, identity, batch_size=batch_size, workers=workers, kind=kind, progress=progress)
     finally:
         torch.set_num_threads(threads)
+
+
+def default_workers() -> int:
+    """Reader processes: half the CPUs this process may use (1 on 2 cores), at most 8."""
+    return max(1, min(8, len(os.sched_getaffinity(0)) // 2))
 
 
 def model_threads(workers: int) -> int:

@@ -182,7 +182,7 @@ def index(
     index_dir: IndexDirOpt,
     checkpoint: Annotated[Optional[Path], typer.Option(help="Model checkpoint (default: the shipped one).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Slices per model batch and per catalog transaction.")] = 32,
-    workers: Annotated[int, typer.Option(min=0, help="Worker processes that read and preprocess (0: in the main process).")] = 1,
+    workers: Annotated[Optional[int], typer.Option(min=0, help="Worker processes that read and preprocess (0: in the main process; default: half the CPUs, at most 8).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     index_type: Annotated[str, typer.Option("--index-type", help="flat (exact) or ivfpq (approximate, for large archives; reports recall@10).")] = "flat",
     manifest: ManifestOpt = None,
