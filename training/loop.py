@@ -140,34 +140,59 @@ def validation_queries(patients: np.ndarray, seed: int, per_patient: int = VAL_Q
     return np.sort(np.concatenate(chosen))
 
 
-def validate(model: DisentangledSiamese, data: SliceSet, device: torch.device, seed: int) -> dict[str, float]:
-    """Anatomy mAP (same patient = relevant) at α = 0 and 0.8, and Spearman of â against α, on held-out patients."""
-    from eval.metrics import mean_average_precision
+@dataclass(frozen=True)
+class ValidationSet:
+    """Fixed validation inputs: clean gallery, query indices into it, and the distorted query views."""
 
+    gallery: torch.Tensor  # (N, 3, S, S) clean network input
+    queries: np.ndarray  # (Q,) gallery rows used as queries
+    relevant: np.ndarray  # (Q, N) same patient, own slice excluded
+    at_08: torch.Tensor  # (Q, 3, S, S) queries at α = 0.8
+    spread: torch.Tensor  # (Q, 3, S, S) queries at the α of `spread_alpha`
+    spread_alpha: np.ndarray  # (Q,) seeded uniform α for the Spearman of â
+
+
+def validation_set(data: SliceSet, seed: int) -> ValidationSet:
+    """Build the validation inputs once per run (deterministic in seed)."""
     images = torch.from_numpy(data.images)
-    gallery, gallery_alpha = embed_all(model, network_input(images, data.modalities), device)
     queries = validation_queries(data.patients, seed)
     relevant = data.patients[queries][:, None] == data.patients[None, :]
     relevant[np.arange(len(queries)), queries] = False
     rng = np.random.default_rng([seed, 2])
     seeds = rng.integers(0, 2**31 - 1, size=len(queries))
-    result: dict[str, float] = {}
     spread = rng.uniform(0.0, 1.0, size=len(queries)).astype(np.float32)
-    alpha_true, alpha_pred = [np.zeros(len(queries), np.float32)], [gallery_alpha[queries]]
-    for name, levels in (("map_0", np.zeros(len(queries), np.float32)), ("map_0.8", np.full(len(queries), 0.8, np.float32)), (None, spread)):
-        if name == "map_0":
-            embedded = gallery[queries]
-        else:
-            raw = distorted(images[queries], data.modalities[queries], levels, seeds)
-            embedded, a_hat = embed_all(model, network_input(raw, data.modalities[queries]), device)
-            alpha_true.append(levels)
-            alpha_pred.append(a_hat)
-        if name is not None:
-            distances = 0.5 * (1.0 - embedded @ gallery.T)
-            distances[np.arange(len(queries)), queries] = 10.0  # own clean slice ranked last, irrelevant: as if removed
-            result[name] = mean_average_precision(distances, relevant)
-    result["spearman_alpha"] = float(spearmanr(np.concatenate(alpha_true), np.concatenate(alpha_pred)).statistic)
-    return result
+    modalities = data.modalities[queries]
+
+    def distorted_queries(levels: np.ndarray) -> torch.Tensor:
+        return network_input(distorted(images[queries], modalities, levels, seeds), modalities)
+
+    return ValidationSet(
+        network_input(images, data.modalities), queries, relevant,
+        distorted_queries(np.full(len(queries), 0.8, np.float32)), distorted_queries(spread), spread,
+    )
+
+
+def query_distances(queries: np.ndarray, gallery: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """Anatomical distances (Q, N) of unit embeddings; each query's own clean slice is ranked last (as if removed)."""
+    distances = 0.5 * (1.0 - queries @ gallery.T)
+    distances[np.arange(len(own)), own] = 10.0
+    return distances
+
+
+def validate(model: DisentangledSiamese, vset: ValidationSet, device: torch.device) -> dict[str, float]:
+    """Anatomy mAP (same patient = relevant) at α = 0 and 0.8, and Spearman of â against α, on held-out patients."""
+    from eval.metrics import mean_average_precision
+
+    gallery, gallery_alpha = embed_all(model, vset.gallery, device)
+    at_08, _ = embed_all(model, vset.at_08, device)
+    _, spread_alpha_hat = embed_all(model, vset.spread, device)
+    true_alpha = np.concatenate([np.zeros(len(vset.queries)), vset.spread_alpha])
+    predicted = np.concatenate([gallery_alpha[vset.queries], spread_alpha_hat])
+    return {
+        "map_0": mean_average_precision(query_distances(gallery[vset.queries], gallery, vset.queries), vset.relevant),
+        "map_0.8": mean_average_precision(query_distances(at_08, gallery, vset.queries), vset.relevant),
+        "spearman_alpha": float(spearmanr(true_alpha, predicted).statistic),
+    }
 
 
 def warmup_cosine(step: int, total: int, warmup_share: float = 0.05) -> float:
@@ -219,6 +244,7 @@ def train(
         state = json.loads(blob["state"])
     checkpoint_config = config.checkpoint_config(train_data.summary(), sorted(set(val_data.patients.tolist())))
     log = out_dir / "metrics.csv"
+    vset = validation_set(val_data, config.seed)
     for epoch in range(state["epoch"], config.epochs):
         model.train()
         sums: dict[str, float] = {}
@@ -239,7 +265,7 @@ def train(
             if on_step is not None:
                 on_step(global_step + 1, total_steps, {n: v.item() for n, v in terms.items()})
         row = {"epoch": epoch + 1, **{n: v / config.steps_per_epoch for n, v in sums.items()}}
-        row |= validate(model, val_data, device, config.seed) | {"seconds": time.perf_counter() - started}
+        row |= validate(model, vset, device) | {"seconds": time.perf_counter() - started}
         state["history"].append(row)
         if _score(row) > state["best_score"]:
             state["best_score"] = _score(row)

@@ -1,0 +1,90 @@
+"""DisentangledSiamese and checkpoint files: outputs, shared weights, local weights, the quickstart loading path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision import models
+
+from retrieval.checkpoint import load_checkpoint, save_checkpoint
+from retrieval.model import DisentangledSiamese, anatomical_distance
+
+
+@pytest.fixture(scope="module")
+def model() -> DisentangledSiamese:
+    torch.manual_seed(0)
+    return DisentangledSiamese("resnet18").eval()
+
+
+def test_forward_once_shapes_norms_and_alpha_range(model: DisentangledSiamese) -> None:
+    z_anat, z_noise, a_hat = model.forward_once(torch.rand(3, 3, 48, 48))
+    assert z_anat.shape == (3, 128) and z_noise.shape == (3, 64) and a_hat.shape == (3,)
+    assert torch.allclose(z_anat.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert ((a_hat >= 0) & (a_hat <= 1)).all()
+
+
+def test_forward_runs_triplets_through_shared_weights(model: DisentangledSiamese) -> None:
+    x = torch.rand(2, 3, 48, 48)
+    with torch.no_grad():
+        anchor, positive, negative = model(x, x.clone(), torch.rand(2, 3, 48, 48))
+        single = model.forward_once(x)
+    for a, p, s in zip(anchor, positive, single):
+        assert torch.allclose(a, p, atol=1e-5) and torch.allclose(a, s, atol=1e-5)
+    assert not torch.allclose(anchor[0], negative[0])
+
+
+def test_anatomical_distance_range() -> None:
+    z = F.normalize(torch.randn(4, 8), dim=1)
+    assert torch.allclose(anatomical_distance(z, z), torch.zeros(4), atol=1e-6)
+    assert torch.allclose(anatomical_distance(z, -z), torch.ones(4), atol=1e-6)
+
+
+def test_unknown_backbone_and_missing_imagenet_weights_are_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="unknown backbone"):
+        DisentangledSiamese("vgg11")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="not on disk"):
+        DisentangledSiamese("resnet18", pretrained="imagenet")
+
+
+def test_pretrained_loads_local_torchvision_weights(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    reference = models.resnet18(weights=None)
+    weights = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), weights)
+    built = DisentangledSiamese("resnet18", pretrained=weights)
+    assert torch.equal(built.encoder.conv1.weight, reference.conv1.weight)
+
+
+def test_quickstart_loads_a_whole_checkpoint_into_the_default_model(model: DisentangledSiamese, tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "m.pt", model, {"backbone": "resnet18", "size": 48}, half=True)
+    quick = DisentangledSiamese()  # resnet50 by default: rebuilt for the checkpoint's backbone
+    quick.load_state_dict(torch.load(path, weights_only=True))
+    quick.eval()
+    x = torch.rand(2, 3, 48, 48)
+    with torch.no_grad():
+        expected, *_ = model.forward_once(x)
+        got, *_ = quick.forward_once(x)
+    assert quick.backbone_name == "resnet18"
+    assert torch.allclose(got, expected, atol=2e-2)  # fp16 storage
+    loaded, config = load_checkpoint(path)
+    assert config == {"backbone": "resnet18", "size": 48}
+    assert isinstance(loaded, DisentangledSiamese)
+
+
+def test_load_checkpoint_rejects_missing_and_foreign_files(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "absent.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        load_checkpoint(junk)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(1)}, foreign)
+    with pytest.raises(ValueError, match="not a checkpoint of this project"):
+        load_checkpoint(foreign)
+    with pytest.raises(TypeError):
+        save_checkpoint(tmp_path / "bad.pt", DisentangledSiamese("resnet18"), {"path": Path("x")})
