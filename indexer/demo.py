@@ -54,4 +54,4 @@ def run_demo(index_dir: str | Path | None = None, checkpoint: str | Path | None 
             print()
             print_result(SearchResult(f"{query_path} distorted at α = {QUERY_ALPHA}", 1, float(embedded.alpha[0]), rank(directory, embedded.anatomy, k)))
         if index_dir is None:
-            print(f"\n(the index was temporary; `retrieval demo --index DIR` keeps it for `retrieval search QUERY --index DIR`)")
+            print("\n(the index was temporary; `retrieval demo --index DIR` keeps it for `retrieval search QUERY --index DIR`)")

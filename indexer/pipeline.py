@@ -2,7 +2,7 @@
 
 Incremental: a series (a DICOM series or one volume) is keyed by its id and path and fingerprinted
 by its files' SHA-256 plus its patient/modality; a complete series with the same fingerprint is
-skipped, a changed or incomplete one is deleted and redone, one that left the scanned folders is
+skipped, a changed or incomplete one is deleted and redone, one that left the scanned folders (or the disk) is
 deleted. Crash-safe: each batch of slices commits in one catalog transaction with its vectors, and
 the series' `complete` flag commits with its last slice; the FAISS file is a cache that
 `IndexDirectory.open` repairs from the catalog (see indexer/directory.py).
@@ -147,7 +147,8 @@ def plan(paths: Sequence[str | Path], identity: Identity, states: dict[str, tupl
             jobs.append(Job(series, record, own))
     todo = {job.record.key for job in jobs}
     roots = [os.path.abspath(p) for p in paths]
-    stale = [key for key in states if key in todo or (key not in seen and _under(recorded[key], roots))]
+    gone = [key for key in states if key not in seen and (_under(recorded[key], roots) or not os.path.exists(recorded[key]))]
+    stale = [key for key in states if key in todo] + gone
     return Plan(jobs, len(seen) - len(todo), stale, skipped)
 
 
@@ -250,7 +251,7 @@ def index_archive(
     work = plan(paths, identity, catalog.series_states(), catalog.series_paths())
     report = IndexReport(series_unchanged=work.unchanged, skipped=list(work.skipped))
     removed = catalog.delete_series(work.stale)
-    directory.store.remove(removed)
+    store.remove(removed)
     report.series_removed, report.slices_removed = len(work.stale), len(removed)
     records = {job.record.key: job for job in work.jobs}
     advance = progress(sum(job.series.n_slices for job in work.jobs)) if progress else (lambda n: None)
@@ -296,7 +297,6 @@ def index_archive(
     report.seconds = time.perf_counter() - started
     report.index = dict(directory.manifest.index)
     return report
-
 
 
 @contextmanager
