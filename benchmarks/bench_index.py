@@ -1,7 +1,7 @@
 """Indexing throughput against the model's forward-only throughput, and warm search latency at 10k–1M slices.
 
     python benchmarks/bench_index.py ARCHIVE [--checkpoint PATH] [--batch-size 32] [--workers 1]
-           [--sizes 10000 100000 1000000] [--queries 200]
+           [--sizes 10000 100000 1000000] [--queries 200] [--threads 1]
 
 Part 1 indexes ARCHIVE (files on disk → index on disk: reading, hashing, preprocessing, embedding,
 catalog transactions, FAISS save) into a temporary folder, then times the same model's forward pass
@@ -138,12 +138,17 @@ def main() -> None:
     parser.add_argument("--workers", type=int, help="reader processes (default: as `retrieval index`)")
     parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=1, help="FAISS threads for the search part (1 is fastest on shared cores)")
     args = parser.parse_args()
     print(f"# bench_index, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}\n")
     if args.archive:
         bench_indexing(Path(args.archive), args.checkpoint, args.batch_size, args.workers, args.size)
     else:
         print("no archive given (argument or RETRIEVAL_SAMPLE_ARCHIVE): indexing part skipped\n", file=sys.stderr)
+    import faiss
+
+    faiss.omp_set_num_threads(args.threads)
+    print(f"search: FAISS {faiss.__version__} on {args.threads} thread(s), {args.queries} single-vector queries per size\n")
     bench_search(args.sizes, args.queries)
 
 

@@ -22,6 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -342,13 +343,15 @@ def build_index(
     metric = DistortionAwareMetric.load(checkpoint, device)
     expected = new_manifest(metric.checkpoint_hash, checkpoint, metric.config, metric.size, kind)
     workers = default_workers() if workers is None else workers
-    threads = torch.get_num_threads()
+    threads, faiss_threads = torch.get_num_threads(), faiss.omp_get_max_threads()
     torch.set_num_threads(model_threads(workers))
+    faiss.omp_set_num_threads(model_threads(workers))  # IVF-PQ training, like the model, gets the cores the readers leave
     try:
         with IndexDirectory.open(index_dir, expected, writable=True) as directory, progress_bar(show_progress) as progress:
             return index_archive(paths, directory, metric, identity, batch_size=batch_size, workers=workers, kind=kind, progress=progress)
     finally:
         torch.set_num_threads(threads)
+        faiss.omp_set_num_threads(faiss_threads)
 
 
 def default_workers() -> int:

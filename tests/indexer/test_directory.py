@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import faiss
 import numpy as np
 import pytest
 
 from indexer.catalog import SeriesRecord, SliceRecord
 from indexer.directory import STORE_NAME, IndexBusy, IndexDirectory
 from indexer.manifest import IndexMismatch, new_manifest, read_manifest
+from indexer.store import IVFPQ_MIN_VECTORS, VectorStore
 
 
 def manifest(sha: str = "a" * 64, size: int = 64, kind: str = "flat"):
@@ -95,3 +97,39 @@ def test_remove_patient_and_ivfpq_request_below_minimum(tmp_path) -> None:
         assert directory.catalog.patients() == {"P2"} and consistent(directory)
         directory.reshape("ivfpq")
         assert directory.manifest.index == {"requested": "ivfpq", "kind": "flat"}, "too few vectors to train IVF-PQ: exact search"
+
+
+@pytest.fixture()
+def one_faiss_thread():
+    """Train single-threaded: on 2 shared cores OpenMP's second thread makes k-means about 4× slower."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+def test_ivfpq_is_trained_reports_recall_and_is_repaired_like_exact(tmp_path, one_faiss_thread) -> None:
+    path = tmp_path / "idx"
+    with IndexDirectory.open(path, manifest(kind="ivfpq"), writable=True) as directory:
+        centres = np.random.default_rng(9).standard_normal((50, 128))
+        for n in range(5):  # 50 "patients" of clustered slices, 10,500 rows in 5 transactions
+            key = f"s{n}"
+            rng = np.random.default_rng(n)
+            vectors = (centres[rng.integers(0, 50, IVFPQ_MIN_VECTORS // 5 + 100)] + 0.5 * rng.standard_normal((IVFPQ_MIN_VECTORS // 5 + 100, 128))).astype(np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            record = SeriesRecord(key, f"P{n}", None, key, "MR", f"/a/{key}", "sum")
+            rows = [SliceRecord(key, i, f"/a/{key}/{i}", "f", 0.05 * n, v) for i, v in enumerate(vectors)]
+            directory.store.add(directory.catalog.commit_batch([record], rows, [key], "m", "0.1"), vectors)
+        directory.reshape("ivfpq")
+        directory.save()
+        index = directory.manifest.index
+        assert index["kind"] == "ivfpq" and index["trained_on"] == len(directory.store) and 0.5 < index["recall_at_10"] <= 1.0
+        late = add_series(directory, "late", "P9", 3, seed=7)  # committed after the save, then "killed"
+    with IndexDirectory.open(path) as directory:
+        assert directory.store.kind == "ivfpq" and directory.repair.added == 3 and consistent(directory)
+        queries = directory.catalog.vectors(late, 128)
+        assert directory.store.search(queries, 1)[1][:, 0].tolist() == late.tolist()
+        allowed = directory.catalog.eligible_ids(max_alpha=0.1)
+        _, found = directory.store.search(queries, 10, allowed=allowed)
+        assert set(found.ravel()) - {-1} <= set(allowed.tolist())
+    assert VectorStore.load(path / STORE_NAME).kind == "ivfpq"
