@@ -18,7 +18,7 @@ import numpy as np
 
 from indexer.catalog import Catalog
 from indexer.manifest import MANIFEST_NAME, Manifest, read_manifest, write_manifest
-from indexer.store import IVFPQ_MIN_VECTORS, VectorStore, build_ivfpq, recall_at_k
+from indexer.store import IVFPQ_MIN_VECTORS, REFINE, VectorStore, build_ivfpq, recall_at_k
 
 CATALOG_NAME = "catalog.sqlite"
 STORE_NAME = "vectors.faiss"
@@ -110,8 +110,11 @@ class IndexDirectory:
             ids = self.catalog.ids()
             vectors = self.catalog.vectors(ids, self.store.dim)
             self.store = build_ivfpq(ids, vectors)
-            recall = recall_at_k(self.store, ids, vectors)
-            self.manifest.index = {"trained_on": len(ids), "nprobe": self.store.nprobe, "recall_at_10": round(recall, 4)}
+            self.manifest.index = {
+                "trained_on": len(ids), "nprobe": self.store.nprobe, "refine": REFINE,
+                "recall_at_10": round(recall_at_k(self.store, ids, vectors), 4),
+                "recall_at_10_codes_only": round(recall_at_k(self.store, ids, vectors, refine=False), 4),
+            }
         elif kind == "flat" and self.store.kind != "flat":
             self.store = VectorStore.empty(self.store.dim)
             self.sync()

@@ -4,6 +4,7 @@ Distances are anatomical: d = 0.5 · (1 − cos) between anatomy embeddings, in 
 A patient's distance is that of its best-matching slice (over every query slice for a series query).
 Filters go into FAISS as an id selector, and the search widens until k patients (or k slices)
 come back or no eligible slice is left, so k results come back whenever k eligible exist.
+With an IVF-PQ index the shortlist is re-scored with the exact vectors the catalog keeps.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def rank(
         return []
     fetch = min(eligible, k * (WIDEN if by == "patient" else 1))
     while True:
-        scores, ids = directory.store.search(anatomy, fetch, allowed)
+        scores, ids = directory.store.search(anatomy, fetch, allowed, vectors_of=lambda wanted: directory.catalog.vectors(wanted, directory.store.dim))
         best: dict[int, float] = {}
         for score, i in zip(scores.ravel().tolist(), ids.ravel().tolist()):
             if i >= 0:
