@@ -115,7 +115,7 @@ def bench(paths: Sequence[Path], identity: Identity, out_dir: Path, config: Benc
     methods, unavailable = create_methods(config.methods, metric, config.dino_weights)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir}: --out exists and is not a folder")
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     skipped: list[Skipped] = []
     with console.status("reading the archive", spinner="dots") if console.is_terminal else nullcontext():
         data = load_slices(paths, identity, metric.size, on_skip=skipped.append)
