@@ -36,43 +36,21 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-@app.command()
-def train(
-    archive: Annotated[list[Path], typer.Argument(help="Archive folders or files to train on.")],
-    out: Annotated[Path, typer.Option("--out", help="Run directory: last.pt (resume), best.pt, metrics.csv.")],
-    backbone: Annotated[str, typer.Option(help="resnet18, resnet34 or resnet50.")] = "resnet18",
-    size: Annotated[int, typer.Option(help="Network input side S (slices are resized to S×S).")] = 128,
-    epochs: Annotated[int, typer.Option(min=1)] = 20,
-    steps_per_epoch: Annotated[int, typer.Option(min=1)] = 100,
-    batch_patients: Annotated[int, typer.Option(min=2, help="Distinct patients per step (5 views each).")] = 16,
-    lr: Annotated[float, typer.Option(min=0.0)] = 1e-3,
-    seed: Annotated[int, typer.Option()] = 0,
-    val_fraction: Annotated[float, typer.Option(min=0.0, max=0.9, help="Share of patients held out for validation.")] = 0.2,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    pretrained: Annotated[Optional[Path], typer.Option(help="Local torchvision ResNet weights to start the encoder from.")] = None,
-    cache: Annotated[Optional[Path], typer.Option(help="Folder to cache the resized slices in between runs.")] = None,
-    manifest: ManifestOpt = None,
-    patient_regex: PatientRegexOpt = None,
-    modality: ModalityOpt = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """Train the distortion-aware metric (seeded; rerun the same command to resume)."""
-    import json
-
-    from retrieval.io import Identity
-    from training.loop import TrainConfig
-    from training.run import fit
-
-    missing = [str(p) for p in archive if not p.exists()]
+def _require(paths: list[Path]) -> None:
+    """One-line error for the first path that does not exist."""
+    missing = [str(p) for p in paths if not p.exists()]
     if missing:
         fail(f"{missing[0]}: no such file or folder")
-    config = TrainConfig(backbone=backbone, size=size, epochs=epochs, steps_per_epoch=steps_per_epoch, batch_patients=batch_patients,
-                         lr=lr, seed=seed, val_fraction=val_fraction, device=device, pretrained=str(pretrained) if pretrained else None)
+
+
+def _identity(manifest: Optional[Path], patient_regex: Optional[str], modality: Optional[str]):  # type: ignore[no-untyped-def]
+    """The shared identity options as a reader Identity, or a one-line error."""
+    from retrieval.io import Identity
+
     try:
-        summary = fit(archive, Identity(manifest=manifest, patient_regex=patient_regex, modality=modality), out, config, cache, quiet=json_out)
+        return Identity(manifest=manifest, patient_regex=patient_regex, modality=modality)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
-    typer.echo(json.dumps(summary, indent=2) if json_out else f"done: {summary['epochs']} epochs, best checkpoint {out / 'best.pt'}; last epoch {summary['last']}")
 
 
 @app.command()
@@ -88,16 +66,10 @@ def scan(
     """Summarise an archive per patient and series, with totals and the files that could not be used."""
     import json
 
-    from retrieval.io import Identity
     from retrieval.scan import print_report, scan_archive
 
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:
-        fail(f"{missing[0]}: no such file or folder")
-    try:
-        identity = Identity(manifest=manifest, patient_regex=patient_regex, modality=modality)
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
+    _require(paths)
+    identity = _identity(manifest, patient_regex, modality)
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -156,24 +128,44 @@ def distort(
     typer.echo(f"wrote {out}: {Path(item.path).name} slice {index} ({item.modality}) at α = {', '.join(f'{a:g}' for a in levels)}")
 
 
-IndexDirOpt = Annotated[Path, typer.Option("--index", help="Index directory (manifest.json, catalog.sqlite, vectors.faiss).")]
+@app.command()
+def train(
+    archive: Annotated[list[Path], typer.Argument(help="Archive folders or files to train on.")],
+    out: Annotated[Path, typer.Option("--out", help="Run directory: last.pt (resume), best.pt, metrics.csv.")],
+    backbone: Annotated[str, typer.Option(help="resnet18, resnet34 or resnet50.")] = "resnet18",
+    size: Annotated[int, typer.Option(help="Network input side S (slices are resized to S×S).")] = 128,
+    epochs: Annotated[int, typer.Option(min=1)] = 20,
+    steps_per_epoch: Annotated[int, typer.Option(min=1)] = 100,
+    batch_patients: Annotated[int, typer.Option(min=2, help="Distinct patients per step (5 views each).")] = 16,
+    lr: Annotated[float, typer.Option(min=0.0)] = 1e-3,
+    seed: Annotated[int, typer.Option()] = 0,
+    val_fraction: Annotated[float, typer.Option(min=0.0, max=0.9, help="Share of patients held out for validation.")] = 0.2,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    pretrained: Annotated[Optional[Path], typer.Option(help="Local torchvision ResNet weights to start the encoder from.")] = None,
+    cache: Annotated[Optional[Path], typer.Option(help="Folder to cache the resized slices in between runs.")] = None,
+    manifest: ManifestOpt = None,
+    patient_regex: PatientRegexOpt = None,
+    modality: ModalityOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train the distortion-aware metric (seeded; rerun the same command to resume)."""
+    import json
 
+    from training.loop import TrainConfig
+    from training.run import fit
 
-def _require(paths: list[Path]) -> None:
-    """One-line error for the first path that does not exist."""
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:
-        fail(f"{missing[0]}: no such file or folder")
-
-
-def _identity(manifest: Optional[Path], patient_regex: Optional[str], modality: Optional[str]):  # type: ignore[no-untyped-def]
-    """The shared identity options as a reader Identity, or a one-line error."""
-    from retrieval.io import Identity
-
+    _require(archive)
+    identity = _identity(manifest, patient_regex, modality)
+    config = TrainConfig(backbone=backbone, size=size, epochs=epochs, steps_per_epoch=steps_per_epoch, batch_patients=batch_patients,
+                         lr=lr, seed=seed, val_fraction=val_fraction, device=device, pretrained=str(pretrained) if pretrained else None)
     try:
-        return Identity(manifest=manifest, patient_regex=patient_regex, modality=modality)
+        summary = fit(archive, identity, out, config, cache, quiet=json_out)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
+    typer.echo(json.dumps(summary, indent=2) if json_out else f"done: {summary['epochs']} epochs, best checkpoint {out / 'best.pt'}; last epoch {summary['last']}")
+
+
+IndexDirOpt = Annotated[Path, typer.Option("--index", help="Index directory (manifest.json, catalog.sqlite, vectors.faiss).")]
 
 
 @app.command()
