@@ -1,6 +1,6 @@
 """The five loss terms of the disentangled metric, each a small function, plus their weighted sum.
 
-Default weights (LossWeights): infonce 1, distortion 5, ordering 1, alpha 1, orthogonality 0.1.
+Default weights (LossWeights): infonce 1, distortion 5, ordering 1, alpha 5, orthogonality 0.1.
 The distortion regression pulls the clean↔distorted anatomical distance towards D_MAX · shape_a(α):
 0 for benign α ≤ TAU, then rising as expm1(K(α − TAU)) / expm1(K(1 − TAU)) to D_MAX at α = 1.
 D_MAX = 0.1 keeps even the worst distortion well inside the typical distance between patients.
@@ -30,7 +30,7 @@ class LossWeights:
     infonce: float = 1.0
     distortion: float = 5.0
     ordering: float = 1.0
-    alpha: float = 1.0
+    alpha: float = 5.0
     orthogonality: float = 0.1
 
     def as_dict(self) -> dict[str, float]:
