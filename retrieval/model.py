@@ -83,7 +83,9 @@ class DisentangledSiamese(nn.Module):
             config = state_dict["config"]
             if config.get("backbone", self.backbone_name) != self.backbone_name:
                 rebuilt = DisentangledSiamese(config["backbone"], config.get("anatomy_dim", 128), config.get("noise_dim", 64))
-                self.__dict__.update(rebuilt.__dict__)
+                self.backbone_name = rebuilt.backbone_name
+                self.encoder, self.anatomy_head = rebuilt.encoder, rebuilt.anatomy_head
+                self.noise_head, self.alpha_head = rebuilt.noise_head, rebuilt.alpha_head
             state_dict = state_dict["state_dict"]
         own = self.state_dict()
         cast = {k: v.to(own[k].dtype) if k in own and v.is_floating_point() else v for k, v in state_dict.items()}
