@@ -91,8 +91,7 @@ class LearnedMethod(Method):
         self.store.add(np.arange(len(self.gallery)), self.gallery.anatomy)
 
     def encode(self, images: torch.Tensor) -> Embeddings:
-        parts = [self.metric.embed_tensor(images[i : i + EMBED_BATCH]) for i in range(0, len(images), EMBED_BATCH)]
-        return Embeddings(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("anatomy", "noise", "alpha")))
+        return self.metric.embed_tensor(images, EMBED_BATCH)
 
     def search(self, queries: Embeddings) -> np.ndarray:
         """Anatomy distance 0.5 · (1 − inner product) of every gallery slice, from an exact FAISS search of all of them."""

@@ -35,6 +35,11 @@ class Embeddings:
     def __len__(self) -> int:
         return len(self.alpha)
 
+    @staticmethod
+    def concat(parts: Sequence["Embeddings"]) -> "Embeddings":
+        """Embeddings of several batches, in order, as one."""
+        return Embeddings(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("anatomy", "noise", "alpha")))
+
 
 def resolve_device(device: str = "auto") -> torch.device:
     """'auto' → CUDA when present, else CPU; 'cpu' / 'cuda' as given."""
@@ -50,6 +55,18 @@ def resolve_device(device: str = "auto") -> torch.device:
 def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     """bf16 autocast on CPU and CUDA (3–4× faster on AVX-512-bf16 CPUs)."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+@torch.inference_mode()
+def embed_model(model: DisentangledSiamese, batch: torch.Tensor, device: torch.device, batch_size: int = 64) -> Embeddings:
+    """Embed a preprocessed (B, 3, S, S) tensor in chunks (bf16 autocast, channels_last); the model must be in eval mode."""
+    parts = []
+    for start in range(0, len(batch), batch_size):
+        x = batch[start : start + batch_size].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with autocast(device):
+            z_anat, z_noise, a_hat = model.forward_once(x)
+        parts.append(Embeddings(z_anat.float().cpu().numpy(), z_noise.float().cpu().numpy(), a_hat.float().cpu().numpy()))
+    return Embeddings.concat(parts)
 
 
 class DistortionAwareMetric:
@@ -77,13 +94,9 @@ class DistortionAwareMetric:
         """One raw 2D slice in modality units → 3×S×S network input."""
         return intensity(resize_square(pixels, self.size, spacing), modality)
 
-    @torch.inference_mode()
-    def embed_tensor(self, batch: torch.Tensor) -> Embeddings:
-        """Embed an already preprocessed (B, 3, S, S) batch."""
-        x = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with autocast(self.device):
-            z_anat, z_noise, a_hat = self.model.forward_once(x)
-        return Embeddings(z_anat.float().cpu().numpy(), z_noise.float().cpu().numpy(), a_hat.float().cpu().numpy())
+    def embed_tensor(self, batch: torch.Tensor, batch_size: int = 64) -> Embeddings:
+        """Embed an already preprocessed (B, 3, S, S) tensor, `batch_size` images at a time."""
+        return embed_model(self.model, batch, self.device, batch_size)
 
     def _inputs(self, images: ImageLike | Sequence[ImageLike], modality: str | None) -> Iterable[torch.Tensor]:
         """Network inputs for arrays, tensors (raw 2D or preprocessed 3×S×S) and file paths."""
@@ -127,7 +140,7 @@ class DistortionAwareMetric:
             parts.append(self.embed_tensor(torch.stack(batch)))
         if not parts:
             raise ValueError("no images to embed")
-        return Embeddings(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("anatomy", "noise", "alpha")))
+        return Embeddings.concat(parts)
 
     def alpha(self, images: ImageLike | Sequence[ImageLike], modality: str | None = None) -> np.ndarray:
         """Predicted distortion severity â ∈ [0, 1] per image."""

@@ -18,7 +18,7 @@ from scipy.stats import spearmanr
 from retrieval import TAU
 from retrieval.checkpoint import save_checkpoint
 from retrieval.distortions import distort_batch
-from retrieval.metric import autocast, resolve_device
+from retrieval.metric import autocast, embed_model, resolve_device
 from retrieval.model import DisentangledSiamese, anatomical_distance
 from retrieval.preprocess import intensity
 from training import losses
@@ -119,20 +119,6 @@ def loss_terms(
     return terms
 
 
-@torch.inference_mode()
-def embed_all(model: DisentangledSiamese, x: torch.Tensor, device: torch.device, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Anatomy embeddings and â for a preprocessed tensor, batched."""
-    model.eval()
-    anat, alpha = [], []
-    for start in range(0, len(x), batch_size):
-        chunk = x[start : start + batch_size].to(device).contiguous(memory_format=torch.channels_last)
-        with autocast(device):
-            z, _, a = model.forward_once(chunk)
-        anat.append(z.float().cpu().numpy())
-        alpha.append(a.float().cpu().numpy())
-    return np.concatenate(anat), np.concatenate(alpha)
-
-
 def validation_queries(patients: np.ndarray, seed: int, per_patient: int = VAL_QUERIES_PER_PATIENT) -> np.ndarray:
     """At most `per_patient` query slices per patient (seeded), so large volumes do not dominate the mean."""
     rng = np.random.default_rng([seed, 1])
@@ -183,14 +169,15 @@ def validate(model: DisentangledSiamese, vset: ValidationSet, device: torch.devi
     """Anatomy mAP (same patient = relevant) at α = 0 and 0.8, and Spearman of â against α, on held-out patients."""
     from eval.metrics import mean_average_precision
 
-    gallery, gallery_alpha = embed_all(model, vset.gallery, device)
-    at_08, _ = embed_all(model, vset.at_08, device)
-    _, spread_alpha_hat = embed_all(model, vset.spread, device)
+    model.eval()
+    gallery = embed_model(model, vset.gallery, device)
+    at_08 = embed_model(model, vset.at_08, device)
+    spread = embed_model(model, vset.spread, device)
     true_alpha = np.concatenate([np.zeros(len(vset.queries)), vset.spread_alpha])
-    predicted = np.concatenate([gallery_alpha[vset.queries], spread_alpha_hat])
+    predicted = np.concatenate([gallery.alpha[vset.queries], spread.alpha])
     return {
-        "map_0": mean_average_precision(query_distances(gallery[vset.queries], gallery, vset.queries), vset.relevant),
-        "map_0.8": mean_average_precision(query_distances(at_08, gallery, vset.queries), vset.relevant),
+        "map_0": mean_average_precision(query_distances(gallery.anatomy[vset.queries], gallery.anatomy, vset.queries), vset.relevant),
+        "map_0.8": mean_average_precision(query_distances(at_08.anatomy, gallery.anatomy, vset.queries), vset.relevant),
         "spearman_alpha": float(spearmanr(true_alpha, predicted).statistic),
     }
 
