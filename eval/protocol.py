@@ -12,8 +12,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from training.data import SliceSet
-from training.loop import distorted, network_input
+from retrieval.slices import SliceSet
+from retrieval.distortions import distort_mixed
+from retrieval.preprocess import network_input
 
 ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
 QUICK_ALPHAS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -108,6 +109,6 @@ def build_workload(data: SliceSet, alphas: Sequence[float], seed: int, per_patie
     gallery, query = data.subset(rows), data.subset(is_query)
     seeds = query_seeds(len(query), seed)
     clean = torch.from_numpy(query.images)
-    views = torch.stack([distorted(clean, query.modalities, np.full(len(query), alpha, np.float32), seeds) for alpha in alphas])
+    views = torch.stack([distort_mixed(clean, query.modalities, np.full(len(query), alpha, np.float32), seeds) for alpha in alphas])
     return Workload(alphas, network_input(torch.from_numpy(gallery.images), gallery.modalities), gallery.patients,
                     query.patients, query.modalities, query.sources, seeds, views)

@@ -27,7 +27,7 @@ from retrieval import TAU, __version__
 from retrieval.checkpoint import DEFAULT_CHECKPOINT
 from retrieval.io import Identity, Skipped
 from retrieval.metric import BETA, DistortionAwareMetric
-from training.data import SliceSet, load_slices
+from retrieval.slices import SliceSet, load_slices
 
 OUTPUTS = ("results.json", "report.md", "retrieval.png", "distance.png")
 

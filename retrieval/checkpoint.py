@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,34 @@ import torch
 from retrieval.model import DisentangledSiamese
 
 DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "default.pt"
+DIGEST_CHARS = 16  # 64 bits of HMAC-SHA256: no collisions among millions of patients
+
+
+def new_patient_key() -> str:
+    """A fresh random key for the patient digests of one checkpoint."""
+    return secrets.token_hex(16)
+
+
+def patient_digest(patient_id: str, key: str) -> str:
+    """Keyed hash of a patient id, so checkpoints and manifests can name patients without holding their ids."""
+    return hmac.new(bytes.fromhex(key), patient_id.encode("utf-8"), hashlib.sha256).hexdigest()[:DIGEST_CHARS]
+
+
+def patient_record(key: str, training: set[str] | list[str], held_out: set[str] | list[str]) -> dict[str, Any]:
+    """The checkpoint config's `patients` entry: digests of who trained and who was held out, and counts."""
+    return {"key": key, "training": sorted(patient_digest(p, key) for p in training),
+            "held_out": sorted(patient_digest(p, key) for p in held_out),
+            "counts": {"training": len(training), "held_out": len(held_out)}}
+
+
+def trained_on(config: dict[str, Any], patient_ids: list[str] | set[str]) -> set[str]:
+    """The given patient ids that the checkpoint with this config trained on (by digest; older configs by id)."""
+    record = config.get("patients")
+    if isinstance(record, dict) and "key" in record:
+        digests = set(record.get("training", ()))
+        return {p for p in patient_ids if patient_digest(p, record["key"]) in digests}
+    held_out = set(config.get("validation_patients", ()))  # configs written before digests: every other patient trained
+    return {p for p in patient_ids if p not in held_out}
 
 
 def save_checkpoint(path: str | Path, model: DisentangledSiamese, config: dict[str, Any], half: bool = False) -> Path:
@@ -39,7 +69,8 @@ def load_checkpoint(path: str | Path | None = None) -> tuple[DisentangledSiamese
     if not isinstance(blob, dict) or "state_dict" not in blob or "config" not in blob:
         raise ValueError(f"{path}: not a checkpoint of this project (expected keys 'state_dict' and 'config')")
     config = blob["config"]
-    model = DisentangledSiamese(config.get("backbone", "resnet50"), config.get("anatomy_dim", 128), config.get("noise_dim", 64))
+    model = DisentangledSiamese(config.get("backbone", "resnet50"), config.get("anatomy_dim", 128), config.get("noise_dim", 64),
+                                invariance=config.get("invariance", "none"))
     model.load_state_dict(blob["state_dict"])
     return model.eval(), config
 

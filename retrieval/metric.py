@@ -59,12 +59,12 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
 
 @torch.inference_mode()
 def embed_model(model: DisentangledSiamese, batch: torch.Tensor, device: torch.device, batch_size: int = 64) -> Embeddings:
-    """Embed a preprocessed (B, 3, S, S) tensor in chunks (bf16 autocast, channels_last); the model must be in eval mode."""
+    """Embed a preprocessed (B, 3, S, S) tensor in chunks (bf16 autocast, channels_last, the model's invariance pooling); eval mode."""
     parts = []
     for start in range(0, len(batch), batch_size):
         x = batch[start : start + batch_size].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with autocast(device):
-            z_anat, z_noise, a_hat = model.forward_once(x)
+            z_anat, z_noise, a_hat = model.embed(x)
         parts.append(Embeddings(z_anat.float().cpu().numpy(), z_noise.float().cpu().numpy(), a_hat.float().cpu().numpy()))
     return Embeddings.concat(parts)
 

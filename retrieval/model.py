@@ -16,6 +16,7 @@ BACKBONES: dict[str, tuple[Callable[..., nn.Module], int, str]] = {
     "resnet34": (models.resnet34, 512, "ResNet34_Weights"),
     "resnet50": (models.resnet50, 2048, "ResNet50_Weights"),
 }
+INVARIANCES = ("none", "d4")  # inference-time pooling over the 8 flips and 90° rotations of the input
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -43,10 +44,14 @@ class DisentangledSiamese(nn.Module):
         anatomy_dim: int = 128,
         noise_dim: int = 64,
         pretrained: str | Path | None = None,
+        invariance: str = "none",
     ) -> None:
         super().__init__()
         if backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
+        if invariance not in INVARIANCES:
+            raise ValueError(f"unknown invariance {invariance!r}; choose one of {INVARIANCES}")
+        self.invariance = invariance
         constructor, features, _ = BACKBONES[backbone]
         self.backbone_name = backbone
         self.encoder = constructor(weights=None)
@@ -68,6 +73,20 @@ class DisentangledSiamese(nn.Module):
         a_hat = torch.sigmoid(self.alpha_head(z_noise).float()).squeeze(1)
         return z_anat, z_noise.float(), a_hat
 
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Inference embedding: forward_once, averaged over the 8 flips/90° rotations when invariance is 'd4'.
+
+        With 'd4' a flipped or rotated slice gets the same embedding as the original (the mean over the group
+        orbit is the same set of views), so search does not depend on how a reader orients its arrays.
+        """
+        if self.invariance == "none":
+            return self.forward_once(x)
+        views = torch.cat([dihedral(x, k) for k in range(8)])
+        z_anat, z_noise, a_hat = self.forward_once(views)
+        n = x.shape[0]
+        z_anat = F.normalize(z_anat.view(8, n, -1).mean(0), dim=1)
+        return z_anat, z_noise.view(8, n, -1).mean(0), a_hat.view(8, n).mean(0)
+
     def forward(
         self, anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor
     ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
@@ -81,6 +100,7 @@ class DisentangledSiamese(nn.Module):
         """Load a state_dict or a whole checkpoint ({"state_dict", "config"}), rebuilding for its backbone."""
         if "state_dict" in state_dict and "config" in state_dict:
             config = state_dict["config"]
+            self.invariance = config.get("invariance", "none")
             if config.get("backbone", self.backbone_name) != self.backbone_name:
                 rebuilt = DisentangledSiamese(config["backbone"], config.get("anatomy_dim", 128), config.get("noise_dim", 64))
                 self.backbone_name = rebuilt.backbone_name
@@ -95,3 +115,9 @@ class DisentangledSiamese(nn.Module):
 def anatomical_distance(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
     """Row-wise anatomical distance 0.5 · (1 − cos(z1, z2)) ∈ [0, 1]."""
     return 0.5 * (1.0 - F.cosine_similarity(z1, z2, dim=-1))
+
+
+def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th (0–7) element of the dihedral group D4 applied to the last two axes: k % 4 quarter turns, then a flip if k ≥ 4."""
+    turned = torch.rot90(x, k % 4, dims=(-2, -1))
+    return turned.flip(-1) if k >= 4 else turned

@@ -111,3 +111,12 @@ def is_empty(pixels: np.ndarray | torch.Tensor, modality: str) -> bool:
     if float(x.max()) == float(x.min()):
         return True
     return foreground_fraction(x, modality) < MIN_FOREGROUND
+
+
+def network_input(images: torch.Tensor, modalities: np.ndarray) -> torch.Tensor:
+    """(B, S, S) modality units → (B, 3, S, S) network input, per-slice modality."""
+    out = torch.empty((images.shape[0], 3, *images.shape[1:]), dtype=torch.float32)
+    for modality in np.unique(modalities):
+        rows = torch.as_tensor(np.flatnonzero(modalities == modality))
+        out[rows] = intensity(images[rows], str(modality))
+    return out

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from retrieval.io import Identity, Series, Skipped, read_archive

@@ -1,77 +1,9 @@
-"""The training set in memory: every non-empty slice resized to S×S in modality units, with its patient."""
+"""Training data: the patient split (who validates, never trains)."""
 
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Sequence
-
-import numpy as np
-
-from retrieval.io import Identity, Skipped, iter_slices
-from retrieval.preprocess import is_empty, resize_square
-
-
-@dataclass
-class SliceSet:
-    """Slices (N, S, S) float32 in modality units with per-slice patient, modality and source."""
-
-    images: np.ndarray
-    patients: np.ndarray
-    modalities: np.ndarray
-    sources: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def subset(self, mask: np.ndarray) -> "SliceSet":
-        """The slices where mask is true."""
-        return SliceSet(self.images[mask], self.patients[mask], self.modalities[mask], self.sources[mask])
-
-    def summary(self) -> dict[str, object]:
-        """JSON-able description for checkpoint configs."""
-        mods, counts = np.unique(self.modalities, return_counts=True)
-        return {"slices": len(self), "patients": int(len(np.unique(self.patients))), "by_modality": dict(zip(mods.tolist(), counts.tolist()))}
-
-
-def load_slices(
-    paths: Sequence[Path], identity: Identity, size: int, on_skip: Callable[[Skipped], None] | None = None
-) -> SliceSet:
-    """Read every CT/MR slice under `paths`, drop empty ones, resize to size×size (modality units kept)."""
-    images, patients, modalities, sources = [], [], [], []
-    for item in iter_slices(paths, identity):
-        if isinstance(item, Skipped):
-            if on_skip is not None:
-                on_skip(item)
-            continue
-        if item.modality not in ("CT", "MR") or is_empty(item.pixels, item.modality):
-            continue
-        images.append(resize_square(item.pixels, size, item.spacing))
-        patients.append(item.patient_id)
-        modalities.append(item.modality)
-        sources.append(f"{item.path}#{item.index}")
-    if not images:
-        raise ValueError(f"no usable CT/MR slices under {', '.join(map(str, paths))}")
-    return SliceSet(np.stack(images).astype(np.float32), np.array(patients), np.array(modalities), np.array(sources))
-
-
-def cached_slices(paths: Sequence[Path], identity: Identity, size: int, cache_dir: Path | None) -> SliceSet:
-    """load_slices, memoised in cache_dir/<key>.npz (key: resolved paths, identity and size)."""
-    if cache_dir is None:
-        return load_slices(paths, identity, size)
-    key_source = json.dumps([sorted(str(Path(p).resolve()) for p in paths), repr(identity), size])
-    target = Path(cache_dir) / f"slices-{hashlib.sha1(key_source.encode()).hexdigest()[:16]}.npz"
-    if target.is_file():
-        with np.load(target) as blob:
-            return SliceSet(blob["images"], blob["patients"], blob["modalities"], blob["sources"])
-    data = load_slices(paths, identity, size)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp.npz")
-    np.savez(tmp, images=data.images, patients=data.patients, modalities=data.modalities, sources=data.sources)
-    tmp.replace(target)
-    return data
+from typing import Sequence
 
 
 def split_patients(patients: Sequence[str], modalities: Sequence[str], val_fraction: float, seed: int) -> set[str]:

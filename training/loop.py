@@ -17,12 +17,12 @@ from scipy.stats import spearmanr
 
 from retrieval import TAU
 from retrieval.checkpoint import save_checkpoint
-from retrieval.distortions import distort_batch
+from retrieval.distortions import distort_mixed
 from retrieval.metric import autocast, embed_model, resolve_device
 from retrieval.model import DisentangledSiamese, anatomical_distance
-from retrieval.preprocess import intensity
+from retrieval.preprocess import network_input
 from training import losses
-from training.data import SliceSet
+from retrieval.slices import SliceSet
 from training.sampler import TripletBatch, TripletSampler
 
 VAL_QUERIES_PER_PATIENT = 8
@@ -57,24 +57,6 @@ class TrainConfig:
         }
 
 
-def distorted(images: torch.Tensor, modalities: np.ndarray, alphas: np.ndarray, seeds: np.ndarray) -> torch.Tensor:
-    """Distort a (B, S, S) batch in modality units, one distort_batch call per modality."""
-    out = images.clone()
-    for modality in np.unique(modalities):
-        rows = np.flatnonzero(modalities == modality)
-        out[rows] = distort_batch(images[rows], torch.as_tensor(alphas[rows], dtype=torch.float32), str(modality), seeds[rows].tolist())
-    return out
-
-
-def network_input(images: torch.Tensor, modalities: np.ndarray) -> torch.Tensor:
-    """(B, S, S) modality units → (B, 3, S, S) network input, per-slice modality."""
-    out = torch.empty((images.shape[0], 3, *images.shape[1:]), dtype=torch.float32)
-    for modality in np.unique(modalities):
-        rows = torch.as_tensor(np.flatnonzero(modalities == modality))
-        out[rows] = intensity(images[rows], str(modality))
-    return out
-
-
 def views(data: SliceSet, batch: TripletBatch) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Five views per triplet (anchor, positive clean, positive@α1, positive@α2, negative@α3), their patients and α."""
     images = torch.from_numpy(data.images)
@@ -90,7 +72,7 @@ def views(data: SliceSet, batch: TripletBatch) -> tuple[torch.Tensor, np.ndarray
     for index, alpha, seeds in parts:
         raw = images[index]
         if seeds is not None:
-            raw = distorted(raw, data.modalities[index], alpha, seeds)
+            raw = distort_mixed(raw, data.modalities[index], alpha, seeds)
         tensors.append(network_input(raw, data.modalities[index]))
         alphas.append(alpha)
     index_all = np.concatenate([p[0] for p in parts])
@@ -150,7 +132,7 @@ def validation_set(data: SliceSet, seed: int) -> ValidationSet:
     modalities = data.modalities[queries]
 
     def distorted_queries(levels: np.ndarray) -> torch.Tensor:
-        return network_input(distorted(images[queries], modalities, levels, seeds), modalities)
+        return network_input(distort_mixed(images[queries], modalities, levels, seeds), modalities)
 
     return ValidationSet(
         network_input(images, data.modalities), queries, relevant,

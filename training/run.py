@@ -9,7 +9,8 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from retrieval.io import Identity
-from training.data import cached_slices, split_patients
+from retrieval.slices import cached_slices
+from training.data import split_patients
 from training.loop import TrainConfig, train
 
 

@@ -5,8 +5,8 @@
 See docs/distortions.md for the physics and the α mappings.
 """
 
-from retrieval.distortions.core import MODALITIES, distort, distort_batch
+from retrieval.distortions.core import MODALITIES, distort, distort_batch, distort_mixed
 from retrieval.distortions.ct import dose_fraction
 from retrieval.distortions.random import DistortionRecord, RandomDistortion, describe
 
-__all__ = ["MODALITIES", "DistortionRecord", "RandomDistortion", "describe", "distort", "distort_batch", "dose_fraction"]
+__all__ = ["MODALITIES", "DistortionRecord", "RandomDistortion", "describe", "distort", "distort_batch", "distort_mixed", "dose_fraction"]

@@ -119,3 +119,12 @@ def distort(image: np.ndarray, alpha: float, modality: str, seed: int, spacing: 
         return array.copy()
     batch = torch.from_numpy(np.ascontiguousarray(array))[None]
     return distort_batch(batch, torch.tensor([value]), modality, [seed], spacing)[0].numpy()
+
+
+def distort_mixed(images: torch.Tensor, modalities: np.ndarray, alphas: np.ndarray, seeds: np.ndarray) -> torch.Tensor:
+    """Distort a (B, S, S) batch of mixed modalities in modality units, one distort_batch call per modality."""
+    out = images.clone()
+    for modality in np.unique(modalities):
+        rows = np.flatnonzero(modalities == modality)
+        out[rows] = distort_batch(images[rows], torch.as_tensor(alphas[rows], dtype=torch.float32), str(modality), seeds[rows].tolist())
+    return out

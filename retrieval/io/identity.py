@@ -36,8 +36,8 @@ def default_patient(path: Path) -> str:
     return path.parent.name or path.stem
 
 
-def read_manifest(manifest: Path) -> dict[Path, tuple[str, str | None]]:
-    """Map each manifest row's resolved path (relative to the CSV's folder) to (patient_id, modality)."""
+def read_manifest(manifest: Path) -> dict[Path, tuple[str, str | None, str | None]]:
+    """Map each manifest row's resolved path (relative to the CSV's folder) to (patient_id, modality, dataset)."""
     if not manifest.is_file():
         raise FileNotFoundError(f"manifest {manifest}: no such file")
     root = manifest.resolve().parent
@@ -46,13 +46,14 @@ def read_manifest(manifest: Path) -> dict[Path, tuple[str, str | None]]:
         missing = {"relative_path", "patient_id"} - set(reader.fieldnames or ())
         if missing:
             raise ValueError(f"manifest {manifest}: missing column(s) {', '.join(sorted(missing))}")
-        entries: dict[Path, tuple[str, str | None]] = {}
+        entries: dict[Path, tuple[str, str | None, str | None]] = {}
         for line, row in enumerate(reader, start=2):
             relative, patient = (row.get("relative_path") or "").strip(), (row.get("patient_id") or "").strip()
             if not relative or not patient:
                 raise ValueError(f"manifest {manifest}: line {line} has an empty relative_path or patient_id")
             modality = (row.get("modality") or "").strip() or None
-            entries[(root / relative).resolve()] = (patient, modality)
+            dataset = (row.get("dataset") or "").strip() or None
+            entries[(root / relative).resolve()] = (patient, modality, dataset)
     return entries
 
 
@@ -63,21 +64,23 @@ class Identity:
     manifest: Path | None = None
     patient_regex: str | None = None
     modality: str | None = None
-    _entries: dict[Path, tuple[str, str | None]] = field(init=False, repr=False, compare=False)
+    group_regex: str | None = None
+    _entries: dict[Path, tuple[str, str | None, str | None]] = field(init=False, repr=False, compare=False)
     _regex: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
+    _group: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         """Load the manifest and compile the regex once, so bad options fail before any file is read."""
         if self.modality is not None and normalise_modality(self.modality) not in MODALITIES[:2]:
             raise ValueError(f"modality must be CT or MR, got {self.modality!r}")
-        try:
-            regex = re.compile(self.patient_regex) if self.patient_regex else None
-        except re.error as exc:
-            raise ValueError(f"patient regex {self.patient_regex!r}: {exc}") from None
-        object.__setattr__(self, "_regex", regex)
+        for name, label, pattern in (("_regex", "patient", self.patient_regex), ("_group", "group", self.group_regex)):
+            try:
+                object.__setattr__(self, name, re.compile(pattern) if pattern else None)
+            except re.error as exc:
+                raise ValueError(f"{label} regex {pattern!r}: {exc}") from None
         object.__setattr__(self, "_entries", read_manifest(Path(self.manifest)) if self.manifest else {})
 
-    def entry(self, path: Path) -> tuple[str, str | None] | None:
+    def entry(self, path: Path) -> tuple[str, str | None, str | None] | None:
         """The manifest (patient_id, modality) covering `path`: the file's own row or its deepest folder's."""
         if not self._entries:
             return None
@@ -106,3 +109,14 @@ class Identity:
         if entry and entry[1]:
             return normalise_modality(entry[1])
         return normalise_modality(header_modality or self.modality)
+
+    def dataset(self, path: Path) -> str:
+        """Dataset (group) of a file for leave-one-dataset-out work: manifest `dataset` > `group_regex` group > ''."""
+        entry = self.entry(path)
+        if entry and entry[2]:
+            return entry[2]
+        if self._group is not None:
+            match = self._group.search(path.resolve().as_posix())
+            if match:
+                return match.group(1) if match.groups() else match.group(0)
+        return ""

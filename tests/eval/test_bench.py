@@ -23,7 +23,7 @@ from retrieval.cli import app
 from retrieval.distortions import distort
 from retrieval.metric import DistortionAwareMetric
 from retrieval.model import DisentangledSiamese
-from training.data import SliceSet
+from retrieval.slices import SliceSet
 
 # A small real subset: three cardiac MR patients, one head CT volume, single-slice chest CTs (two patients with two).
 SUBSET = (

@@ -12,7 +12,8 @@ import torch
 from retrieval.io import Identity
 from retrieval.metric import resolve_device
 from retrieval.model import DisentangledSiamese
-from training.data import SliceSet, load_slices, split_patients
+from retrieval.slices import SliceSet, load_slices
+from training.data import split_patients
 from training.loop import TrainConfig, train, validate, validation_set
 
 TINY = dict(backbone="resnet18", size=32, steps_per_epoch=12, batch_patients=12, lr=5e-4, seed=0, val_fraction=0.3, device="cpu")

@@ -1,0 +1,5 @@
+"""`python -m retrieval.cli`."""
+
+from retrieval.cli import main
+
+main()

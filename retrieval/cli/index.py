@@ -1,0 +1,102 @@
+"""`retrieval index`, `remove`, `info`, `qc` and `demo`: build and inspect an index directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from retrieval.cli.common import IndexDirOpt, JsonOpt, ManifestOpt, ModalityOpt, PatientRegexOpt, fail, identity_options, open_index, require
+
+def index(
+    archive: Annotated[list[Path], typer.Argument(help="Archive folders or files to index.")],
+    index_dir: IndexDirOpt,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Model checkpoint (default: the shipped one).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Slices per model batch and per catalog transaction.")] = 32,
+    workers: Annotated[Optional[int], typer.Option(min=0, help="Worker processes that read and preprocess (0: in the main process; default: half the CPUs, at most 8).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    index_type: Annotated[str, typer.Option("--index-type", help="flat (exact) or ivfpq (approximate, for large archives; reports recall@10).")] = "flat",
+    manifest: ManifestOpt = None,
+    patient_regex: PatientRegexOpt = None,
+    modality: ModalityOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Embed an archive into an index directory (incremental: reruns embed only new or changed series)."""
+    import json
+
+    from indexer.directory import IndexBusy
+    from indexer.manifest import IndexMismatch
+    from indexer.pipeline import build_index, print_report
+
+    require(archive)
+    identity = identity_options(manifest, patient_regex, modality)
+    try:
+        report = build_index(archive, index_dir, identity, checkpoint=checkpoint, device=device, batch_size=batch_size,
+                             workers=workers, kind=index_type, show_progress=not json_out)
+    except (ValueError, FileNotFoundError, IndexMismatch, IndexBusy) as exc:
+        fail(str(exc))
+    if json_out:
+        typer.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        print_report(report)
+
+
+
+def remove(
+    index_dir: IndexDirOpt,
+    patient: Annotated[str, typer.Option("--patient", help="Patient id to delete from the index.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Delete every slice of a patient from the index (catalog and vectors)."""
+    import json
+
+    with open_index(index_dir, writable=True) as directory:
+        removed = directory.remove_patient(patient)
+    if not removed:
+        fail(f"{index_dir}: no slices of patient {patient!r}", code=1)
+    typer.echo(json.dumps({"patient_id": patient, "slices_removed": removed}) if json_out else f"removed {removed} slices of {patient}")
+
+
+def info(index_dir: IndexDirOpt, json_out: JsonOpt = False) -> None:
+    """Counts by modality and patient, predicted-α histogram and size on disk of an index."""
+    import json
+
+    from indexer.summary import info as summarise
+    from indexer.summary import print_info
+
+    with open_index(index_dir) as directory:
+        summary = summarise(directory)
+    typer.echo(json.dumps(summary, indent=2)) if json_out else print_info(summary)
+
+
+def qc(
+    index_dir: IndexDirOpt,
+    above: Annotated[float, typer.Option("--above", min=0.0, max=1.0, help="Flag slices whose predicted α exceeds this.")] = 0.3,
+    json_out: JsonOpt = False,
+) -> None:
+    """Quality control: series and slices whose predicted distortion α exceeds a threshold."""
+    import json
+
+    from indexer.summary import print_qc, quality_control
+
+    with open_index(index_dir) as directory:
+        report = quality_control(directory, above)
+    typer.echo(json.dumps(report, indent=2)) if json_out else print_qc(report)
+
+
+def demo(
+    index_dir: Annotated[Optional[Path], typer.Option("--index", help="Keep the demo index here (default: a temporary folder).")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Model checkpoint (default: the shipped one).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Index the real test images pydicom and nibabel ship, then search them (no data of your own needed)."""
+    from indexer.directory import IndexBusy
+    from indexer.demo import run_demo
+    from indexer.manifest import IndexMismatch
+
+    try:
+        run_demo(index_dir, checkpoint, device)
+    except (ValueError, FileNotFoundError, IndexMismatch, IndexBusy) as exc:
+        fail(str(exc))
+
