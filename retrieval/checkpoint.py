@@ -8,11 +8,10 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from retrieval.model import DisentangledSiamese
+if TYPE_CHECKING:  # torch is imported where a model is saved or built, so hashing a checkpoint stays light
+    from retrieval.model import DisentangledSiamese
 
 DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "default.pt"
 DIGEST_CHARS = 16  # 64 bits of HMAC-SHA256: no collisions among millions of patients
@@ -47,6 +46,8 @@ def trained_on(config: dict[str, Any], patient_ids: list[str] | set[str]) -> set
 
 def save_checkpoint(path: str | Path, model: DisentangledSiamese, config: dict[str, Any], half: bool = False) -> Path:
     """Write {"state_dict", "config"} atomically (temp file + rename); `half` stores floats as fp16."""
+    import torch
+
     path = Path(path)
     json.dumps(config)  # refuse configs that would not survive weights_only loading
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -59,6 +60,10 @@ def save_checkpoint(path: str | Path, model: DisentangledSiamese, config: dict[s
 
 def load_checkpoint(path: str | Path | None = None) -> tuple[DisentangledSiamese, dict[str, Any]]:
     """Build the model a checkpoint describes and load its weights (None: the shipped checkpoint)."""
+    import torch
+
+    from retrieval.model import DisentangledSiamese
+
     path = Path(path) if path is not None else DEFAULT_CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")

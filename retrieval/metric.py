@@ -8,7 +8,6 @@ differently the two images were acquired, so the sum also tracks distortion seve
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -16,29 +15,13 @@ import numpy as np
 import torch
 
 from retrieval.checkpoint import DEFAULT_CHECKPOINT, file_sha256, load_checkpoint
+from retrieval.embeddings import Embeddings
 from retrieval.model import DisentangledSiamese, anatomical_distance
 from retrieval.preprocess import DEFAULT_SIZE, intensity, resize_square
 
 BETA = 0.1  # weight of the α difference in the distortion-aware distance
 
 ImageLike = np.ndarray | torch.Tensor | str | Path
-
-
-@dataclass(frozen=True)
-class Embeddings:
-    """Model outputs for N images: anatomy (N×128, unit norm), noise (N×64) and α (N)."""
-
-    anatomy: np.ndarray
-    noise: np.ndarray
-    alpha: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.alpha)
-
-    @staticmethod
-    def concat(parts: Sequence["Embeddings"]) -> "Embeddings":
-        """Embeddings of several batches, in order, as one."""
-        return Embeddings(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("anatomy", "noise", "alpha")))
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -7,13 +7,20 @@ CT: the three input channels see three windows (level, width in HU):
 soft tissue (40, 400), lung (-600, 1500) and bone (400, 1800).
 MR: intensities are scaled so that the 1st and 99.5th percentiles map to 0 and 1 (clipped),
 the same for all three channels; this is invariant to a global intensity scale.
+
+Everything is numpy (torch only converts at the edges, imported lazily), so the query path and the
+reader workers never import torch or wait on its thread pool.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_SIZE = 256
 CT_WINDOWS: tuple[tuple[float, float], ...] = ((40.0, 400.0), (-600.0, 1500.0), (400.0, 1800.0))
@@ -23,11 +30,40 @@ MR_FOREGROUND_FRACTION = 0.1  # of the 99.5th percentile
 MIN_FOREGROUND = 0.02  # a slice with less foreground than this fraction is empty background
 
 
-def _as_tensor(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Float32 tensor view of an array, without copying a float32 tensor."""
-    if isinstance(pixels, torch.Tensor):
-        return pixels.float()
-    return torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
+def _as_array(pixels: Any) -> np.ndarray:
+    """Float32 array of an array or a torch tensor (any device), without copying a float32 array."""
+    if hasattr(pixels, "detach"):
+        pixels = pixels.detach().cpu().numpy()
+    return np.asarray(pixels, dtype=np.float32)
+
+
+@lru_cache(maxsize=64)
+def _taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Source indices and weights (n_out × taps) of antialiased bilinear resampling, as torch's `antialias=True` (PIL's).
+
+    A triangle filter of half-width max(1, n_in / n_out) input samples centred on each output sample, normalised.
+    """
+    scale = n_in / n_out
+    support = max(scale, 1.0)
+    centre = scale * (np.arange(n_out) + 0.5)
+    low = np.maximum((centre - support + 0.5).astype(np.int64), 0)
+    high = np.minimum((centre + support + 0.5).astype(np.int64), n_in)
+    index = low[:, None] + np.arange(int((high - low).max()))
+    weights = np.clip(1.0 - np.abs((index - centre[:, None] + 0.5) / support), 0.0, None)
+    weights[index >= high[:, None]] = 0.0
+    return np.minimum(index, n_in - 1), (weights / weights.sum(1, keepdims=True)).astype(np.float32)
+
+
+def quantiles(x: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:
+    """Quantiles over the last axis with linear interpolation (as np.quantile and torch.quantile), by one partition: (len(qs), …)."""
+    n = x.shape[-1]
+    position = np.asarray(qs, dtype=np.float64) * (n - 1)
+    low = np.floor(position).astype(np.int64)
+    high = np.minimum(low + 1, n - 1)
+    part = np.partition(x, np.unique(np.concatenate([low, high])), axis=-1)
+    below, above = np.moveaxis(part[..., low], -1, 0), np.moveaxis(part[..., high], -1, 0)
+    fraction = (position - low).reshape((-1,) + (1,) * (x.ndim - 1))
+    return (below + fraction * (above - below)).astype(np.float32)
 
 
 def square_shape(shape: tuple[int, int], size: int, spacing: tuple[float, float] = (1.0, 1.0)) -> tuple[int, int]:
@@ -40,83 +76,91 @@ def square_shape(shape: tuple[int, int], size: int, spacing: tuple[float, float]
 
 
 def resize_square(
-    pixels: np.ndarray | torch.Tensor, size: int = DEFAULT_SIZE, spacing: tuple[float, float] = (1.0, 1.0)
+    pixels: "np.ndarray | torch.Tensor", size: int = DEFAULT_SIZE, spacing: tuple[float, float] = (1.0, 1.0)
 ) -> np.ndarray:
     """Resample a 2D slice into size×size (aspect kept by physical spacing, centred, padded with its minimum)."""
-    image = _as_tensor(pixels)
+    image = _as_array(pixels)
     if image.ndim != 2:
         raise ValueError(f"expected a 2D slice, got shape {tuple(image.shape)}")
-    if not torch.isfinite(image).all():
-        image = torch.nan_to_num(image, nan=0.0, posinf=0.0, neginf=0.0)
+    if not np.isfinite(image).all():
+        image = np.nan_to_num(image, nan=0.0, posinf=0.0, neginf=0.0)
     rows, cols = square_shape((image.shape[0], image.shape[1]), size, spacing)
-    resized = F.interpolate(image[None, None], size=(rows, cols), mode="bilinear", antialias=True, align_corners=False)[0, 0]
-    out = torch.full((size, size), float(image.min()), dtype=torch.float32)
+    (row_index, row_weights), (col_index, col_weights) = _taps(image.shape[0], rows), _taps(image.shape[1], cols)
+    resized = np.einsum("ot,otc->oc", row_weights, image[row_index])
+    resized = np.einsum("ct,rct->rc", col_weights, resized[:, col_index])
+    out = np.full((size, size), image.min(), dtype=np.float32)
     top, left = (size - rows) // 2, (size - cols) // 2
     out[top : top + rows, left : left + cols] = resized
-    return out.numpy()
+    return out
 
 
-def ct_window(hu: torch.Tensor, level: float, width: float) -> torch.Tensor:
+def ct_window(hu: np.ndarray, level: float, width: float) -> np.ndarray:
     """Linear window mapping [level - width/2, level + width/2] HU to [0, 1], clipped."""
-    return ((hu - (level - width / 2.0)) / width).clamp(0.0, 1.0)
+    return np.clip((hu - np.float32(level - width / 2.0)) / np.float32(width), 0.0, 1.0)
 
 
-def mr_normalise(image: torch.Tensor, percentiles: tuple[float, float] = MR_PERCENTILES) -> torch.Tensor:
+def mr_normalise(image: np.ndarray, percentiles: tuple[float, float] = MR_PERCENTILES) -> np.ndarray:
     """Scale each (…, H, W) image so its low/high percentiles map to 0/1, clipped; scale invariant."""
-    flat = image.flatten(-2)
-    q = torch.tensor([percentiles[0] / 100.0, percentiles[1] / 100.0], dtype=flat.dtype)
-    bounds = torch.quantile(flat, q, dim=-1)  # (2, …)
+    bounds = quantiles(image.reshape(*image.shape[:-2], -1), (percentiles[0] / 100.0, percentiles[1] / 100.0))
     low, high = bounds[0][..., None, None], bounds[1][..., None, None]
-    return ((image - low) / (high - low).clamp_min(1e-6)).clamp(0.0, 1.0)
+    return np.clip((image - low) / np.maximum(high - low, np.float32(1e-6)), 0.0, 1.0)
 
 
-def intensity(images: np.ndarray | torch.Tensor, modality: str) -> torch.Tensor:
-    """Map (…, H, W) images in modality units to (…, 3, H, W) network input in [0, 1]."""
-    x = _as_tensor(images)
+def intensity_array(images: "np.ndarray | torch.Tensor", modality: str) -> np.ndarray:
+    """Map (…, H, W) images in modality units to (…, 3, H, W) float32 network input in [0, 1]."""
+    x = _as_array(images)
     if modality == "CT":
-        channels = [ct_window(x, level, width) for level, width in CT_WINDOWS]
-    else:
-        channel = mr_normalise(x)
-        channels = [channel, channel, channel]
-    return torch.stack(channels, dim=-3)
+        return np.stack([ct_window(x, level, width) for level, width in CT_WINDOWS], axis=-3)
+    channel = mr_normalise(x)
+    return np.stack([channel, channel, channel], axis=-3)
+
+
+def intensity(images: "np.ndarray | torch.Tensor", modality: str) -> "torch.Tensor":
+    """`intensity_array` as a CPU torch tensor, for the torch model and the training loop."""
+    import torch
+
+    return torch.from_numpy(intensity_array(images, modality))
 
 
 def prepare(
-    pixels: np.ndarray | torch.Tensor,
+    pixels: "np.ndarray | torch.Tensor",
     modality: str,
     size: int = DEFAULT_SIZE,
     spacing: tuple[float, float] = (1.0, 1.0),
 ) -> np.ndarray:
     """Full preprocessing of one slice: resize to size×size, then intensity to 3×S×S float32."""
-    return intensity(resize_square(pixels, size, spacing), modality).numpy()
+    return intensity_array(resize_square(pixels, size, spacing), modality)
 
 
-def foreground_fraction(pixels: np.ndarray | torch.Tensor, modality: str) -> float:
+def foreground_fraction(pixels: "np.ndarray | torch.Tensor", modality: str) -> float:
     """Fraction of pixels that are tissue: HU above -500 for CT, above 10% of the 99.5th percentile for MR."""
-    x = _as_tensor(pixels)
+    x = _as_array(pixels)
     if modality == "CT":
         mask = x > CT_FOREGROUND_HU
     else:
         low = float(x.min())
-        high = float(torch.quantile(x.flatten(), MR_PERCENTILES[1] / 100.0))
+        high = float(quantiles(x.ravel(), (MR_PERCENTILES[1] / 100.0,))[0])
         if high <= low:
             return 0.0
         mask = x > low + MR_FOREGROUND_FRACTION * (high - low)
-    return float(mask.float().mean())
+    return float(mask.mean())
 
 
-def is_empty(pixels: np.ndarray | torch.Tensor, modality: str) -> bool:
+def is_empty(pixels: "np.ndarray | torch.Tensor", modality: str) -> bool:
     """True for background-only slices (under 2% foreground, or constant): they are not indexed or trained on."""
-    x = _as_tensor(pixels)
+    x = _as_array(pixels)
     if float(x.max()) == float(x.min()):
         return True
     return foreground_fraction(x, modality) < MIN_FOREGROUND
 
 
-def network_input(images: torch.Tensor, modalities: np.ndarray) -> torch.Tensor:
+def network_input(images: "torch.Tensor", modalities: np.ndarray) -> "torch.Tensor":
     """(B, S, S) modality units → (B, 3, S, S) network input, per-slice modality."""
-    out = torch.empty((images.shape[0], 3, *images.shape[1:]), dtype=torch.float32)
+    import torch
+
+    x = _as_array(images)
+    out = np.empty((x.shape[0], 3, *x.shape[1:]), dtype=np.float32)
     for modality in np.unique(modalities):
-        rows = torch.as_tensor(np.flatnonzero(modalities == modality))
-        out[rows] = intensity(images[rows], str(modality))
-    return out
+        rows = np.flatnonzero(modalities == modality)
+        out[rows] = intensity_array(x[rows], str(modality))
+    return torch.from_numpy(out)
