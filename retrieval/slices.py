@@ -26,18 +26,21 @@ class SliceSet:
     modalities: np.ndarray
     sources: np.ndarray
     datasets: np.ndarray | None = None  # manifest `dataset` or --group-regex per slice ('' when unknown)
+    series: np.ndarray | None = None  # the reader's series id per slice ('' when unknown)
 
     def __post_init__(self) -> None:
-        """Unknown datasets are ''."""
+        """Unknown datasets and series are ''."""
         if self.datasets is None:
             self.datasets = np.full(len(self.images), "", dtype=object).astype(str)
+        if self.series is None:
+            self.series = np.full(len(self.images), "", dtype=object).astype(str)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def subset(self, mask: np.ndarray) -> "SliceSet":
         """The slices where mask is true."""
-        return SliceSet(self.images[mask], self.patients[mask], self.modalities[mask], self.sources[mask], self.datasets[mask])
+        return SliceSet(self.images[mask], self.patients[mask], self.modalities[mask], self.sources[mask], self.datasets[mask], self.series[mask])
 
     def summary(self) -> dict[str, object]:
         """JSON-able description for checkpoint configs."""
@@ -49,7 +52,7 @@ def load_slices(
     paths: Sequence[Path], identity: Identity, size: int, on_skip: Callable[[Skipped], None] | None = None
 ) -> SliceSet:
     """Read every CT/MR slice under `paths`, drop empty ones, resize to size×size (modality units kept)."""
-    images, patients, modalities, sources, datasets = [], [], [], [], []
+    images, patients, modalities, sources, datasets, series = [], [], [], [], [], []
     for item in iter_slices(paths, identity):
         if isinstance(item, Skipped):
             if on_skip is not None:
@@ -62,9 +65,11 @@ def load_slices(
         modalities.append(item.modality)
         sources.append(f"{item.path}#{item.index}")
         datasets.append(identity.dataset(Path(item.path)))
+        series.append(item.series_id)
     if not images:
         raise ValueError(f"no usable CT/MR slices under {', '.join(map(str, paths))}")
-    return SliceSet(np.stack(images).astype(np.float32), np.array(patients), np.array(modalities), np.array(sources), np.array(datasets))
+    return SliceSet(np.stack(images).astype(np.float32), np.array(patients), np.array(modalities), np.array(sources), np.array(datasets),
+                    np.array(series))
 
 
 def cached_slices(paths: Sequence[Path], identity: Identity, size: int, cache_dir: Path | None) -> SliceSet:
@@ -75,10 +80,11 @@ def cached_slices(paths: Sequence[Path], identity: Identity, size: int, cache_di
     target = Path(cache_dir) / f"slices-v2-{hashlib.sha1(key_source.encode()).hexdigest()[:16]}.npz"
     if target.is_file():
         with np.load(target) as blob:
-            return SliceSet(blob["images"], blob["patients"], blob["modalities"], blob["sources"], blob["datasets"])
+            return SliceSet(blob["images"], blob["patients"], blob["modalities"], blob["sources"], blob["datasets"],
+                            blob["series"] if "series" in blob.files else None)
     data = load_slices(paths, identity, size)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp.npz")
-    np.savez(tmp, images=data.images, patients=data.patients, modalities=data.modalities, sources=data.sources, datasets=data.datasets)
+    np.savez(tmp, images=data.images, patients=data.patients, modalities=data.modalities, sources=data.sources, datasets=data.datasets, series=data.series)
     tmp.replace(target)
     return data
