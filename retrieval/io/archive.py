@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from retrieval.io.dicom import Frame, group_series, read_header
-from retrieval.io.formats import DICOM, NIFTI, Unsupported, sniff
+from retrieval.io.formats import DICOM, ITK, NIFTI, Unsupported, sniff
 from retrieval.io.identity import Identity
 from retrieval.io.images import read_image
+from retrieval.io.itk import is_detached_data, read_itk
 from retrieval.io.nifti import read_nifti
 from retrieval.io.slices import Series, Skipped, Slice
 
@@ -58,8 +59,8 @@ def walk(root: Path) -> Iterator[Path | Skipped]:
 
 
 def _is_pair_data(path: Path) -> bool:
-    """True for the .img half of an Analyze/NIfTI pair: it is read with its .hdr."""
-    return path.suffix.lower() == ".img" and path.with_suffix(".hdr").is_file()
+    """True for the data half of a header/data pair (.hdr+.img, .mhd+.raw, .nhdr+.raw): it is read with its header."""
+    return (path.suffix.lower() == ".img" and path.with_suffix(".hdr").is_file()) or is_detached_data(path)
 
 
 def read_archive(
@@ -101,9 +102,11 @@ def read_archive(
                     yield header
                 else:
                     frames.extend(header)
-            elif kind == NIFTI:
-                volumes = read_nifti(item, identity, slice_axis)
-                yield from volumes if isinstance(volumes, list) else [volumes]
+            elif kind in (NIFTI, ITK):
+                volumes = (read_nifti if kind == NIFTI else read_itk)(item, identity, slice_axis)
+                volumes = volumes if isinstance(volumes, list) else [volumes]
+                seen.update(os.path.realpath(f) for v in volumes if isinstance(v, Series) for f in v.files)  # data files a header names
+                yield from volumes
             else:
                 yield read_image(item, identity)
     yield from group_series(frames)

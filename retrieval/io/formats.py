@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import gzip
+import re
 import struct
 import zlib
 from pathlib import Path
 
 DICOM, NIFTI, IMAGE = "dicom", "nifti", "image"
+ITK = "itk"  # NRRD and MetaImage volumes, read through SimpleITK
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*")
 _NIFTI_NAMES = (".nii", ".nii.gz", ".hdr")
 _CLAIMS = {
     ".dcm": "DICOM", ".dicom": "DICOM", ".ima": "DICOM", ".nii": "NIfTI", ".gz": "NIfTI (gzip)",
     ".hdr": "NIfTI/Analyze header", ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF",
+    ".nrrd": "NRRD", ".nhdr": "NRRD", ".mha": "MetaImage", ".mhd": "MetaImage",
 }
+# NRRD magic (any version), or the first key of a MetaImage text header.
+_ITK_HEADER = re.compile(rb"NRRD000\d|\s*(ObjectType|NDims|ObjectSubType|Comment)\s*=")
 # First group of a DICOM file without its 128-byte preamble: file meta (0002) or identifying (0008) elements.
 _BARE_DICOM_GROUPS = {0x0002, 0x0008}
 
@@ -52,6 +57,8 @@ def sniff(path: Path) -> str:
         return DICOM
     if head.startswith(_IMAGE_MAGIC):
         return IMAGE
+    if _ITK_HEADER.match(head):
+        return ITK
     if head.startswith(b"\x1f\x8b"):
         if name.endswith(".nii.gz") and _nifti_magic(_gunzip_head(path, 540)):
             return NIFTI
@@ -67,4 +74,4 @@ def sniff(path: Path) -> str:
     if suffix in _CLAIMS:
         raise Unsupported(f"named {suffix} but the content is not {_CLAIMS[suffix]}")
     kind = f"a {suffix} file" if suffix else "a file without extension"
-    raise Unsupported(f"not an image: {kind} whose content is not DICOM, NIfTI, PNG, JPEG or TIFF")
+    raise Unsupported(f"not an image: {kind} whose content is not DICOM, NIfTI, NRRD, MetaImage, PNG, JPEG or TIFF")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -40,18 +40,25 @@ def _shape3(img: Any) -> tuple[int, int, int]:
     return tuple(img.shape[:3]) + (1,) * (3 - min(3, len(img.shape)))  # type: ignore[return-value]
 
 
-def _geometry(img: Any) -> tuple[np.ndarray, tuple[int, int, int], tuple[float, float, float], np.ndarray]:
-    """Orientation transform, canonical shape, canonical zooms and canonical affine of a 2-4D image."""
+Geometry = tuple[np.ndarray, tuple[int, int, int], tuple[float, float, float], np.ndarray]
+
+
+def geometry(shape: tuple[int, int, int], zooms: tuple[float, float, float], affine: np.ndarray) -> Geometry:
+    """Orientation transform, canonical shape, zooms and affine of a voxel grid with a RAS+ affine (any reader)."""
     import nibabel as nib
 
-    shape = _shape3(img)
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:3]) + (1.0,) * (3 - min(3, len(img.shape)))
-    ornt = nib.io_orientation(img.affine)
+    ornt = nib.io_orientation(affine)
     canon_shape, canon_zooms = [0, 0, 0], [0.0, 0.0, 0.0]
     for source, (target, _) in enumerate(ornt):
         canon_shape[int(target)], canon_zooms[int(target)] = shape[source], abs(zooms[source]) or 1.0
-    affine = img.affine @ nib.orientations.inv_ornt_aff(ornt, shape)
-    return ornt, tuple(canon_shape), tuple(canon_zooms), affine  # type: ignore[return-value]
+    canon_affine = affine @ nib.orientations.inv_ornt_aff(ornt, shape)
+    return ornt, tuple(canon_shape), tuple(canon_zooms), canon_affine  # type: ignore[return-value]
+
+
+def _geometry(img: Any) -> Geometry:
+    """Geometry of a 2-4D nibabel image."""
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3]) + (1.0,) * (3 - min(3, len(img.shape)))
+    return geometry(_shape3(img), zooms, img.affine)  # type: ignore[arg-type]
 
 
 def _in_plane(axis: int) -> tuple[int, int]:
@@ -83,15 +90,24 @@ def read_nifti(path: Path, identity: Identity, axis: int | None = None) -> list[
             return Skipped(str(path), "complex-valued NIfTI is not supported")
         volumes = _volume_count(img.shape)
         _, shape, zooms, _ = _geometry(img)
-        cut = slice_axis(shape, zooms, axis)
+        slice_axis(shape, zooms, axis)  # a bad axis is this file's one-line reason
     except Exception as exc:  # noqa: BLE001 - nibabel raises many types on corrupt headers
         return Skipped(str(path), f"unreadable NIfTI header: {one_line(exc)}")
     if str(path).endswith(".nii"):
         needed = int(img.header.get_data_offset()) + int(np.prod(img.shape)) * img.get_data_dtype().itemsize
         if path.stat().st_size < needed:
             return Skipped(str(path), f"truncated: the header needs {needed} bytes, the file holds {path.stat().st_size}")
-    first, second = _in_plane(cut)
     files = [str(path)] + ([str(path.with_suffix(".img"))] if path.suffix == ".hdr" else [])
+    return volume_series(path, files, volumes, shape, zooms, axis, identity, load_volume)
+
+
+def volume_series(
+    path: Path, files: list[str], volumes: int, shape: tuple[int, int, int], zooms: tuple[float, float, float],
+    axis: int | None, identity: Identity, load: Callable[[str, int, int | None, SeriesKey], list[Slice | Skipped]],
+) -> list[Series]:
+    """One lazily loaded Series per 3D volume of a volume file, from its canonical shape and zooms."""
+    cut = slice_axis(shape, zooms, axis)
+    first, second = _in_plane(cut)
     patient, modality = identity.patient(path), identity.modality_of(path)
     series = []
     for volume in range(volumes):
@@ -101,7 +117,7 @@ def read_nifti(path: Path, identity: Identity, axis: int | None = None) -> list[
             Series(
                 patient_id=patient, series_id=series_id, modality=modality, path=files[0], files=files,
                 n_slices=shape[cut], shape=(shape[second], shape[first]), spacing=(zooms[second], zooms[first]),
-                loader=partial(load_volume, files[0], volume, axis, key),
+                loader=partial(load, files[0], volume, axis, key),
             )
         )
     return series
@@ -121,12 +137,19 @@ def load_volume(path: str, volume: int, axis: int | None, key: SeriesKey) -> lis
     try:
         with quiet():
             img = nib.load(path)
-            ornt, shape, zooms, affine = _geometry(img)
             data = img.dataobj[:, :, :, volume] if len(img.shape) >= 4 else img.dataobj
             data = _as_grey(np.asanyarray(data)).reshape(_shape3(img))
-            data = nib.orientations.apply_orientation(data, ornt)
     except Exception as exc:  # noqa: BLE001 - truncated or corrupt data: report the file, keep going
         return [Skipped(path, f"cannot read NIfTI voxels: {one_line(exc)}")]
+    return cut_volume(data, _geometry(img), axis, key, path)
+
+
+def cut_volume(data: np.ndarray, grid: Geometry, axis: int | None, key: SeriesKey, path: str) -> list[Slice]:
+    """Reorient a 3D voxel array (voxel axes of `grid`) to the closest canonical and cut it into ordered Slices."""
+    import nibabel as nib
+
+    ornt, shape, zooms, affine = grid
+    data = nib.orientations.apply_orientation(data, ornt)
     cut = slice_axis(shape, zooms, axis)
     first, second = _in_plane(cut)
     step = float(np.linalg.norm(affine[:3, cut])) or 1.0
