@@ -88,7 +88,8 @@ class DistortionAwareMetric:
             if isinstance(item, (str, Path)):
                 yield from self._file_inputs(Path(item), modality)
                 continue
-            tensor = torch.as_tensor(np.asarray(item) if not isinstance(item, torch.Tensor) else item, dtype=torch.float32)
+            # any array a reader returns: flipped or turned views (negative strides), big-endian or integer pixels
+            tensor = item.float() if isinstance(item, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(item, dtype=np.float32))
             if tensor.ndim == 3 and tensor.shape[0] == 3:
                 yield tensor
             elif tensor.ndim == 2:

@@ -45,7 +45,9 @@ class SliceSet:
     def summary(self) -> dict[str, object]:
         """JSON-able description for checkpoint configs."""
         mods, counts = np.unique(self.modalities, return_counts=True)
-        return {"slices": len(self), "patients": int(len(np.unique(self.patients))), "by_modality": dict(zip(mods.tolist(), counts.tolist()))}
+        sets, set_counts = np.unique(self.datasets, return_counts=True)
+        return {"slices": len(self), "patients": int(len(np.unique(self.patients))), "by_modality": dict(zip(mods.tolist(), counts.tolist())),
+                "by_dataset": dict(zip(sets.tolist(), set_counts.tolist()))}
 
 
 def load_slices(

@@ -16,13 +16,15 @@ import torch
 from scipy.stats import spearmanr
 
 from retrieval import TAU
-from retrieval.checkpoint import save_checkpoint
+from retrieval.checkpoint import new_patient_key, save_checkpoint
 from retrieval.distortions import distort_mixed
 from retrieval.metric import autocast, embed_model, resolve_device
 from retrieval.model import DisentangledSiamese, anatomical_distance
 from retrieval.preprocess import network_input
-from training import losses
+from retrieval.checkpoint import patient_record
 from retrieval.slices import SliceSet
+from training import losses
+from training.augment import AugmentConfig, AugmentParams, ct_intensity, geometric, mr_intensity
 from training.sampler import TripletBatch, TripletSampler
 
 VAL_QUERIES_PER_PATIENT = 8
@@ -47,33 +49,64 @@ class TrainConfig:
     weights: dict[str, float] = field(default_factory=lambda: losses.LossWeights().as_dict())
     device: str = "auto"
     pretrained: str | None = None
+    augment: str = "all"  # none | geometric | intensity | all (training/augment.py)
+    balance: float = 0.5  # dataset balance of the patient draws (training/sampler.py)
+    instance: float = 0.5  # share of anchors that are the positive slice under another augmentation
+    invariance: str = "d4"  # inference pooling over flips and 90° turns (retrieval/model.py)
+    held_out_datasets: tuple[str, ...] = ()  # whole datasets that validate and never train (leave-one-dataset-out)
+    validate_every: int = 1  # epochs between validations (the last epoch always validates)
 
-    def checkpoint_config(self, data_summary: dict[str, Any], validation_patients: list[str]) -> dict[str, Any]:
-        """The JSON config saved next to the weights."""
+    def augment_config(self) -> AugmentConfig | None:
+        """The augmentation families this run uses."""
+        if self.augment not in AUGMENT_CHOICES:
+            raise ValueError(f"augment must be one of {', '.join(AUGMENT_CHOICES)}, got {self.augment!r}")
+        if self.augment == "none":
+            return None
+        return AugmentConfig(geometric=self.augment in ("all", "geometric"), intensity=self.augment in ("all", "intensity"))
+
+    def checkpoint_config(self, data_summary: dict[str, Any], training: list[str], held_out: list[str], key: str) -> dict[str, Any]:
+        """The JSON config saved next to the weights: patients only as keyed digests, never their ids."""
         return {
             **asdict(self), "tau": TAU, "anatomy_dim": 128, "noise_dim": 64,
             "preprocessing": {"size": self.size, "order": "resize_square then intensity"},
-            "training_data": data_summary, "validation_patients": validation_patients,
+            "training_data": data_summary, "patients": patient_record(key, training, held_out),
         }
+
+
+AUGMENT_CHOICES = ("none", "geometric", "intensity", "all")
+
+
+def augmented_input(raw: torch.Tensor, modalities: np.ndarray, params: AugmentParams) -> torch.Tensor:
+    """Network input of (B, S, S) slices in modality units with each view's intensity transform (CT in HU, MR after normalising)."""
+    is_ct = torch.as_tensor(modalities == "CT")
+    if is_ct.any():
+        raw = torch.where(is_ct.view(-1, 1, 1), ct_intensity(raw, params), raw)
+    x = network_input(raw, modalities)
+    is_mr = torch.as_tensor(modalities != "CT")
+    if is_mr.any():
+        x = torch.where(is_mr.view(-1, 1, 1, 1), mr_intensity(x, params), x)
+    return x
 
 
 def views(data: SliceSet, batch: TripletBatch) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Five views per triplet (anchor, positive clean, positive@α1, positive@α2, negative@α3), their patients and α."""
     images = torch.from_numpy(data.images)
     zeros = np.zeros(len(batch.anchor))
+    anchor = geometric(images[batch.anchor], batch.augment_anchor)
+    positive = geometric(images[batch.positive], batch.augment_positive)  # one warp for its clean and distorted views
+    negative = geometric(images[batch.negative], batch.augment_negative)
     parts = [
-        (batch.anchor, zeros, None),
-        (batch.positive, zeros, None),
-        (batch.positive, batch.alpha_1, batch.seeds[:, 0]),
-        (batch.positive, batch.alpha_2, batch.seeds[:, 1]),
-        (batch.negative, batch.alpha_negative, batch.seeds[:, 2]),
+        (batch.anchor, anchor, zeros, None, batch.augment_anchor),
+        (batch.positive, positive, zeros, None, batch.augment_positive),
+        (batch.positive, positive, batch.alpha_1, batch.seeds[:, 0], batch.augment_positive),
+        (batch.positive, positive, batch.alpha_2, batch.seeds[:, 1], batch.augment_positive),
+        (batch.negative, negative, batch.alpha_negative, batch.seeds[:, 2], batch.augment_negative),
     ]
     tensors, alphas = [], []
-    for index, alpha, seeds in parts:
-        raw = images[index]
+    for index, raw, alpha, seeds, params in parts:
         if seeds is not None:
             raw = distort_mixed(raw, data.modalities[index], alpha, seeds)
-        tensors.append(network_input(raw, data.modalities[index]))
+        tensors.append(augmented_input(raw, data.modalities[index], params))
         alphas.append(alpha)
     index_all = np.concatenate([p[0] for p in parts])
     return torch.cat(tensors), data.patients[index_all], np.concatenate(alphas).astype(np.float32)
@@ -147,21 +180,34 @@ def query_distances(queries: np.ndarray, gallery: np.ndarray, own: np.ndarray) -
     return distances
 
 
-def validate(model: DisentangledSiamese, vset: ValidationSet, device: torch.device) -> dict[str, float]:
-    """Anatomy mAP (same patient = relevant) at α = 0 and 0.8, and Spearman of â against α, on held-out patients."""
-    from eval.metrics import mean_average_precision
+def validate(model: DisentangledSiamese, vset: ValidationSet, datasets: np.ndarray, device: torch.device) -> dict[str, float]:
+    """Held-out figures: anatomy mAP (same patient = relevant) at α = 0 and 0.8, overall and per dataset; mAP of
+    flipped and 90°-turned clean queries; Spearman of â against α; median â of the clean slices."""
+    from eval.metrics import average_precision
 
     model.eval()
     gallery = embed_model(model, vset.gallery, device)
+    clean = vset.gallery[vset.queries]
+    turned = [embed_model(model, view, device).anatomy for view in (clean.flip(-1), torch.rot90(clean, 1, dims=(-2, -1)))]
     at_08 = embed_model(model, vset.at_08, device)
     spread = embed_model(model, vset.spread, device)
     true_alpha = np.concatenate([np.zeros(len(vset.queries)), vset.spread_alpha])
     predicted = np.concatenate([gallery.alpha[vset.queries], spread.alpha])
-    return {
-        "map_0": mean_average_precision(query_distances(gallery.anatomy[vset.queries], gallery.anatomy, vset.queries), vset.relevant),
-        "map_0.8": mean_average_precision(query_distances(at_08.anatomy, gallery.anatomy, vset.queries), vset.relevant),
+
+    def precision(queries: np.ndarray) -> np.ndarray:
+        return average_precision(query_distances(queries, gallery.anatomy, vset.queries), vset.relevant)
+
+    ap_0 = precision(gallery.anatomy[vset.queries])
+    figures = {
+        "map_0": float(np.nanmean(ap_0)), "map_0.8": float(np.nanmean(precision(at_08.anatomy))),
+        "map_0_flip": float(np.nanmean(precision(turned[0]))), "map_0_rot90": float(np.nanmean(precision(turned[1]))),
         "spearman_alpha": float(spearmanr(true_alpha, predicted).statistic),
+        "alpha_clean_median": float(np.median(gallery.alpha)),
     }
+    query_datasets = datasets[vset.queries]
+    for name in np.unique(query_datasets):
+        figures[f"map_0[{name}]"] = float(np.nanmean(ap_0[query_datasets == name]))
+    return figures
 
 
 def warmup_cosine(step: int, total: int, warmup_share: float = 0.05) -> float:
@@ -172,18 +218,6 @@ def warmup_cosine(step: int, total: int, warmup_share: float = 0.05) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def _score(figures: dict[str, float]) -> float:
-    """Model selection on validation patients: both mAPs and the α Spearman, equally weighted."""
-    return figures["map_0"] + figures["map_0.8"] + figures["spearman_alpha"]
-
-
-def _atomic_json(path: Path, value: Any) -> None:
-    """Write JSON via a temp file and rename."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=2))
-    os.replace(tmp, path)
-
-
 def train(
     config: TrainConfig,
     train_data: SliceSet,
@@ -191,17 +225,23 @@ def train(
     out_dir: Path,
     on_step: Callable[[int, int, dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume from out_dir/last.pt) and keep out_dir/best.pt; returns the final state summary."""
+    """Train (or resume from out_dir/last.pt) to out_dir/final.pt, validating on val_data when it has slices.
+
+    The kept model is the last epoch's (a fixed schedule): choosing an epoch by its held-out figures would
+    make those figures optimistic. metrics.csv logs every validation.
+    """
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = DisentangledSiamese(config.backbone, pretrained=config.pretrained).to(device).to(memory_format=torch.channels_last)
+    model = DisentangledSiamese(config.backbone, pretrained=config.pretrained, invariance=config.invariance)
+    model = model.to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     total_steps = config.epochs * config.steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total_steps))
-    sampler = TripletSampler(train_data.patients, config.batch_patients, config.seed)
-    saved = asdict(config) | {"device": None}
-    state = {"epoch": 0, "best_score": -np.inf, "history": []}
+    sampler = TripletSampler(train_data.patients, config.batch_patients, config.seed, train_data.datasets, config.balance,
+                             config.augment_config(), config.instance)
+    saved = json.loads(json.dumps(asdict(config) | {"device": None}))  # as it reads back from last.pt
+    state: dict[str, Any] = {"epoch": 0, "history": [], "patient_key": new_patient_key()}
     last = out_dir / "last.pt"
     if last.is_file():
         blob = torch.load(last, map_location="cpu", weights_only=True)
@@ -211,9 +251,10 @@ def train(
         optimizer.load_state_dict(blob["optimizer"])
         scheduler.load_state_dict(blob["scheduler"])
         state = json.loads(blob["state"])
-    checkpoint_config = config.checkpoint_config(train_data.summary(), sorted(set(val_data.patients.tolist())))
+    checkpoint_config = config.checkpoint_config(train_data.summary(), sorted(set(train_data.patients.tolist())),
+                                                 sorted(set(val_data.patients.tolist())), state["patient_key"])
     log = out_dir / "metrics.csv"
-    vset = validation_set(val_data, config.seed)
+    vset = validation_set(val_data, config.seed) if len(val_data) else None
     for epoch in range(state["epoch"], config.epochs):
         model.train()
         sums: dict[str, float] = {}
@@ -233,14 +274,17 @@ def train(
                 sums[name] = sums.get(name, 0.0) + value.item()
             if on_step is not None:
                 on_step(global_step + 1, total_steps, {n: v.item() for n, v in terms.items()})
-        row = {"epoch": epoch + 1, **{n: v / config.steps_per_epoch for n, v in sums.items()}}
-        row |= validate(model, vset, device) | {"seconds": time.perf_counter() - started}
+        row: dict[str, Any] = {"epoch": epoch + 1, **{n: v / config.steps_per_epoch for n, v in sums.items()}}
+        row["seconds"] = time.perf_counter() - started
+        final = epoch + 1 == config.epochs
+        if vset is not None and (final or (epoch + 1) % config.validate_every == 0):
+            row |= validate(model, vset, val_data.datasets, device)
         state["history"].append(row)
-        if _score(row) > state["best_score"]:
-            state["best_score"] = _score(row)
-            save_checkpoint(out_dir / "best.pt", model, checkpoint_config | {"epoch": epoch + 1, "validation": row}, half=True)
+        if final:
+            save_checkpoint(out_dir / "final.pt", model, checkpoint_config | {"epoch": epoch + 1, "validation": row}, half=True)
+        fieldnames = list(dict.fromkeys(key for past in state["history"] for key in past))
         with open(log, "w", newline="") as handle:  # rewritten whole, so a resumed run never duplicates rows
-            writer = csv.DictWriter(handle, fieldnames=list(row))
+            writer = csv.DictWriter(handle, fieldnames=fieldnames)
             writer.writeheader()
             writer.writerows(state["history"])
         state["epoch"] = epoch + 1

@@ -1,10 +1,20 @@
-"""Patient-keyed triplets with two distortion levels of the positive, deterministic per (seed, step)."""
+"""Patient-keyed triplets with two distortion levels of the positive, deterministic per (seed, step).
+
+Patients are drawn without replacement with weights n_d^(−balance), n_d the number of patients of the
+patient's dataset: balance 0 is uniform over patients, 1 gives every dataset the same share of draws, so
+one large dataset does not decide what the network learns. The anchor and positive are any two slices
+of the patient (other sequences and series of the same patient included); with probability `instance`
+the anchor is the positive slice itself under another augmentation (SimCLR-style instance positives),
+which teaches invariance to how a slice is shown rather than memorising the training patients.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+
+from training.augment import AugmentConfig, AugmentParams, sample_params
 
 
 @dataclass(frozen=True)
@@ -18,35 +28,50 @@ class TripletBatch:
     alpha_2: np.ndarray  # second distortion level of the positive (for the ordering term)
     alpha_negative: np.ndarray  # distortion level of the negative
     seeds: np.ndarray  # (B, 3) distortion seeds for positive@low, positive@high, negative
+    augment_anchor: AugmentParams
+    augment_positive: AugmentParams  # shared by the positive's clean and distorted views
+    augment_negative: AugmentParams
 
 
 class TripletSampler:
     """Draws `batch_patients` distinct patients per step; batch k is a pure function of (seed, k)."""
 
-    def __init__(self, patients: np.ndarray, batch_patients: int, seed: int) -> None:
+    def __init__(self, patients: np.ndarray, batch_patients: int, seed: int, datasets: np.ndarray | None = None,
+                 balance: float = 0.0, augment: AugmentConfig | None = None, instance: float = 0.0) -> None:
         names, inverse = np.unique(patients, return_inverse=True)
         if len(names) < 2:
             raise ValueError(f"training needs slices of at least 2 patients, got {len(names)}")
+        for name, value in (("balance", balance), ("instance", instance)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
         self.by_patient = [np.flatnonzero(inverse == i) for i in range(len(names))]
         self.batch_patients = min(batch_patients, len(names))
         self.seed = seed
+        self.augment = augment
+        self.instance = instance
+        groups = np.zeros(len(names), dtype=np.int64)
+        if datasets is not None:
+            _, groups = np.unique(np.asarray(datasets)[[rows[0] for rows in self.by_patient]], return_inverse=True)
+        weights = np.bincount(groups)[groups].astype(np.float64) ** -balance
+        self.weights = weights / weights.sum()
 
     def batch(self, step: int) -> TripletBatch:
         """The triplets of training step `step`."""
         rng = np.random.default_rng([self.seed, step])
         n = len(self.by_patient)
-        chosen = rng.choice(n, size=self.batch_patients, replace=False)
+        chosen = rng.choice(n, size=self.batch_patients, replace=False, p=self.weights)
         anchor, positive, negative = [], [], []
         for p in chosen:
             slices = self.by_patient[p]
             a, b = rng.choice(slices, size=2, replace=len(slices) < 2)
+            if rng.random() < self.instance:
+                a = b
             other = (p + rng.integers(1, n)) % n
             anchor.append(a)
             positive.append(b)
             negative.append(rng.choice(self.by_patient[other]))
         size = self.batch_patients
         alphas = rng.uniform(0.0, 1.0, size=(3, size))
-        return TripletBatch(
-            np.array(anchor), np.array(positive), np.array(negative),
-            alphas[0], alphas[1], alphas[2], rng.integers(0, 2**31 - 1, size=(size, 3)),
-        )
+        seeds = rng.integers(0, 2**31 - 1, size=(size, 3))
+        augment = [sample_params(rng, size, self.augment) for _ in range(3)]
+        return TripletBatch(np.array(anchor), np.array(positive), np.array(negative), alphas[0], alphas[1], alphas[2], seeds, *augment)

@@ -1,4 +1,4 @@
-"""`retrieval train`: fit the distortion-aware metric on an archive."""
+"""`retrieval train`: fit the distortion-aware metric on an archive, or run leave-one-dataset-out folds."""
 
 from __future__ import annotations
 
@@ -7,24 +7,33 @@ from typing import Annotated, Optional
 
 import typer
 
-from retrieval.cli.common import JsonOpt, ManifestOpt, ModalityOpt, PatientRegexOpt, fail, identity_options, require
+from retrieval.cli.common import GroupRegexOpt, JsonOpt, ManifestOpt, ModalityOpt, PatientRegexOpt, fail, file_path, folder_path, identity_options, require
+
 
 def train(
     archive: Annotated[list[Path], typer.Argument(help="Archive folders or files to train on.")],
-    out: Annotated[Path, typer.Option("--out", help="Run directory: last.pt (resume), best.pt, metrics.csv.")],
+    out: Annotated[Path, typer.Option("--out", callback=folder_path, help="Run directory: last.pt (resume), final.pt, metrics.csv (with --folds: one per fold).")],
     backbone: Annotated[str, typer.Option(help="resnet18, resnet34 or resnet50.")] = "resnet18",
-    size: Annotated[int, typer.Option(help="Network input side S (slices are resized to S×S).")] = 128,
-    epochs: Annotated[int, typer.Option(min=1)] = 20,
-    steps_per_epoch: Annotated[int, typer.Option(min=1)] = 100,
-    batch_patients: Annotated[int, typer.Option(min=2, help="Distinct patients per step (5 views each).")] = 16,
+    size: Annotated[int, typer.Option(min=8, max=1024, help="Network input side S (slices are resized to S×S).")] = 128,
+    epochs: Annotated[int, typer.Option(min=1, max=10_000)] = 20,
+    steps_per_epoch: Annotated[int, typer.Option(min=1, max=1_000_000)] = 100,
+    batch_patients: Annotated[int, typer.Option(min=2, max=4096, help="Distinct patients per step (5 views each).")] = 16,
     lr: Annotated[float, typer.Option(min=0.0)] = 1e-3,
     seed: Annotated[int, typer.Option()] = 0,
-    val_fraction: Annotated[float, typer.Option(min=0.0, max=0.9, help="Share of patients held out for validation.")] = 0.2,
+    val_fraction: Annotated[float, typer.Option(min=0.0, max=0.9, help="Share of patients held out for validation (0: train on every patient).")] = 0.2,
+    hold_out_dataset: Annotated[Optional[list[str]], typer.Option("--hold-out-dataset", help="Validate on this whole dataset, which never trains (repeatable; replaces --val-fraction).")] = None,
+    folds: Annotated[bool, typer.Option("--folds", help="Leave-one-dataset-out: one run per dataset into OUT/<dataset>/, and OUT/folds.json.")] = False,
+    augment: Annotated[str, typer.Option(help="Training augmentation: all, geometric, intensity or none.")] = "all",
+    balance: Annotated[float, typer.Option(min=0.0, max=1.0, help="Dataset balance of patient draws: 0 uniform over patients, 1 equal per dataset.")] = 0.5,
+    instance: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of anchors that are the positive slice itself under another augmentation.")] = 0.5,
+    invariance: Annotated[str, typer.Option(help="d4: embeddings pooled over flips and 90° turns (orientation-free search); none: one view.")] = "d4",
+    validate_every: Annotated[int, typer.Option(min=1, help="Epochs between validations (the last epoch always validates).")] = 1,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    pretrained: Annotated[Optional[Path], typer.Option(help="Local torchvision ResNet weights to start the encoder from.")] = None,
-    cache: Annotated[Optional[Path], typer.Option(help="Folder to cache the resized slices in between runs.")] = None,
+    pretrained: Annotated[Optional[Path], typer.Option(callback=file_path, help="Local torchvision ResNet weights to start the encoder from.")] = None,
+    cache: Annotated[Optional[Path], typer.Option(callback=folder_path, help="Folder to cache the resized slices in between runs.")] = None,
     manifest: ManifestOpt = None,
     patient_regex: PatientRegexOpt = None,
+    group_regex: GroupRegexOpt = None,
     modality: ModalityOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -32,15 +41,27 @@ def train(
     import json
 
     from training.loop import TrainConfig
-    from training.run import fit
+    from training.run import fit, fit_folds
 
     require(archive)
-    identity = identity_options(manifest, patient_regex, modality)
+    if folds and hold_out_dataset:
+        fail("--folds chooses the held-out datasets itself; drop --hold-out-dataset")
+    identity = identity_options(manifest, patient_regex, modality, group_regex)
     config = TrainConfig(backbone=backbone, size=size, epochs=epochs, steps_per_epoch=steps_per_epoch, batch_patients=batch_patients,
-                         lr=lr, seed=seed, val_fraction=val_fraction, device=device, pretrained=str(pretrained) if pretrained else None)
+                         lr=lr, seed=seed, val_fraction=val_fraction, device=device, pretrained=str(pretrained) if pretrained else None,
+                         augment=augment, balance=balance, instance=instance, invariance=invariance, held_out_datasets=tuple(hold_out_dataset or ()),
+                         validate_every=validate_every)
     try:
-        summary = fit(archive, identity, out, config, cache, quiet=json_out)
+        config.augment_config()
+        summary = (fit_folds if folds else fit)(archive, identity, out, config, cache, quiet=json_out)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
-    typer.echo(json.dumps(summary, indent=2) if json_out else f"done: {summary['epochs']} epochs, best checkpoint {out / 'best.pt'}; last epoch {summary['last']}")
-
+    if json_out:
+        typer.echo(json.dumps(summary, indent=2))
+    elif folds:
+        for row in summary["folds"]:
+            typer.echo(f"{row['fold']}: {row['held_out_patients']} held-out patients, mAP(0) {row.get('map_0', float('nan')):.3f}, "
+                       f"mAP(0.8) {row.get('map_0.8', float('nan')):.3f}, Spearman(â, α) {row.get('spearman_alpha', float('nan')):.3f}")
+        typer.echo(f"wrote {out / 'folds.json'}")
+    else:
+        typer.echo(f"done: {summary['epochs']} epochs, checkpoint {out / 'final.pt'}; last epoch {summary['last']}")

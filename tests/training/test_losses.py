@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from retrieval import TAU
+from retrieval.metric import BETA
 from training import losses
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_shape_a_matches_formula_at_and_around_tau() -> None:
@@ -80,3 +85,17 @@ def test_orthogonality_zero_for_orthogonal_codes_positive_otherwise() -> None:
     value = losses.orthogonality(torch.cat([shared, shared], dim=1), shared)
     value.backward()
     assert value.item() > 0 and shared.grad.abs().sum() > 0
+
+
+def test_documented_constants_are_the_code_constants() -> None:
+    """The README's loss table and constants are what the code uses (a changed constant must change the docs)."""
+    text = README.read_text(encoding="utf-8")
+    number = r"(\d+(?:\.\d+)?)"
+    table = dict(re.findall(rf"^\| (InfoNCE|distortion|ordering|α|orthogonality) \| .*? \| {number} \|$", text, flags=re.M))
+    names = {"InfoNCE": "infonce", "distortion": "distortion", "ordering": "ordering", "α": "alpha", "orthogonality": "orthogonality"}
+    assert {names[k]: float(v) for k, v in table.items()} == losses.LossWeights().as_dict()
+    documented: dict[str, set[float]] = {}
+    for name, value in re.findall(rf"(D_MAX|TAU|\bK|β) = {number}", text):
+        documented.setdefault(name, set()).add(float(value))
+    assert documented == {"D_MAX": {losses.D_MAX}, "TAU": {TAU}, "K": {losses.K}, "β": {BETA}}
+    assert re.search(rf"temperature {losses.TEMPERATURE:g}\b", text)
