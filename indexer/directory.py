@@ -133,6 +133,31 @@ class IndexDirectory:
         self.manifest.check(self.path, metric.checkpoint_hash, str(path), preprocessing(metric.size))
         return metric
 
+    def embedder(self, checkpoint: str | Path | None = None, device: str = "auto", backend: str = "auto"):  # type: ignore[no-untyped-def]
+        """The query embedder: ONNX Runtime on CPU (torch never imported; DIR's export of the checkpoint, made once), or `metric`."""
+        import warnings
+
+        from indexer.manifest import preprocessing
+        from retrieval.checkpoint import file_sha256
+        from retrieval.runtime import OnnxMetric, ensure_model, resolve_backend
+
+        if resolve_backend(backend, device) == "torch":
+            return self.metric(checkpoint, device)
+        sha = self.manifest.checkpoint_sha256
+        if checkpoint is not None:
+            self.manifest.check(self.path, file_sha256(checkpoint), str(checkpoint), self.manifest.preprocessing)
+        source = Path(checkpoint) if checkpoint is not None else Path(self.manifest.checkpoint_path)
+        try:
+            path = ensure_model(self.path, source, sha)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{source}: checkpoint not found (this index was built with {sha[:12]}); pass --checkpoint") from None
+        except PermissionError as exc:
+            warnings.warn(f"{self.path}: cannot write the ONNX export ({exc.strerror}); using the torch model", stacklevel=2)
+            return self.metric(checkpoint, device)
+        metric = OnnxMetric(path)
+        self.manifest.check(self.path, metric.checkpoint_hash, str(path), preprocessing(metric.size))
+        return metric
+
     def close(self) -> None:
         """Release the catalog and the writer lock."""
         self.catalog.close()

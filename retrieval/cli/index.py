@@ -26,14 +26,17 @@ def index(
     import json
 
     from indexer.directory import IndexBusy
-    from indexer.manifest import IndexMismatch
+    from indexer.manifest import IndexMismatch, read_manifest
     from indexer.pipeline import build_index, print_report
+    from retrieval.runtime import ensure_model
 
     require(archive)
     identity = identity_options(manifest, patient_regex, modality)
     try:
         report = build_index(archive, index_dir, identity, checkpoint=checkpoint, device=device, batch_size=batch_size,
                              workers=workers, kind=index_type, show_progress=not json_out)
+        built = read_manifest(index_dir)
+        ensure_model(index_dir, built.checkpoint_path, built.checkpoint_sha256)  # once per checkpoint: searches then run without torch
     except (ValueError, FileNotFoundError, IndexMismatch, IndexBusy) as exc:
         fail(str(exc))
     if json_out:

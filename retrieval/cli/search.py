@@ -20,6 +20,7 @@ def search(
     slice_index: Annotated[Optional[int], typer.Option("--slice", min=0, help="Query with this slice of a volume only.")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help="Checkpoint (default: the one the index was built with).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    backend: Annotated[str, typer.Option(help="auto (ONNX Runtime on CPU, torch with --device cuda), onnx or torch.")] = "auto",
     manifest: ManifestOpt = None,
     patient_regex: PatientRegexOpt = None,
     json_out: JsonOpt = False,
@@ -37,7 +38,7 @@ def search(
     identity = identity_options(manifest, patient_regex, modality)
     with open_index(index_dir) as directory:
         try:
-            metric = directory.metric(checkpoint, device)
+            metric = directory.embedder(checkpoint, device, backend)
             result = search_path(directory, metric, query, identity, slice_index=slice_index, k=k, by=by, max_alpha=max_alpha,
                                  modality=modality, exclude_patients=exclude_patient or ())
         except (ValueError, FileNotFoundError, IndexMismatch) as exc:

@@ -1,0 +1,98 @@
+"""ONNX Runtime embedding: the query path without importing torch (about 0.2 s to import instead of 4–8 s).
+
+The checkpoint's inference embedding (`DisentangledSiamese.embed`, D4 pooling included) is exported
+once per checkpoint by `retrieval.onnx_export` (that step needs torch) into the index directory as
+`model-<checkpoint sha256 prefix>-onnx<EXPORT_VERSION>.onnx`; `retrieval index` writes it, and a search
+that finds it missing exports it once. It runs in fp32 and matches the torch model in fp32 to ~1e-6;
+the torch path's bf16 autocast differs from both by ~1e-2 (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from retrieval.embeddings import Embeddings
+from retrieval.preprocess import DEFAULT_SIZE, prepare
+
+EXPORT_VERSION = 1  # bump when the exported graph changes, so cached exports are redone
+BACKENDS = ("auto", "onnx", "torch")
+OUTPUTS = ("anatomy", "noise", "alpha")
+
+
+def model_file(directory: str | Path, checkpoint_sha256: str) -> Path:
+    """Where DIR keeps the ONNX export of the checkpoint with this SHA-256."""
+    return Path(directory) / f"model-{checkpoint_sha256[:16]}-onnx{EXPORT_VERSION}.onnx"
+
+
+def ensure_model(directory: str | Path, checkpoint: str | Path, checkpoint_sha256: str) -> Path:
+    """DIR's ONNX export of the checkpoint, exported now (imports torch, once per checkpoint) when missing."""
+    path = model_file(directory, checkpoint_sha256)
+    if not path.is_file():
+        from retrieval.onnx_export import export_onnx
+
+        export_onnx(checkpoint, path, checkpoint_sha256)
+        for old in Path(directory).glob("model-*.onnx"):  # exports of an older EXPORT_VERSION
+            if old != path:
+                old.unlink(missing_ok=True)
+    return path
+
+
+def resolve_backend(backend: str, device: str) -> str:
+    """'auto' → ONNX Runtime on CPU, torch when CUDA is asked for; 'onnx' and 'torch' as given."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "onnx" and device == "cuda":
+        raise ValueError("the onnx backend runs on CPU; use --backend torch with --device cuda")
+    if backend == "auto":
+        return "torch" if device == "cuda" else "onnx"
+    return backend
+
+
+class OnnxMetric:
+    """Embeds preprocessed 3×S×S slices with ONNX Runtime; the `embed`/`preprocess` interface of DistortionAwareMetric."""
+
+    def __init__(self, path: str | Path, threads: int | None = None, throughput: bool = False) -> None:
+        """Open the model; `throughput` applies ONNX Runtime's layout optimisations (0.2 s more to load, ~15% faster on batches of 32)."""
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        level = ort.GraphOptimizationLevel
+        options.graph_optimization_level = level.ORT_ENABLE_ALL if throughput else level.ORT_ENABLE_BASIC  # basic still fuses conv+BN
+        options.intra_op_num_threads = threads or 0  # 0: one per physical core
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.checkpoint_hash: str = meta["checkpoint_sha256"]
+        self.config: dict[str, Any] = json.loads(meta["config"])
+
+    @property
+    def size(self) -> int:
+        """Side of the square network input this checkpoint was trained on."""
+        return int(self.config.get("size", DEFAULT_SIZE))
+
+    def preprocess(self, pixels: np.ndarray, modality: str, spacing: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
+        """One raw 2D slice in modality units → 3×S×S float32 network input."""
+        return prepare(pixels, modality, self.size, spacing)
+
+    def embed_tensor(self, batch: Any, batch_size: int = 64) -> Embeddings:
+        """Embed a preprocessed (B, 3, S, S) array (or CPU tensor), `batch_size` images at a time."""
+        batch = np.asarray(batch, dtype=np.float32)
+        if batch.ndim != 4 or batch.shape[1:] != (3, self.size, self.size):
+            raise ValueError(f"expected preprocessed (B, 3, {self.size}, {self.size}) slices, got shape {batch.shape}")
+        parts = []
+        for start in range(0, len(batch), batch_size):
+            outputs = self.session.run(list(OUTPUTS), {"pixels": np.ascontiguousarray(batch[start : start + batch_size])})
+            parts.append(Embeddings(*outputs))
+        return Embeddings.concat(parts)
+
+    def embed(self, images: Sequence[np.ndarray], batch_size: int = 32) -> Embeddings:
+        """Embed preprocessed 3×S×S slices (from `preprocess`) in batches."""
+        if not len(images):
+            raise ValueError("no images to embed")
+        return self.embed_tensor(np.stack([np.asarray(image, dtype=np.float32) for image in images]), batch_size)
