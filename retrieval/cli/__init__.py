@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from retrieval.cli import archive, bench, index, model, search
+from retrieval.cli import archive, bench, index, model, search, serve
 
 app = typer.Typer(
     help="Content-based medical image retrieval with a distortion-aware learned similarity metric.",
@@ -14,7 +14,7 @@ app = typer.Typer(
 )
 # Registered in data-flow order, which is the order `--help` lists them in.
 for command in (archive.scan, archive.distort, model.train, index.index, search.search, index.remove, index.info, index.qc,
-                index.demo, bench.bench):
+                index.demo, serve.serve, bench.bench):
     app.command()(command)
 
 
