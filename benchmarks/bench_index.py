@@ -1,41 +1,33 @@
-"""Indexing throughput against the model's forward-only throughput, and warm search latency at 10k–1M slices.
+"""Indexing throughput against the model's forward-only throughput, and search latency, recall, memory at 100k–1M slices.
 
     python benchmarks/bench_index.py ARCHIVE [--checkpoint PATH] [--batch-size 32] [--workers 1]
-           [--sizes 10000 100000 1000000] [--queries 200] [--threads 1]
+           [--sizes 100000 300000 1000000] [--views 6] [--queries 200] [--threads 1] [--build-threads 2]
+           [--skip-indexing] [--skip-search]
 
 Part 1 indexes ARCHIVE (files on disk → index on disk: reading, hashing, preprocessing, embedding,
 catalog transactions, FAISS save) into a temporary folder, then times the same model's forward pass
 alone on preprocessed batches of the same size with the same thread count: the ratio is the
 pipeline's efficiency (target ≥ 0.9). Without --checkpoint (and without the shipped one) an
 untrained ResNet18 at --size is used: throughput does not depend on the weights.
-Part 2 times single-query searches (after warm-up) on synthetic clustered unit vectors, exact
-and IVF-PQ (its shortlist re-scored with exact vectors, as `retrieval search` does with the
-catalog's; here they are in memory), with recall@10 against exact search; and the same with half
-the ids filtered out (what --max-alpha does). Prints markdown tables.
+Part 2 embeds every archive slice under --views seeded augmentations (geometry + distortion, see
+`archive_embeddings`) with the checkpoint, synthesises up to the largest size on their manifold
+(`synthesise`), and for each size builds exact, IVF-PQ (shortlist re-scored with exact vectors, as
+`retrieval search` does with the catalog's) and HNSW (efSearch tuned to --target recall as `retrieval
+index` does); it times single-query searches (after warm-up; also with half the ids filtered out, what
+--max-alpha does) with queries that are held-out views of archive slices, not stored vectors, and
+reports recall@10 against exact search, build time and bytes per vector, then extrapolates to 10M and
+100M from the measured sizes. Prints markdown tables.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-
-def clustered_unit_vectors(n: int, dim: int = 128, clusters: int = 2000, spread: float = 0.35, seed: int = 0) -> np.ndarray:
-    """Unit vectors around `clusters` centres (slices of one patient cluster together), made in chunks."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
-    out = np.empty((n, dim), dtype=np.float32)
-    for start in range(0, n, 100_000):
-        stop = min(n, start + 100_000)
-        block = centres[rng.integers(0, clusters, stop - start)] + spread * rng.standard_normal((stop - start, dim)).astype(np.float32)
-        out[start:stop] = block / np.linalg.norm(block, axis=1, keepdims=True)
-    return out
 
 
 def latency_ms(search, queries: np.ndarray, warmup: int = 10) -> tuple[float, float]:  # type: ignore[no-untyped-def]
@@ -119,34 +111,136 @@ def bench_indexing(archive: Path, checkpoint: Path | None, batch_size: int, work
     print(f"reading 100 vectors from this catalog (what IVF-PQ re-scoring adds to a search): {lookup_ms:.1f} ms p50\n")
 
 
-def bench_search(sizes: list[int], n_queries: int) -> None:
-    """Warm single-query latency (exact, IVF-PQ re-scored as search does, each also with half the ids filtered out) and recall@10."""
-    from indexer.store import VectorStore, build_ivfpq, lookup, recall_at_k
+def archive_embeddings(archive: Path, checkpoint: Path | None, views: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Anatomy embeddings of every non-empty archive slice under `views` seeded augmentations, and each one's patient.
 
-    print("| slices | index | build s | p50 ms | p99 ms | p50 ms, half filtered | recall@10 | recall@10, PQ codes only |")
-    print("|---|---|---|---|---|---|---|---|")
+    A view is what another acquisition of the same anatomy looks like: a small rotation, anisotropic zoom and
+    shift (training/augment.py, without its flips and quarter turns), then the project's distortion at
+    α ~ U(0, 0.5) (low-dose CT, MR k-space corruption), embedded by the checkpoint as `retrieval index` does.
+    """
+    import dataclasses
+
+    import torch
+
+    from retrieval.distortions.core import distort_mixed
+    from retrieval.io import Identity
+    from retrieval.metric import DistortionAwareMetric
+    from retrieval.preprocess import network_input
+    from retrieval.slices import load_slices
+    from training.augment import AugmentConfig, geometric, sample_params
+
+    metric = DistortionAwareMetric.load(checkpoint, "cpu")
+    slices = load_slices([archive], Identity(manifest=archive / "manifest.csv"), metric.size)
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(views):
+        params = sample_params(rng, len(slices), AugmentConfig(intensity=False))
+        params = dataclasses.replace(params, d4=np.zeros(len(slices), dtype=np.int64))
+        warped = geometric(torch.from_numpy(slices.images), params)
+        distorted = distort_mixed(warped, slices.modalities, rng.uniform(0.0, 0.5, len(slices)), rng.integers(0, 2**31, len(slices)))
+        out.append(metric.embed_tensor(network_input(distorted, slices.modalities)).anatomy)
+    return np.concatenate(out), np.tile(slices.patients, views)
+
+
+def synthesise(real: np.ndarray, n: int, seed: int = 0, neighbours: int = 10, noise: float = 0.5) -> np.ndarray:
+    """n unit vectors on the real embeddings' manifold: the real ones, then SMOTE-style interpolations between neighbours.
+
+    Each synthetic vector is a + λ(b − a) + ε, renormalised: a a real embedding, b one of its `neighbours` nearest
+    real embeddings, λ ~ U(0, 1), ε isotropic Gaussian whose norm is about `noise` × a's distance to its nearest
+    real neighbour. It stays where real embeddings are (along a patient's slices and views, and between similar
+    patients) instead of filling the sphere like isotropic blobs.
+    """
+    import faiss
+
+    rng = np.random.default_rng(seed)
+    real = np.ascontiguousarray(real, dtype=np.float32)
+    scores, table = faiss.knn(real, real, neighbours + 1, metric=faiss.METRIC_INNER_PRODUCT)
+    local = np.sqrt(np.maximum(2.0 - 2.0 * scores[:, 1], 1e-12)).astype(np.float32)  # distance to the nearest other real vector
+    out = np.empty((n, real.shape[1]), dtype=np.float32)
+    out[: min(n, len(real))] = real[:n]
+    for start in range(len(real), n, 100_000):
+        stop = min(n, start + 100_000)
+        a = rng.integers(0, len(real), stop - start)
+        b = table[a, rng.integers(1, neighbours + 1, stop - start)]
+        lam = rng.random((stop - start, 1), dtype=np.float32)
+        eps = rng.standard_normal((stop - start, real.shape[1]), dtype=np.float32) * (noise * local[a] / np.sqrt(real.shape[1]))[:, None]
+        block = real[a] + lam * (real[b] - real[a]) + eps
+        out[start:stop] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return out
+
+
+def stored_bytes(store) -> int:  # type: ignore[no-untyped-def]
+    """Bytes of the store as saved (vectors, codes, graph, ids): about what it holds in memory."""
+    with tempfile.TemporaryDirectory(prefix="bench-store-") as scratch:
+        store.save(Path(scratch) / "store.faiss")
+        return (Path(scratch) / "store.faiss").stat().st_size
+
+
+def bench_search(vectors: np.ndarray, queries: np.ndarray, sizes: list[int], target: float, threads: int, build_threads: int) -> list[dict]:
+    """For each size: build exact, IVF-PQ (re-scored) and HNSW (efSearch tuned to the target); time, memory, recall on held-out queries."""
+    import faiss
+
+    from indexer.ann import RecallProbe, build_hnsw, overlap, tune_hnsw
+    from indexer.store import VectorStore, build_ivfpq, lookup
+
+    print("| slices | index | build s | bytes / vector | p50 ms | p99 ms | p50 ms, half filtered | recall@10 (held-out queries) | recall@10 (manifest) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    rows = []
     for n in sizes:
-        vectors = clustered_unit_vectors(n)
+        base = vectors[:n]
         ids = np.arange(1, n + 1, dtype=np.int64)
-        rng = np.random.default_rng(1)
-        queries = vectors[rng.choice(n, n_queries, replace=False)] + 0.05 * rng.standard_normal((n_queries, 128)).astype(np.float32)
-        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-        allowed = ids[rng.random(n) < 0.5]
-        exact_vectors = lookup(ids, vectors)
-        start = time.perf_counter()
-        exact = VectorStore.empty(128)
-        exact.add(ids, vectors)
-        rows = [("exact", exact, time.perf_counter() - start, "1 (reference)", "")]
-        start = time.perf_counter()
-        ivfpq = build_ivfpq(ids, vectors)
-        build = time.perf_counter() - start
-        recalls = [recall_at_k(ivfpq, ids, vectors, n_queries=min(n_queries, 200), refine=r) for r in (True, False)]
-        rows.append((f"IVF-PQ (nprobe {ivfpq.nprobe}, ×10 re-scored)", ivfpq, build, f"{recalls[0]:.3f}", f"{recalls[1]:.3f}"))
-        for name, store, seconds, recall, codes in rows:
-            p50, p99 = latency_ms(lambda q: store.search(q, 10, vectors_of=exact_vectors), queries)
-            filtered, _ = latency_ms(lambda q: store.search(q, 10, allowed=allowed, vectors_of=exact_vectors), queries[: n_queries // 2])
-            print(f"| {n:,} | {name} | {seconds:.1f} | {p50:.2f} | {p99:.2f} | {filtered:.2f} | {recall} | {codes} |", flush=True)
-        del vectors, exact, ivfpq, rows
+        faiss.omp_set_num_threads(build_threads)
+        allowed = ids[np.random.default_rng(1).random(n) < 0.5]
+        _, exact_rows = faiss.knn(queries, base, 10, metric=faiss.METRIC_INNER_PRODUCT)
+        truth = ids[exact_rows]
+        full = lookup(ids, base)
+        probe = RecallProbe(ids, base, n_queries=200)
+        builders = {
+            "exact": lambda: VectorStore.empty(base.shape[1]),
+            "IVF-PQ": lambda: build_ivfpq(ids, base),
+            "HNSW": lambda: build_hnsw(ids, base),
+        }
+        for name, build in builders.items():
+            faiss.omp_set_num_threads(build_threads)
+            start = time.perf_counter()
+            store = build()
+            if name == "exact":
+                store.add(ids, base)
+            built = time.perf_counter() - start
+            setting, manifest = "", ""
+            if name == "HNSW":
+                tuned = tune_hnsw(store, probe, target)
+                setting, manifest = f" (M {tuned['m']}, efSearch {tuned['ef_search']})", f"{tuned['recall_at_10']:.3f}"
+            elif name == "IVF-PQ":
+                setting, manifest = f" (nprobe {store.nprobe}, ×10 re-scored)", f"{probe.recall(store, vectors_of=full):.3f}"
+            faiss.omp_set_num_threads(threads)
+            _, found = store.search(queries, 10, vectors_of=full)
+            recall = overlap(found, truth)
+            p50, p99 = latency_ms(lambda q: store.search(q, 10, vectors_of=full), queries)
+            filtered, _ = latency_ms(lambda q: store.search(q, 10, allowed=allowed, vectors_of=full), queries[: len(queries) // 2])
+            row = {"n": n, "index": name, "build_s": built, "bytes": stored_bytes(store) / n, "p50": p50, "p99": p99, "recall": recall}
+            rows.append(row)
+            print(f"| {n:,} | {name}{setting} | {built:.1f} | {row['bytes']:.0f} | {p50:.2f} | {p99:.2f} | {filtered:.2f} | {recall:.3f} | {manifest} |", flush=True)
+            store = None  # free it before the next build
+    return rows
+
+
+def estimates(rows: list[dict], targets: tuple[int, ...] = (10_000_000, 100_000_000)) -> None:
+    """Extrapolate build time (power law in n), memory (bytes per vector at the largest size) and p50 (linear in log n; exact: linear in n)."""
+    print("\n| index | slices | build s (estimate) | memory GiB | p50 ms (estimate) |")
+    print("|---|---|---|---|---|")
+    for name in dict.fromkeys(r["index"] for r in rows):
+        measured = [r for r in rows if r["index"] == name]
+        if len(measured) < 2:
+            continue
+        n = np.array([r["n"] for r in measured], dtype=float)
+        build = np.array([max(r["build_s"], 1e-3) for r in measured])
+        p50 = np.array([r["p50"] for r in measured])
+        exponent, scale = np.polyfit(np.log(n), np.log(build), 1)
+        for target in targets:
+            latency = np.polyval(np.polyfit(n, p50, 1), target) if name == "exact" else np.polyval(np.polyfit(np.log(n), p50, 1), np.log(target))
+            print(f"| {name} | {target:,} | {np.exp(scale) * target ** exponent:,.0f} (∝ n^{exponent:.2f}) | {measured[-1]['bytes'] * target / 2**30:,.1f} "
+                  f"| {latency:.2f} |")
 
 
 def main() -> None:
@@ -157,20 +251,35 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128, help="input side of the untrained stand-in model")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, help="reader processes (default: as `retrieval index`)")
-    parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[100_000, 300_000, 1_000_000])
+    parser.add_argument("--views", type=int, default=6, help="augmented views of each archive slice embedded for part 2")
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--threads", type=int, default=1, help="FAISS threads for the search part (1 is fastest on shared cores)")
+    parser.add_argument("--target", type=float, default=0.95, help="recall@10 HNSW's efSearch is tuned to")
+    parser.add_argument("--threads", type=int, default=1, help="FAISS threads while searching (1: the one-core figures)")
+    parser.add_argument("--build-threads", type=int, default=os.cpu_count(), help="FAISS threads while building and for exact ground truth")
+    parser.add_argument("--skip-indexing", action="store_true")
+    parser.add_argument("--skip-search", action="store_true")
     args = parser.parse_args()
+    if args.archive is None:
+        parser.error("give ARCHIVE or set RETRIEVAL_SAMPLE_ARCHIVE")
+    archive = Path(args.archive).resolve()
     print(f"# bench_index, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}\n")
-    if args.archive:
-        bench_indexing(Path(args.archive), args.checkpoint, args.batch_size, args.workers, args.size)
-    else:
-        print("no archive given (argument or RETRIEVAL_SAMPLE_ARCHIVE): indexing part skipped\n", file=sys.stderr)
+    if not args.skip_indexing:
+        bench_indexing(archive, args.checkpoint, args.batch_size, args.workers, args.size)
+    if args.skip_search:
+        return
     import faiss
 
-    faiss.omp_set_num_threads(args.threads)
-    print(f"search: FAISS {faiss.__version__} on {args.threads} thread(s), {args.queries} single-vector queries per size\n")
-    bench_search(args.sizes, args.queries)
+    start = time.perf_counter()
+    real, _ = archive_embeddings(archive, args.checkpoint, args.views, seed=0)
+    held_out, _ = archive_embeddings(archive, args.checkpoint, 1, seed=1)
+    queries = held_out[np.random.default_rng(2).choice(len(held_out), min(args.queries, len(held_out)), replace=False)]
+    vectors = synthesise(real, max(args.sizes))
+    print(f"search: {len(real):,} real embeddings ({args.views} views of each archive slice) synthesised to {len(vectors):,} "
+          f"in {time.perf_counter() - start:.0f} s; {len(queries)} held-out views as queries; FAISS {faiss.__version__}, "
+          f"{args.threads} thread(s) searching, {args.build_threads} building\n")
+    rows = bench_search(vectors, queries, args.sizes, args.target, args.threads, args.build_threads)
+    estimates(rows)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer.ann import REBUILD_TOMBSTONES, RecallProbe, build_hnsw, choose_kind, tune_hnsw
 from indexer.catalog import Catalog
 from indexer.manifest import MANIFEST_NAME, Manifest, read_manifest, write_manifest
 from indexer.store import IVFPQ_MIN_VECTORS, REFINE, VectorStore, build_ivfpq, recall_at_k
@@ -103,10 +104,18 @@ class IndexDirectory:
         self.save()
         return len(ids)
 
-    def reshape(self, kind: str) -> None:
-        """Make the store the requested kind: IVF-PQ is (re)trained when absent or the archive doubled since training."""
+    def reshape(self, requested: str) -> None:
+        """Make the store the requested kind ('auto': indexer.ann.choose_kind by size and memory).
+
+        IVF-PQ is (re)trained when absent or the archive doubled since training. HNSW is built when absent
+        or when deleted ids pass REBUILD_TOMBSTONES of its graph, and its efSearch re-tuned then and whenever
+        the archive doubled.
+        """
+        kind = choose_kind(len(self.store), self.store.dim) if requested == "auto" else requested
         trained_on = int(self.manifest.index.get("trained_on", 0))
-        if kind == "ivfpq" and len(self.store) >= IVFPQ_MIN_VECTORS and (self.store.kind != "ivfpq" or len(self.store) > 2 * trained_on):
+        if kind == "hnsw":
+            self._reshape_hnsw()
+        elif kind == "ivfpq" and len(self.store) >= IVFPQ_MIN_VECTORS and (self.store.kind != "ivfpq" or len(self.store) > 2 * trained_on):
             ids = self.catalog.ids()
             vectors = self.catalog.vectors(ids, self.store.dim)
             self.store = build_ivfpq(ids, vectors)
@@ -119,7 +128,19 @@ class IndexDirectory:
             self.store = VectorStore.empty(self.store.dim)
             self.sync()
             self.manifest.index = {}
-        self.manifest.index.update(requested=kind, kind=self.store.kind)
+        self.manifest.index.update(requested=requested, kind=self.store.kind)
+
+    def _reshape_hnsw(self) -> None:
+        """Build (or rebuild) the HNSW graph from the catalog's vectors when needed, and tune its efSearch to the target recall."""
+        nodes = len(self.store) + len(self.store.deleted)
+        rebuild = self.store.kind != "hnsw" or len(self.store.deleted) > REBUILD_TOMBSTONES * nodes
+        if not rebuild and len(self.store) <= 2 * int(self.manifest.index.get("tuned_on", 0)):
+            return
+        ids = self.catalog.ids()
+        vectors = self.catalog.vectors(ids, self.store.dim)
+        if rebuild:
+            self.store = build_hnsw(ids, vectors)
+        self.manifest.index = {"tuned_on": len(ids), **(tune_hnsw(self.store, RecallProbe(ids, vectors)) if len(ids) > 1 else {})}
 
     def metric(self, checkpoint: str | Path | None = None, device: str = "auto"):  # type: ignore[no-untyped-def]
         """Load the checkpoint this index was built with (or `checkpoint`, which must be the same file content)."""

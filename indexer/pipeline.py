@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from indexer.catalog import SeriesRecord, SliceRecord
 from indexer.directory import IndexDirectory
 from indexer.manifest import new_manifest
-from indexer.store import KINDS
+from indexer.ann import INDEX_TYPES
 from retrieval import __version__
 from retrieval.checkpoint import file_sha256
 from retrieval.io import Identity, Series, Skipped, read_archive
@@ -242,7 +242,7 @@ def index_archive(
     *,
     batch_size: int = 32,
     workers: int = 1,
-    kind: str = "flat",
+    kind: str = "auto",
     progress: Callable[[int], Progress] | None = None,
     save_every: float = SAVE_EVERY_S,
 ) -> IndexReport:
@@ -331,14 +331,14 @@ def build_index(
     device: str = "auto",
     batch_size: int = 32,
     workers: int | None = None,
-    kind: str = "flat",
+    kind: str = "auto",
     show_progress: bool = True,
 ) -> IndexReport:
     """Load the checkpoint, open (or create) DIR for it and index the archive into it."""
     from retrieval.checkpoint import DEFAULT_CHECKPOINT
 
-    if kind not in KINDS:
-        raise ValueError(f"index type must be one of {', '.join(KINDS)}, got {kind!r}")
+    if kind not in INDEX_TYPES:
+        raise ValueError(f"index type must be one of {', '.join(INDEX_TYPES)}, got {kind!r}")
     checkpoint = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
     metric = DistortionAwareMetric.load(checkpoint, device)
     expected = new_manifest(metric.checkpoint_hash, checkpoint, metric.config, metric.size, kind)

@@ -16,7 +16,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-KINDS = ("flat", "ivfpq")
+KINDS = ("flat", "ivfpq", "hnsw")
+FILTERED_EXACT = 20_000  # an HNSW search allowed at most this many ids scans them exactly (a graph walk would miss them)
 IVFPQ_MIN_VECTORS = 10_000  # below this IVF-PQ cannot be trained well (256 PQ centroids × 39); exact search is used
 IVFPQ_TRAIN_SAMPLE = 32_768
 RECALL_QUERIES = 500
@@ -72,6 +73,7 @@ class VectorStore:
 
     def __init__(self, index: faiss.IndexIDMap2) -> None:
         self.index = index
+        self.deleted = np.zeros(0, np.int64)  # HNSW only: ids removed since the graph was built, filtered out of searches
 
     @classmethod
     def empty(cls, dim: int) -> "VectorStore":
@@ -91,10 +93,30 @@ class VectorStore:
         """Vector size."""
         return int(self.index.d)
 
+    def _hnsw(self) -> faiss.IndexHNSWFlat | None:
+        """The HNSW graph when this store is one."""
+        inner = faiss.downcast_index(self.index.index) if isinstance(self.index, faiss.IndexIDMap2) else None
+        return inner if isinstance(inner, faiss.IndexHNSWFlat) else None
+
     @property
     def kind(self) -> str:
-        """'ivfpq' or 'flat'."""
-        return "ivfpq" if isinstance(faiss.downcast_index(self.index.index), faiss.IndexIVFPQ) else "flat"
+        """'ivfpq', 'hnsw' or 'flat'."""
+        if isinstance(faiss.downcast_index(self.index.index), faiss.IndexIVFPQ):
+            return "ivfpq"
+        return "hnsw" if self._hnsw() is not None else "flat"
+
+    @property
+    def ef_search(self) -> int | None:
+        """Candidates an HNSW search keeps (HNSW only; saved with the graph)."""
+        graph = self._hnsw()
+        return int(graph.hnsw.efSearch) if graph is not None else None
+
+    @ef_search.setter
+    def ef_search(self, value: int) -> None:
+        graph = self._hnsw()
+        if graph is None:
+            raise ValueError(f"efSearch is an HNSW setting; this store is {self.kind}")
+        graph.hnsw.efSearch = int(value)
 
     @property
     def nprobe(self) -> int | None:
@@ -103,11 +125,12 @@ class VectorStore:
         return int(inner.nprobe) if isinstance(inner, faiss.IndexIVF) else None
 
     def __len__(self) -> int:
-        return int(self.index.ntotal)
+        return int(self.index.ntotal) - len(self.deleted)
 
     def ids(self) -> np.ndarray:
-        """Ids of the stored vectors, ascending."""
-        return np.sort(faiss.vector_to_array(self.index.id_map).astype(np.int64))
+        """Ids of the stored vectors (deleted HNSW ids left out), ascending."""
+        ids = np.sort(faiss.vector_to_array(self.index.id_map).astype(np.int64))
+        return np.setdiff1d(ids, self.deleted, assume_unique=True) if len(self.deleted) else ids
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add vectors under their catalog ids."""
@@ -115,8 +138,24 @@ class VectorStore:
             self.index.add_with_ids(_vectors(vectors), _ids(ids))
 
     def remove(self, ids: np.ndarray) -> int:
-        """Remove ids (absent ones are ignored); return how many were removed."""
-        return int(self.index.remove_ids(_ids(ids))) if len(ids) else 0
+        """Remove ids (absent ones are ignored); return how many were removed. HNSW marks them deleted: FAISS cannot unlink graph nodes."""
+        if not len(ids):
+            return 0
+        if self._hnsw() is None:
+            return int(self.index.remove_ids(_ids(ids)))
+        gone = np.intersect1d(_ids(ids), self.ids())
+        self.deleted = np.union1d(self.deleted, gone)
+        return len(gone)
+
+    def _scan(self, queries: np.ndarray, allowed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k among a few allowed ids, their vectors read back from the store (-1 pads missing hits)."""
+        allowed = allowed[~np.isin(allowed, self.deleted)]
+        scores = np.zeros((len(queries), k), np.float32)
+        found = np.full((len(queries), k), -1, np.int64)
+        if len(allowed):
+            best, rows = faiss.knn(queries, self.index.reconstruct_batch(allowed), min(k, len(allowed)), metric=faiss.METRIC_INNER_PRODUCT)
+            scores[:, : rows.shape[1]], found[:, : rows.shape[1]] = best, allowed[rows]
+        return scores, found
 
     def search(
         self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None, vectors_of: VectorLookup | None = None
@@ -132,6 +171,11 @@ class VectorStore:
         fetch = max(1, min(k * REFINE if refine else k, len(self)))
         inner = faiss.downcast_index(self.index.index)
         options: dict = {"nprobe": int(inner.nprobe)} if isinstance(inner, faiss.IndexIVF) else {}
+        if self.kind == "hnsw":
+            options["efSearch"] = self.ef_search
+            allowed = self.ids() if allowed is None and len(self.deleted) else allowed
+            if allowed is not None and len(allowed) <= FILTERED_EXACT:
+                return self._scan(queries, _ids(allowed), fetch)
         if allowed is not None:
             allowed = _ids(allowed)
             if not len(allowed) or not len(self):
@@ -143,7 +187,8 @@ class VectorStore:
         if not options:
             scores, ids = self.index.search(queries, fetch)
         else:
-            params = faiss.SearchParametersIVF(**options) if "nprobe" in options else faiss.SearchParameters(**options)
+            kind = faiss.SearchParametersIVF if "nprobe" in options else faiss.SearchParametersHNSW if "efSearch" in options else faiss.SearchParameters
+            params = kind(**options)
             scores, ids = self.index.search(queries, fetch, params=params)
         return _rescore(queries, ids, vectors_of, wanted) if refine else (scores, ids)
 

@@ -16,7 +16,7 @@ def index(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Slices per model batch and per catalog transaction.")] = 32,
     workers: Annotated[Optional[int], typer.Option(min=0, help="Worker processes that read and preprocess (0: in the main process; default: half the CPUs, at most 8).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    index_type: Annotated[str, typer.Option("--index-type", help="flat (exact) or ivfpq (approximate, for large archives; reports recall@10).")] = "flat",
+    index_type: Annotated[str, typer.Option("--index-type", help="auto (by archive size and memory), flat (exact), hnsw or ivfpq (approximate; recall@10 in the manifest).")] = "auto",
     manifest: ManifestOpt = None,
     patient_regex: PatientRegexOpt = None,
     modality: ModalityOpt = None,

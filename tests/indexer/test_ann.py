@@ -1,0 +1,106 @@
+"""HNSW that keeps its recall: tuned efSearch, deletions as tombstones, exact filtered scans, the automatic index type."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from indexer.ann import FLAT_MAX, RecallProbe, build_hnsw, choose_kind, hnsw_bytes, tune_hnsw
+from indexer.directory import IndexDirectory
+from indexer.store import FILTERED_EXACT, VectorStore
+from retrieval.cli import app
+
+TCGA = [f"ct/tcga_lung/dicom_dir/ID_000{i}_AGE_00{age}_CONTRAST_1_CT.dcm" for i, age in ((0, 60), (1, 69), (4, 56))]
+SUBSET = ["ct/dcm_qa_ct/GE", *TCGA, "mr/myops/101_C0.nii.gz", "mr/myops/102_C0.nii.gz", "mr/open_ms/patient01/study1_T2W.nii.gz"]
+
+
+def curves(n: int, dim: int = 128, patients: int = 60, seed: int = 0) -> np.ndarray:
+    """Unit vectors along smooth random walks, one walk per 'patient': neighbouring slices lie on a curve, as real embeddings do."""
+    rng = np.random.default_rng(seed)
+    steps = rng.standard_normal((patients, n // patients + 1, dim)).astype(np.float32) * 0.15
+    walks = rng.standard_normal((patients, 1, dim)).astype(np.float32) + np.cumsum(steps, axis=1)
+    out = walks.reshape(-1, dim)[:n]
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def graph() -> tuple[np.ndarray, np.ndarray, VectorStore]:
+    vectors = curves(6000)
+    ids = np.arange(100, 100 + len(vectors), dtype=np.int64)
+    faiss.omp_set_num_threads(1)
+    return ids, vectors, build_hnsw(ids, vectors)
+
+
+def exact(queries: np.ndarray, ids: np.ndarray, vectors: np.ndarray, k: int) -> np.ndarray:
+    return ids[faiss.knn(queries, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)[1]]
+
+
+def test_efsearch_is_tuned_to_the_target_recall_and_saved(graph, tmp_path: Path) -> None:
+    ids, vectors, store = graph
+    probe = RecallProbe(ids, vectors, n_queries=200)
+    tuned = tune_hnsw(store, probe, target=0.97)
+    assert tuned["recall_at_10"] >= 0.97 and store.ef_search == tuned["ef_search"]
+    store.ef_search = 1  # the probe measures what the setting does: a one-candidate walk loses neighbours
+    assert probe.recall(store) < tuned["recall_at_10"]
+    store.ef_search = tuned["ef_search"]
+    store.save(tmp_path / "v.faiss")
+    loaded = VectorStore(faiss.read_index(str(tmp_path / "v.faiss")))
+    assert loaded.kind == "hnsw" and loaded.ef_search == tuned["ef_search"] and probe.recall(loaded) == tuned["recall_at_10"]
+
+
+def test_deleted_ids_never_come_back_and_small_filters_are_exact(graph) -> None:
+    ids, vectors, built = graph
+    store = VectorStore(faiss.clone_index(built.index))
+    store.ef_search = built.ef_search
+    gone = ids[::3]
+    assert store.remove(np.concatenate([gone, [10**9]])) == len(gone) and len(store) == len(ids) - len(gone)
+    assert not np.isin(gone, store.ids()).any()
+    _, found = store.search(vectors[gone[:50]], 10)
+    assert not np.isin(found, gone).any()
+    allowed = ids[(ids % 7 == 0)]
+    assert len(allowed) <= FILTERED_EXACT
+    kept = allowed[~np.isin(allowed, gone)]
+    _, found = store.search(vectors[:20], 10, allowed=allowed)
+    np.testing.assert_array_equal(found, exact(vectors[:20], kept, vectors[kept - 100], 10))
+
+
+def test_automatic_index_type_follows_size_and_memory() -> None:
+    assert choose_kind(FLAT_MAX, 128) == "flat"
+    assert choose_kind(FLAT_MAX + 1, 128, budget=hnsw_bytes(FLAT_MAX + 1, 128)) == "hnsw"
+    assert choose_kind(10_000_000, 128, budget=2**30) == "ivfpq"
+
+
+def cli(*args: str) -> dict:
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_hnsw_index_end_to_end_same_results_as_exact(archive: Path, tmp_path: Path) -> None:
+    (tmp_path / "archive").mkdir()
+    for rel in SUBSET:
+        (tmp_path / "archive" / Path(rel).name).symlink_to(archive / rel)
+    identity = ["--manifest", str(archive / "manifest.csv")]
+    index = str(tmp_path / "idx")
+    first = cli("index", str(tmp_path / "archive"), "--index", index, "--workers", "0", *identity)
+    assert first["index"]["requested"] == "auto" and first["index"]["kind"] == "flat"  # a small archive stays exact
+    query = ["search", str(archive / "mr/open_ms/patient01/study1_T2W.nii.gz"), "--index", index, "--slice", "20", "-k", "4", *identity]
+    before = cli(*query)
+    report = cli("index", str(tmp_path / "archive"), "--index", index, "--workers", "0", "--index-type", "hnsw", *identity)
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())["index"]
+    assert report["index"]["kind"] == manifest["kind"] == "hnsw" and manifest["recall_at_10"] >= 0.95 and manifest["ef_search"] >= 16
+    assert manifest["tuned_on"] == report["slices_added"] + first["slices_added"]
+    assert cli(*query)["results"] == before["results"]
+    removed = cli("remove", "--index", index, "--patient", before["results"][0]["patient_id"])["slices_removed"]
+    with IndexDirectory.open(index) as directory:  # reopened: sync marks the removed rows deleted again
+        assert directory.store.kind == "hnsw" and len(directory.store.deleted) == removed
+    after = [r["patient_id"] for r in cli(*query)["results"]]
+    assert after[:3] == [r["patient_id"] for r in before["results"][1:]] and before["results"][0]["patient_id"] not in after
+    cli("index", str(tmp_path / "archive"), "--index", index, "--workers", "0", "--index-type", "hnsw", *identity)  # puts the patient back
+    with IndexDirectory.open(index) as directory:  # > 10% deleted: the graph was rebuilt without them
+        assert directory.store.kind == "hnsw" and not len(directory.store.deleted) and len(directory.store) == len(directory.catalog.ids())
