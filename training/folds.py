@@ -47,3 +47,17 @@ def split_by_datasets(data: SliceSet, held_out: tuple[str, ...]) -> tuple[SliceS
     shared = set(data.patients[is_val].tolist()) & set(data.patients[~is_val].tolist())
     is_val |= np.isin(data.patients, sorted(shared))  # a patient who is also in a held-out dataset never trains
     return data.subset(~is_val), data.subset(is_val)
+
+
+FOLD_COLUMNS = (("map_0", "mAP α=0"), ("map_0.8", "mAP α=0.8"), ("map_0_flip", "flipped"), ("map_0_rot90", "turned 90°"),
+                ("spearman_alpha", "Spearman(â, α)"), ("alpha_clean_median", "median â clean"))
+
+
+def fold_table(rows: list[dict[str, object]]) -> str:
+    """Markdown table of fold rows (held-out figures of each fold's final epoch), with the slice-weighted mean."""
+    lines = ["| fold (held out) | patients | slices | " + " | ".join(label for _, label in FOLD_COLUMNS) + " |",
+             "|---|---|---|" + "---|" * len(FOLD_COLUMNS)]
+    for row in rows:
+        values = " | ".join(f"{float(row[key]):.3f}" if key in row else "—" for key, _ in FOLD_COLUMNS)  # type: ignore[arg-type]
+        lines.append(f"| {row['fold']} | {row['held_out_patients']} | {row['held_out_slices']} | {values} |")
+    return "\n".join(lines) + "\n"

@@ -35,9 +35,9 @@ class TrainConfig:
     """Everything that defines a run; stored in every checkpoint."""
 
     backbone: str = "resnet18"
-    size: int = 128
-    epochs: int = 20
-    steps_per_epoch: int = 100
+    size: int = 64
+    epochs: int = 10
+    steps_per_epoch: int = 60
     batch_patients: int = 16
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -113,9 +113,10 @@ def views(data: SliceSet, batch: TripletBatch) -> tuple[torch.Tensor, np.ndarray
 
 
 def loss_terms(
-    outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], patients: np.ndarray, alphas: np.ndarray, config: TrainConfig
+    outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], patients: np.ndarray, alphas: np.ndarray, config: TrainConfig,
+    inputs: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The five loss terms (in fp32) and their weighted total for the model outputs on one batch of views."""
+    """The loss terms (in fp32) and their weighted total for the model outputs on one batch of views (`inputs` feed the structure term)."""
     z_anat, z_noise, a_hat = (t.float() for t in outputs)
     _, labels = np.unique(patients, return_inverse=True)
     labels_t = torch.as_tensor(labels, device=z_anat.device)
@@ -130,6 +131,9 @@ def loss_terms(
         "alpha": losses.alpha_regression(a_hat, alpha_t),
         "orthogonality": losses.orthogonality(z_anat, z_noise),
     }
+    if config.weights.get("structure", 0.0) > 0.0 and inputs is not None:
+        teacher = losses.structure_similarity(inputs.to(z_anat.device))
+        terms["structure"] = losses.structure_distillation(z_anat, teacher, labels_t, config.temperature)
     terms["total"] = sum(config.weights[name] * value for name, value in terms.items())
     return terms
 
@@ -265,7 +269,7 @@ def train(
             x = x.to(device).contiguous(memory_format=torch.channels_last)
             with autocast(device):
                 outputs = model.forward_once(x)
-            terms = loss_terms(outputs, patients, alphas, config)
+            terms = loss_terms(outputs, patients, alphas, config, x)
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
             optimizer.step()

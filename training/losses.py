@@ -1,6 +1,7 @@
 """The five loss terms of the disentangled metric, each a small function, plus their weighted sum.
 
-Default weights (LossWeights): infonce 1, distortion 5, ordering 1, alpha 5, orthogonality 0.1.
+Default weights (LossWeights): infonce 1, distortion 5, ordering 1, alpha 5, orthogonality 0.1, and an optional
+sixth term, structure (relational distillation of a low-resolution structural similarity, off at 0).
 The distortion regression pulls the clean↔distorted anatomical distance towards D_MAX · shape_a(α):
 0 for benign α ≤ TAU, then rising as expm1(K(α − TAU)) / expm1(K(1 − TAU)) to D_MAX at α = 1.
 D_MAX = 0.1 keeps even the worst distortion well inside the typical distance between patients.
@@ -32,6 +33,7 @@ class LossWeights:
     ordering: float = 1.0
     alpha: float = 5.0
     orthogonality: float = 0.1
+    structure: float = 0.0
 
     def as_dict(self) -> dict[str, float]:
         """Plain dict for checkpoint configs and CSV logs."""
@@ -92,3 +94,39 @@ def orthogonality(z_anat: torch.Tensor, z_noise: torch.Tensor) -> torch.Tensor:
     a = F.normalize(z_anat, dim=1)
     b = F.normalize(z_noise, dim=1)
     return (a.T @ b).pow(2).sum() / z_anat.shape[0] ** 2
+
+
+STRUCTURE_GRID = 16  # side of the low-resolution image the structural teacher compares
+
+
+def structure_similarity(x: torch.Tensor, grid: int = STRUCTURE_GRID) -> torch.Tensor:
+    """Teacher similarity (N, N) of network inputs: cosine of mean-centred grid×grid thumbnails of channel 0,
+    maximised over the 8 flips and 90° turns of the second image (so it is as orientation-free as the embedding)."""
+    from retrieval.model import dihedral
+
+    thumbs = F.adaptive_avg_pool2d(x[:, :1].float(), grid)[:, 0]
+    thumbs = thumbs - thumbs.mean(dim=(1, 2), keepdim=True)
+    flat = F.normalize(thumbs.flatten(1), dim=1)
+    turned = torch.stack([F.normalize(dihedral(thumbs, k).flatten(1), dim=1) for k in range(8)])  # (8, N, D)
+    return torch.einsum("nd,kmd->knm", flat, turned).amax(dim=0)
+
+
+def structure_distillation(z: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, temperature: float = TEMPERATURE) -> torch.Tensor:
+    """KL from the teacher's neighbour distribution to the embedding's, over pairs of different patients.
+
+    Each row's teacher similarities are standardised (mean 0, unit spread) and softmaxed; the embedding's
+    cosine similarities over the same pairs are softmaxed at `temperature`. Same-patient pairs are left to
+    InfoNCE. The term keeps the embedding ordering other patients by image structure, which is what carries
+    over to anatomy and datasets the patient-contrastive term never saw.
+    """
+    other = labels[:, None] != labels[None, :]
+    rows = other.sum(1) > 1
+    if not rows.any():
+        return z.sum() * 0.0
+    t = teacher.masked_fill(~other, float("nan"))
+    mean = torch.nanmean(t, dim=1, keepdim=True)
+    spread = torch.sqrt(torch.nanmean((t - mean) ** 2, dim=1, keepdim=True)).clamp_min(1e-6)
+    target = F.softmax(((teacher - mean) / spread).masked_fill(~other, float("-inf")), dim=1)
+    log_student = F.log_softmax(((z @ z.T) / temperature).masked_fill(~other, float("-inf")), dim=1)
+    kl = (target * (torch.log(target.clamp_min(1e-12)) - log_student)).masked_fill(~other, 0.0).sum(1)
+    return kl[rows].mean()

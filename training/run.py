@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from retrieval.io import Identity
 from retrieval.slices import SliceSet, cached_slices
 from training.data import split_patients
-from training.folds import plan_folds, split_by_datasets
+from training.folds import fold_table, plan_folds, split_by_datasets
 from training.loop import TrainConfig, train
 
 
@@ -51,7 +51,7 @@ def fit(paths: Sequence[Path], identity: Identity, out_dir: Path, config: TrainC
 
 def fit_folds(paths: Sequence[Path], identity: Identity, out_dir: Path, config: TrainConfig, cache_dir: Path | None,
               quiet: bool = False) -> dict[str, Any]:
-    """Leave-one-dataset-out: one run per fold in out_dir/<fold>/, then out_dir/folds.json with each fold's held-out figures."""
+    """Leave-one-dataset-out: one run per fold in out_dir/<fold>/, then out_dir/folds.json and folds.md with each fold's held-out figures."""
     data = cached_slices(paths, identity, config.size, cache_dir)
     rows = []
     for fold in plan_folds(data):
@@ -64,4 +64,5 @@ def fit_folds(paths: Sequence[Path], identity: Identity, out_dir: Path, config: 
     summary = {"out": str(out_dir), "folds": rows}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "folds.json").write_text(json.dumps(summary, indent=2))
+    (out_dir / "folds.md").write_text(fold_table(rows))
     return summary

@@ -7,23 +7,32 @@ from typing import Annotated, Optional
 
 import typer
 
-from retrieval.cli.common import JsonOpt, ManifestOpt, ModalityOpt, PatientRegexOpt, fail, identity_options, require
+from retrieval.cli.common import (
+    JsonOpt, ManifestOpt, ModalityOpt, PasswordFileOpt, PatientRegexOpt, SinceOpt, StudyOpt, TokenFileOpt, UserOpt, fail, identity_options,
+    sources,
+)
 
 def scan(
-    paths: Annotated[list[Path], typer.Argument(help="Archive folders or files (DICOM, NIfTI, PNG/JPEG/TIFF).")],
+    paths: Annotated[list[str], typer.Argument(help="Archive folders or files (DICOM, NIfTI, NRRD, MetaImage, PNG/JPEG/TIFF), or dicomweb:http://host:port/dicom-web.")],
     manifest: ManifestOpt = None,
     patient_regex: PatientRegexOpt = None,
     modality: ModalityOpt = None,
     slice_axis: Annotated[Optional[int], typer.Option("--slice-axis", min=0, max=2, help="NIfTI canonical axis to slice along (default: largest spacing).")] = None,
     headers_only: Annotated[bool, typer.Option("--headers-only", help="Read headers only: faster, no value ranges or pixel checks.")] = False,
     json_out: JsonOpt = False,
+    study: StudyOpt = None,
+    since: SinceOpt = None,
+    auth_token_file: TokenFileOpt = None,
+    user: UserOpt = None,
+    password_file: PasswordFileOpt = None,
 ) -> None:
     """Summarise an archive per patient and series, with totals and the files that could not be used."""
     import json
 
+    from retrieval.io import SourceUnavailable
     from retrieval.scan import print_report, scan_archive
 
-    require(paths)
+    paths = sources(paths, study, since, auth_token_file, user, password_file)
     identity = identity_options(manifest, patient_regex, modality)
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -38,7 +47,10 @@ def scan(
             counts[event] += 1
             bar.update(task, description=f"{counts['file']} files, {counts['series']} series: {Path(path).name}")
 
-        report = scan_archive(paths, identity, slice_axis=slice_axis, read_pixels=not headers_only, progress=progress)
+        try:
+            report = scan_archive(paths, identity, slice_axis=slice_axis, read_pixels=not headers_only, progress=progress)
+        except SourceUnavailable as exc:
+            fail(str(exc))
     if json_out:
         typer.echo(json.dumps(report, indent=2))
     else:

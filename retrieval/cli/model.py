@@ -14,9 +14,9 @@ def train(
     archive: Annotated[list[Path], typer.Argument(help="Archive folders or files to train on.")],
     out: Annotated[Path, typer.Option("--out", callback=folder_path, help="Run directory: last.pt (resume), final.pt, metrics.csv (with --folds: one per fold).")],
     backbone: Annotated[str, typer.Option(help="resnet18, resnet34 or resnet50.")] = "resnet18",
-    size: Annotated[int, typer.Option(min=8, max=1024, help="Network input side S (slices are resized to S×S).")] = 128,
-    epochs: Annotated[int, typer.Option(min=1, max=10_000)] = 20,
-    steps_per_epoch: Annotated[int, typer.Option(min=1, max=1_000_000)] = 100,
+    size: Annotated[int, typer.Option(min=8, max=1024, help="Network input side S (slices are resized to S×S).")] = 64,
+    epochs: Annotated[int, typer.Option(min=1, max=10_000)] = 10,
+    steps_per_epoch: Annotated[int, typer.Option(min=1, max=1_000_000)] = 60,
     batch_patients: Annotated[int, typer.Option(min=2, max=4096, help="Distinct patients per step (5 views each).")] = 16,
     lr: Annotated[float, typer.Option(min=0.0)] = 1e-3,
     seed: Annotated[int, typer.Option()] = 0,
@@ -26,6 +26,7 @@ def train(
     augment: Annotated[str, typer.Option(help="Training augmentation: all, geometric, intensity or none.")] = "all",
     balance: Annotated[float, typer.Option(min=0.0, max=1.0, help="Dataset balance of patient draws: 0 uniform over patients, 1 equal per dataset.")] = 0.5,
     instance: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of anchors that are the positive slice itself under another augmentation.")] = 0.5,
+    structure_weight: Annotated[float, typer.Option("--structure-weight", min=0.0, max=100.0, help="Weight of the structural distillation term (0: off).")] = 0.0,
     invariance: Annotated[str, typer.Option(help="d4: embeddings pooled over flips and 90° turns (orientation-free search); none: one view.")] = "d4",
     validate_every: Annotated[int, typer.Option(min=1, help="Epochs between validations (the last epoch always validates).")] = 1,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -51,6 +52,7 @@ def train(
                          lr=lr, seed=seed, val_fraction=val_fraction, device=device, pretrained=str(pretrained) if pretrained else None,
                          augment=augment, balance=balance, instance=instance, invariance=invariance, held_out_datasets=tuple(hold_out_dataset or ()),
                          validate_every=validate_every)
+    config.weights["structure"] = structure_weight
     try:
         config.augment_config()
         summary = (fit_folds if folds else fit)(archive, identity, out, config, cache, quiet=json_out)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from retrieval.io.dicom import Frame, group_series, read_header
+from retrieval.io.dicomweb import DicomWeb, is_remote
 from retrieval.io.formats import DICOM, ITK, NIFTI, Unsupported, sniff
 from retrieval.io.identity import Identity
 from retrieval.io.images import read_image
@@ -15,6 +16,32 @@ from retrieval.io.nifti import read_nifti
 from retrieval.io.slices import Series, Skipped, Slice
 
 PathLike = str | os.PathLike[str]
+Source = PathLike | DicomWeb  # a file or folder, or a DICOMweb server (`dicomweb:http://…` strings too)
+
+
+def remote_source(root: Source) -> DicomWeb | None:
+    """The DICOMweb source a root names (a DicomWeb, or a `dicomweb:` string), None for a local path."""
+    if isinstance(root, DicomWeb):
+        return root
+    return DicomWeb.parse(root) if isinstance(root, str) and is_remote(root) else None
+
+
+def scopes(paths: Iterable[Source]) -> list[str]:
+    """Path prefixes of the catalog that reading `paths` covers completely: each folder or file, or a DICOMweb listing's."""
+    found: list[str] = []
+    for root in [paths] if isinstance(paths, (str, os.PathLike, DicomWeb)) else paths:
+        remote = remote_source(root)
+        found.extend(remote.scopes() if remote else [os.path.abspath(root)])
+    return found
+
+
+def _entries(folder: Path) -> list[os.DirEntry[str]] | Skipped:
+    """A folder's entries sorted by name, or the reason it cannot be listed."""
+    try:
+        with os.scandir(folder) as scan:
+            return sorted(scan, key=lambda entry: entry.name)
+    except OSError as exc:
+        return Skipped(str(folder), f"cannot read folder: {exc.strerror or exc}")
 
 
 def _entries(folder: Path) -> list[os.DirEntry[str]] | Skipped:
@@ -64,7 +91,7 @@ def _is_pair_data(path: Path) -> bool:
 
 
 def read_archive(
-    paths: Iterable[PathLike],
+    paths: Iterable[Source],
     identity: Identity | None = None,
     *,
     slice_axis: int | None = None,
@@ -76,11 +103,15 @@ def read_archive(
     may span folders. `slice_axis` fixes the NIfTI slice axis; `on_file` is called per file (progress).
     """
     identity = identity or Identity()
-    if isinstance(paths, (str, os.PathLike)):
+    if isinstance(paths, (str, os.PathLike, DicomWeb)):
         paths = [paths]  # one path, not an iterable of characters
     frames: list[Frame] = []
     seen: set[str] = set()
     for root in paths:
+        remote = remote_source(root)
+        if remote is not None:  # listed with QIDO-RS, fetched by each series' loader
+            yield from remote.read(identity)
+            continue
         for item in walk(Path(os.path.abspath(root))):
             if isinstance(item, Skipped):
                 yield item
@@ -113,7 +144,7 @@ def read_archive(
 
 
 def iter_slices(
-    paths: Iterable[PathLike], identity: Identity | None = None, *, slice_axis: int | None = None
+    paths: Iterable[Source], identity: Identity | None = None, *, slice_axis: int | None = None
 ) -> Iterator[Slice | Skipped]:
     """Every slice of an archive in series order, one series in memory at a time; problems as Skipped."""
     for item in read_archive(paths, identity, slice_axis=slice_axis):
@@ -124,16 +155,17 @@ def iter_slices(
         yield from item.skipped
 
 
-def read_path(path: PathLike, identity: Identity | None = None, *, slice_axis: int | None = None) -> list[Slice]:
+def read_path(path: Source, identity: Identity | None = None, *, slice_axis: int | None = None) -> list[Slice]:
     """All slices of one file or folder (e.g. a search query); raises when it holds no usable image."""
-    target = Path(path)
-    if not os.path.lexists(target):
+    remote = remote_source(path)
+    target = remote or Path(path)  # type: ignore[arg-type]
+    if remote is None and not os.path.lexists(target):
         raise FileNotFoundError(f"{target}: no such file or folder")
     slices: list[Slice] = []
     problems: list[Skipped] = []
     for item in iter_slices([target], identity, slice_axis=slice_axis):
         (problems if isinstance(item, Skipped) else slices).append(item)  # type: ignore[arg-type]
     if not slices:
-        reason = f"{problems[0].path}: {problems[0].reason}" if problems else f"{target}: no image files"
+        reason = f"{problems[0].path}: {problems[0].reason}" if problems else f"{remote.name if remote else target}: no image files"
         raise ValueError(reason)
     return slices

@@ -47,6 +47,8 @@ class Series:
     spacing: tuple[float, float]
     study_id: str | None = None
     loader: Callable[[], list[Slice | Skipped]] = field(repr=False, default=lambda: [])
+    # Content ids of `files` known without reading them (DICOMweb: SOPInstanceUIDs); None: the indexer hashes the files.
+    checksums: dict[str, str] | None = field(default=None, repr=False)
     skipped: list[Skipped] = field(default_factory=list, repr=False)
 
     def load(self) -> list[Slice]:

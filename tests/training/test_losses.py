@@ -91,11 +91,28 @@ def test_documented_constants_are_the_code_constants() -> None:
     """The README's loss table and constants are what the code uses (a changed constant must change the docs)."""
     text = README.read_text(encoding="utf-8")
     number = r"(\d+(?:\.\d+)?)"
-    table = dict(re.findall(rf"^\| (InfoNCE|distortion|ordering|α|orthogonality) \| .*? \| {number} \|$", text, flags=re.M))
-    names = {"InfoNCE": "infonce", "distortion": "distortion", "ordering": "ordering", "α": "alpha", "orthogonality": "orthogonality"}
+    table = dict(re.findall(rf"^\| (InfoNCE|distortion|ordering|α|orthogonality|structure) \| .*? \| {number} \|$", text, flags=re.M))
+    names = {"InfoNCE": "infonce", "distortion": "distortion", "ordering": "ordering", "α": "alpha", "orthogonality": "orthogonality", "structure": "structure"}
     assert {names[k]: float(v) for k, v in table.items()} == losses.LossWeights().as_dict()
     documented: dict[str, set[float]] = {}
     for name, value in re.findall(rf"(D_MAX|TAU|\bK|β) = {number}", text):
         documented.setdefault(name, set()).add(float(value))
     assert documented == {"D_MAX": {losses.D_MAX}, "TAU": {TAU}, "K": {losses.K}, "β": {BETA}}
     assert re.search(rf"temperature {losses.TEMPERATURE:g}\b", text)
+
+
+def test_structure_teacher_is_orientation_free_and_distillation_prefers_its_order() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(6, 3, 32, 32)
+    turned = torch.cat([x[:3], torch.rot90(x[3:], 1, dims=(-2, -1)).flip(-1)])
+    teacher = losses.structure_similarity(torch.cat([x, turned]))
+    assert torch.allclose(teacher[:6, :6], teacher[6:, 6:], atol=1e-5)  # same similarities whatever the orientation
+    labels = torch.arange(6)
+    values, vectors = torch.linalg.eigh(teacher[:6, :6])
+    student = F.normalize(vectors * values.clamp_min(0).sqrt(), dim=1)  # cosines that reproduce the teacher's
+    aligned = losses.structure_distillation(student, teacher[:6, :6], labels)
+    shuffled = losses.structure_distillation(student[torch.tensor([3, 5, 0, 4, 1, 2])], teacher[:6, :6], labels)
+    assert aligned < shuffled
+    z = torch.randn(6, 8, requires_grad=True)
+    losses.structure_distillation(F.normalize(z, dim=1), teacher[:6, :6], labels).backward()
+    assert z.grad is not None and torch.isfinite(z.grad).all()
