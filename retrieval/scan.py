@@ -6,7 +6,7 @@ import os
 from collections import defaultdict
 from typing import Any, Callable, Iterable
 
-from retrieval.io import Identity, Series, Skipped, read_archive
+from retrieval.io import Identity, Limits, Series, Skipped, read_archive
 
 Progress = Callable[[str, str], None]  # (event: "file" | "series", path)
 
@@ -34,6 +34,7 @@ def scan_archive(
     slice_axis: int | None = None,
     read_pixels: bool = True,
     progress: Progress | None = None,
+    limits: Limits | None = None,
 ) -> dict[str, Any]:
     """Walk `paths` and return the scan report: patients with their series, skipped files, totals.
 
@@ -43,7 +44,7 @@ def scan_archive(
     patients: dict[str, list[dict[str, Any]]] = defaultdict(list)
     skipped: list[Skipped] = []
     on_file = (lambda path: progress("file", str(path))) if progress else None
-    for item in read_archive(paths, identity, slice_axis=slice_axis, on_file=on_file):
+    for item in read_archive(paths, identity, slice_axis=slice_axis, on_file=on_file, limits=limits):
         if isinstance(item, Skipped):
             skipped.append(item)
             continue

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from retrieval.cli.common import (
-    JsonOpt, ManifestOpt, ModalityOpt, PasswordFileOpt, PatientRegexOpt, SinceOpt, StudyOpt, TokenFileOpt, UserOpt, fail, identity_options,
-    sources,
+    LIMITS, JsonOpt, ManifestOpt, MaxFileMbOpt, MaxSlicePixelsOpt, MaxSlicesPerFileOpt, ModalityOpt, PatientRegexOpt, fail,
+    PasswordFileOpt, SinceOpt, StudyOpt, TokenFileOpt, UserOpt, identity_options, limits_options, sources,
 )
 
 def scan(
@@ -20,6 +20,9 @@ def scan(
     slice_axis: Annotated[Optional[int], typer.Option("--slice-axis", min=0, max=2, help="NIfTI canonical axis to slice along (default: largest spacing).")] = None,
     headers_only: Annotated[bool, typer.Option("--headers-only", help="Read headers only: faster, no value ranges or pixel checks.")] = False,
     json_out: JsonOpt = False,
+    max_slice_pixels: MaxSlicePixelsOpt = LIMITS.max_slice_pixels,
+    max_slices_per_file: MaxSlicesPerFileOpt = LIMITS.max_slices_per_file,
+    max_file_mb: MaxFileMbOpt = LIMITS.max_file_mb,
     study: StudyOpt = None,
     since: SinceOpt = None,
     auth_token_file: TokenFileOpt = None,
@@ -34,6 +37,7 @@ def scan(
 
     paths = sources(paths, study, since, auth_token_file, user, password_file)
     identity = identity_options(manifest, patient_regex, modality)
+    limits = limits_options(max_slice_pixels, max_slices_per_file, max_file_mb)
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -48,7 +52,7 @@ def scan(
             bar.update(task, description=f"{counts['file']} files, {counts['series']} series: {Path(path).name}")
 
         try:
-            report = scan_archive(paths, identity, slice_axis=slice_axis, read_pixels=not headers_only, progress=progress)
+            report = scan_archive(paths, identity, slice_axis=slice_axis, read_pixels=not headers_only, progress=progress, limits=limits)
         except SourceUnavailable as exc:
             fail(str(exc))
     if json_out:
@@ -63,17 +67,21 @@ def distort(
     alpha: Annotated[Optional[list[float]], typer.Option("--alpha", min=0.0, max=1.0, help="Severity α (repeatable; default 0 0.1 0.3 0.5 0.7 1).")] = None,
     slice_index: Annotated[Optional[int], typer.Option("--slice", min=0, help="Slice of the volume (default: the middle one).")] = None,
     seed: Annotated[int, typer.Option(min=0, help="Distortion seed, the same for every panel.")] = 0,
-    size: Annotated[int, typer.Option(min=8, help="Working grid: the slice is resized to size×size first, as for training.")] = 256,
+    size: Annotated[int, typer.Option(min=8, max=2048, help="Working grid: the slice is resized to size×size first, as for training.")] = 256,
     manifest: ManifestOpt = None,
     patient_regex: PatientRegexOpt = None,
     modality: ModalityOpt = None,
+    max_slice_pixels: MaxSlicePixelsOpt = LIMITS.max_slice_pixels,
+    max_slices_per_file: MaxSlicesPerFileOpt = LIMITS.max_slices_per_file,
+    max_file_mb: MaxFileMbOpt = LIMITS.max_file_mb,
 ) -> None:
     """Write a montage of one slice at several distortion severities α (CT low dose, MR k-space corruption)."""
     from retrieval.io import read_path
 
     identity = identity_options(manifest, patient_regex, modality)
+    limits = limits_options(max_slice_pixels, max_slices_per_file, max_file_mb)
     try:
-        slices = read_path(path, identity)
+        slices = read_path(path, identity, limits=limits)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     index = len(slices) // 2 if slice_index is None else slice_index

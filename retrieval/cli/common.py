@@ -52,7 +52,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object ins
 # Reading limits shared by every command that reads an archive: a file whose header declares more is skipped with the reason.
 MaxSlicePixelsOpt = Annotated[int, typer.Option("--max-slice-pixels", min=1, help="Skip files whose slices have more pixels than this (rows × columns).")]
 MaxSlicesPerFileOpt = Annotated[int, typer.Option("--max-slices-per-file", min=1, help="Skip files holding more 2D slices than this (frames, or slices × volumes).")]
-MaxFileMbOpt = Annotated[int, typer.Option("--max-file-mb", min=1, help="Skip files whose pixels decode to more MiB than this at once (one volume of a 4D file).")]
+MaxFileMbOpt = Annotated[int, typer.Option("--max-file-mb", min=1, help="Skip files whose decoded pixels and float32 slices take more MiB than this (one volume of a 4D file).")]
 
 
 # DICOMweb options shared by every command that reads an archive; they apply to its `dicomweb:` sources.

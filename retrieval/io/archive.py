@@ -11,6 +11,7 @@ from retrieval.io.dicomweb import DicomWeb, is_remote
 from retrieval.io.formats import DICOM, ITK, NIFTI, Unsupported, sniff
 from retrieval.io.identity import Identity
 from retrieval.io.images import read_image
+from retrieval.io.limits import Limits
 from retrieval.io.itk import is_detached_data, read_itk
 from retrieval.io.nifti import read_nifti
 from retrieval.io.slices import Series, Skipped, Slice
@@ -33,15 +34,6 @@ def scopes(paths: Iterable[Source]) -> list[str]:
         remote = remote_source(root)
         found.extend(remote.scopes() if remote else [os.path.abspath(root)])
     return found
-
-
-def _entries(folder: Path) -> list[os.DirEntry[str]] | Skipped:
-    """A folder's entries sorted by name, or the reason it cannot be listed."""
-    try:
-        with os.scandir(folder) as scan:
-            return sorted(scan, key=lambda entry: entry.name)
-    except OSError as exc:
-        return Skipped(str(folder), f"cannot read folder: {exc.strerror or exc}")
 
 
 def _entries(folder: Path) -> list[os.DirEntry[str]] | Skipped:
@@ -96,13 +88,15 @@ def read_archive(
     *,
     slice_axis: int | None = None,
     on_file: Callable[[Path], None] | None = None,
+    limits: Limits | None = None,
 ) -> Iterator[Series | Skipped]:
     """Headers only: yield a lazily loaded Series per volume/DICOM series, and a Skipped per unusable file.
 
     NIfTI and 2D images are yielded as they are met; DICOM series after the walk, since one series
-    may span folders. `slice_axis` fixes the NIfTI slice axis; `on_file` is called per file (progress).
+    may span folders. `slice_axis` fixes the NIfTI slice axis; `on_file` is called per file (progress);
+    a file whose header declares more than `limits` allow (or more than its bytes can hold) is Skipped.
     """
-    identity = identity or Identity()
+    identity, limits = identity or Identity(), limits or Limits()
     if isinstance(paths, (str, os.PathLike, DicomWeb)):
         paths = [paths]  # one path, not an iterable of characters
     frames: list[Frame] = []
@@ -128,26 +122,26 @@ def read_archive(
                 yield Skipped(str(item), str(exc))
                 continue
             if kind == DICOM:
-                header = read_header(item, identity)
+                header = read_header(item, identity, limits)
                 if isinstance(header, Skipped):
                     yield header
                 else:
                     frames.extend(header)
             elif kind in (NIFTI, ITK):
-                volumes = (read_nifti if kind == NIFTI else read_itk)(item, identity, slice_axis)
+                volumes = read_nifti(item, identity, slice_axis, limits) if kind == NIFTI else read_itk(item, identity, slice_axis)
                 volumes = volumes if isinstance(volumes, list) else [volumes]
                 seen.update(os.path.realpath(f) for v in volumes if isinstance(v, Series) for f in v.files)  # data files a header names
                 yield from volumes
             else:
-                yield read_image(item, identity)
+                yield read_image(item, identity, limits)
     yield from group_series(frames)
 
 
 def iter_slices(
-    paths: Iterable[Source], identity: Identity | None = None, *, slice_axis: int | None = None
+    paths: Iterable[Source], identity: Identity | None = None, *, slice_axis: int | None = None, limits: Limits | None = None
 ) -> Iterator[Slice | Skipped]:
     """Every slice of an archive in series order, one series in memory at a time; problems as Skipped."""
-    for item in read_archive(paths, identity, slice_axis=slice_axis):
+    for item in read_archive(paths, identity, slice_axis=slice_axis, limits=limits):
         if isinstance(item, Skipped):
             yield item
             continue
@@ -155,7 +149,9 @@ def iter_slices(
         yield from item.skipped
 
 
-def read_path(path: Source, identity: Identity | None = None, *, slice_axis: int | None = None) -> list[Slice]:
+def read_path(
+    path: Source, identity: Identity | None = None, *, slice_axis: int | None = None, limits: Limits | None = None
+) -> list[Slice]:
     """All slices of one file or folder (e.g. a search query); raises when it holds no usable image."""
     remote = remote_source(path)
     target = remote or Path(path)  # type: ignore[arg-type]
@@ -163,7 +159,7 @@ def read_path(path: Source, identity: Identity | None = None, *, slice_axis: int
         raise FileNotFoundError(f"{target}: no such file or folder")
     slices: list[Slice] = []
     problems: list[Skipped] = []
-    for item in iter_slices([target], identity, slice_axis=slice_axis):
+    for item in iter_slices([target], identity, slice_axis=slice_axis, limits=limits):
         (problems if isinstance(item, Skipped) else slices).append(item)  # type: ignore[arg-type]
     if not slices:
         reason = f"{problems[0].path}: {problems[0].reason}" if problems else f"{remote.name if remote else target}: no image files"

@@ -20,11 +20,14 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from retrieval.io.identity import Identity
+from retrieval.io.limits import FLOAT32, Cost, Limits, deflate_floor, rle_floor, short_of
 from retrieval.io.pixels import one_line, quiet, to_grey
 from retrieval.io.slices import Series, SeriesKey, Skipped, Slice
 
 _DICOMDIR = "1.2.840.10008.1.3.10"
 _DEFLATED = "1.2.840.10008.1.2.1.99"
+_RLE = "1.2.840.10008.1.2.5"
+_NATIVE = {"", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 _NOT_ANATOMY = {  # image SOP classes whose pixels are labels or dose, not anatomy
     "1.2.840.10008.5.1.4.1.1.481.2",  # RT Dose
     "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation
@@ -121,12 +124,35 @@ def _pixel_problem(handle: Any, ds: Any, size: int) -> str | None:
     return None
 
 
+def _frame_count(ds: Any) -> int:
+    """NumberOfFrames as the decoder will see it (1 when absent or malformed)."""
+    try:
+        return max(1, int(ds.get("NumberOfFrames") or 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+def _budget_problem(ds: Any, size: int, limits: Limits) -> str | None:
+    """Refuse, from the header alone, a file above the limits or declaring more pixels than its `size` bytes can hold."""
+    rows, cols, frames = int(ds.Rows), int(ds.Columns), _frame_count(ds)
+    samples = max(1, int(ds.get("SamplesPerPixel") or 1))
+    depth = max(1, -(-int(ds.get("BitsAllocated") or 8) // 8))
+    decoded = rows * cols * frames * samples * depth
+    reason = limits.refuse(Cost((rows, cols), frames, decoded + rows * cols * frames * FLOAT32))
+    meta = getattr(ds, "file_meta", None)
+    syntax = str(meta.get("TransferSyntaxUID") or "") if meta is not None else ""
+    if reason or syntax in _NATIVE:
+        return reason  # native pixel data is checked against the file by _pixel_problem
+    if syntax == _RLE:
+        return short_of(decoded, rle_floor(frames, rows * cols, samples * depth), size, "as RLE (2 bytes per 128-byte run, 72 per frame)")
+    if syntax == _DEFLATED:
+        return short_of(decoded, deflate_floor(decoded), size, "deflated (at most 1032× expansion)")
+    return short_of(decoded, 8 * frames, size, f"as {frames:,} encapsulated frames (an 8-byte item each)")
+
+
 def _frames(path: Path, ds: Any, identity: Identity) -> list[Frame]:
     """One Frame per frame of a dataset, with identity, position and spacing resolved."""
-    try:
-        count = max(1, int(ds.get("NumberOfFrames") or 1))
-    except (TypeError, ValueError):
-        count = 1
+    count = _frame_count(ds)
     patient = identity.patient(path, str(ds.get("PatientID") or "") or None)
     modality = identity.modality_of(path, str(ds.get("Modality") or "") or None)
     series = str(ds.get("SeriesInstanceUID") or "") or str(path)
@@ -153,14 +179,15 @@ def _frames(path: Path, ds: Any, identity: Identity) -> list[Frame]:
     return frames
 
 
-def read_header(path: Path, identity: Identity) -> list[Frame] | Skipped:
-    """Read one DICOM file's header (no pixels) into frames, or the reason it cannot be used."""
+def read_header(path: Path, identity: Identity, limits: Limits = Limits()) -> list[Frame] | Skipped:
+    """Read one DICOM file's header (no pixels) into frames, or the reason it cannot be used (limits included)."""
     import pydicom
 
     try:
         with quiet(), path.open("rb") as handle:
             ds = pydicom.dcmread(handle, stop_before_pixels=True, force=True)
-            reason = _non_image_reason(ds) or _pixel_problem(handle, ds, path.stat().st_size)
+            size = path.stat().st_size
+            reason = _non_image_reason(ds) or _budget_problem(ds, size, limits) or _pixel_problem(handle, ds, size)
             if reason:
                 return Skipped(str(path), reason)
             return _frames(path, ds, identity)
@@ -236,7 +263,7 @@ def _decode(path: str) -> tuple[Any, np.ndarray]:
         ds = pydicom.dcmread(path, force=True)
         _assume_transfer_syntax(ds)
         pixels = ds.pixel_array
-    count = max(1, int(ds.get("NumberOfFrames") or 1))
+    count = _frame_count(ds)
     colour = int(ds.get("SamplesPerPixel") or 1) > 1
     if count == 1:
         pixels = pixels[None]

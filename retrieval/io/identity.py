@@ -11,6 +11,7 @@ every other value becomes `OT`.
 from __future__ import annotations
 
 import csv
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,7 @@ def default_patient(path: Path) -> str:
 
 
 def read_manifest(manifest: Path) -> dict[Path, tuple[str, str | None, str | None]]:
-    """Map each manifest row's resolved path (relative to the CSV's folder) to (patient_id, modality, dataset)."""
+    """Map each manifest row's resolved path (relative to the CSV's folder, never outside it) to (patient_id, modality, dataset)."""
     if not manifest.is_file():
         raise FileNotFoundError(f"manifest {manifest}: no such file")
     root = manifest.resolve().parent
@@ -51,6 +52,9 @@ def read_manifest(manifest: Path) -> dict[Path, tuple[str, str | None, str | Non
             relative, patient = (row.get("relative_path") or "").strip(), (row.get("patient_id") or "").strip()
             if not relative or not patient:
                 raise ValueError(f"manifest {manifest}: line {line} has an empty relative_path or patient_id")
+            inside = os.path.normpath(root / relative)  # lexically: a symlinked folder inside the manifest's folder is fine
+            if Path(relative).is_absolute() or not (inside == str(root) or inside.startswith(str(root).rstrip(os.sep) + os.sep)):
+                raise ValueError(f"manifest {manifest}: line {line}: relative_path {relative!r} is outside the manifest's folder")
             modality = (row.get("modality") or "").strip() or None
             dataset = (row.get("dataset") or "").strip() or None
             entries[(root / relative).resolve()] = (patient, modality, dataset)

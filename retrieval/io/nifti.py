@@ -11,6 +11,7 @@ Each slice is shown like a DICOM image: rows run along the second in-plane axis 
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -18,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from retrieval.io.identity import Identity
+from retrieval.io.limits import FLOAT32, Cost, Limits, deflate_floor, gzip_length, short_of
 from retrieval.io.pixels import one_line, quiet, to_grey
 from retrieval.io.slices import Series, SeriesKey, Skipped, Slice
 
@@ -75,8 +77,27 @@ def _volume_count(shape: tuple[int, ...]) -> int:
     return shape[3] if len(shape) >= 4 else 1
 
 
-def read_nifti(path: Path, identity: Identity, axis: int | None = None) -> list[Series] | Skipped:
-    """Headers of a NIfTI file as one Series per 3D volume, or the reason it cannot be used."""
+def volume_cost(shape: tuple[int, int, int], zooms: tuple[float, float, float], axis: int | None, volumes: int, itemsize: int) -> Cost:
+    """What a volume file costs to read: its slice shape, slices over all volumes, one volume's voxels and float32 slices (any reader)."""
+    cut = slice_axis(shape, zooms, axis)
+    first, second = _in_plane(cut)
+    return Cost((shape[second], shape[first]), shape[cut] * volumes, math.prod(shape) * (itemsize + FLOAT32))
+
+
+def _stored_problem(path: Path, img: Any, data_bytes: int) -> str | None:
+    """Refuse a file too short for the voxels it declares: raw byte for byte, gzip by its 1032× bound, then by its length."""
+    needed = int(img.dataobj.offset) + data_bytes  # where nibabel reads from (a single file's vox_offset 0 means 352)
+    if path.name.lower().endswith(".gz"):
+        short = short_of(data_bytes, deflate_floor(needed), path.stat().st_size, "gzip-compressed (at most 1032× expansion)")
+        length = gzip_length(path, needed) if not short else needed
+        return short or (f"truncated: the header needs {needed:,} bytes, the gzip stream holds {length:,}" if length < needed else None)
+    data = path.with_suffix(".img") if path.suffix.lower() == ".hdr" else path
+    held = data.stat().st_size
+    return f"truncated: the header needs {needed:,} bytes, {data.name} holds {held:,}" if held < needed else None
+
+
+def read_nifti(path: Path, identity: Identity, axis: int | None = None, limits: Limits = Limits()) -> list[Series] | Skipped:
+    """Headers of a NIfTI file as one Series per 3D volume, or the reason it cannot be used (limits included)."""
     import nibabel as nib
 
     if path.suffix.lower() == ".hdr" and not path.with_suffix(".img").is_file():
@@ -93,10 +114,10 @@ def read_nifti(path: Path, identity: Identity, axis: int | None = None) -> list[
         slice_axis(shape, zooms, axis)  # a bad axis is this file's one-line reason
     except Exception as exc:  # noqa: BLE001 - nibabel raises many types on corrupt headers
         return Skipped(str(path), f"unreadable NIfTI header: {one_line(exc)}")
-    if str(path).endswith(".nii"):
-        needed = int(img.header.get_data_offset()) + int(np.prod(img.shape)) * img.get_data_dtype().itemsize
-        if path.stat().st_size < needed:
-            return Skipped(str(path), f"truncated: the header needs {needed} bytes, the file holds {path.stat().st_size}")
+    itemsize = img.get_data_dtype().itemsize
+    reason = limits.refuse(volume_cost(shape, zooms, axis, volumes, itemsize)) or _stored_problem(path, img, math.prod(shape) * itemsize * volumes)
+    if reason:
+        return Skipped(str(path), reason)
     files = [str(path)] + ([str(path.with_suffix(".img"))] if path.suffix == ".hdr" else [])
     return volume_series(path, files, volumes, shape, zooms, axis, identity, load_volume)
 

@@ -267,6 +267,41 @@ def test_identity_rules(tmp_path: Path) -> None:
         Identity(manifest=tmp_path / "bad.csv")
 
 
+@pytest.mark.parametrize("row", ["../../x", "/", "/etc", "study/../../x"])
+def test_manifest_rows_outside_its_folder_are_refused_with_the_line(tmp_path: Path, row: str) -> None:
+    manifest = tmp_path / "m" / "manifest.csv"
+    manifest.parent.mkdir()
+    manifest.write_text(f"relative_path,patient_id\nstudy,A\n{row},B\n")
+    with pytest.raises(ValueError, match=rf"line 3: relative_path '{row}' is outside the manifest's folder"):
+        Identity(manifest=manifest)
+
+
+def test_manifest_rows_through_a_symlinked_folder_inside_it_are_kept(tmp_path: Path) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "linked").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "m" / "manifest.csv").write_text("relative_path,patient_id\nlinked,A\n.,ALL\n")
+    identity = Identity(manifest=tmp_path / "m" / "manifest.csv")
+    assert identity.patient(tmp_path / "m" / "linked" / "x.dcm", "HEADER") == "A"
+    assert identity.patient(tmp_path / "m" / "y.dcm", "HEADER") == "ALL"  # "." names the manifest's own folder
+    assert identity.patient(tmp_path / "z.dcm", "HEADER") == "HEADER"
+
+
+def test_monochrome1_is_negated_so_higher_is_brighter(tmp_path: Path) -> None:
+    """A real MONOCHROME1 radiograph (pydicom-data): its slice is minus the rescaled stored values; as MONOCHROME2, not."""
+    path = get_testdata_file("RG3_UNCR.dcm")
+    ds = pydicom.dcmread(path)
+    assert ds.PhotometricInterpretation == "MONOCHROME1"
+    rescaled = apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
+    (mono1,) = read_path(path)
+    np.testing.assert_array_equal(mono1.pixels, -rescaled)
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.save_as(tmp_path / "mono2.dcm")
+    (mono2,) = read_path(tmp_path / "mono2.dcm")
+    np.testing.assert_array_equal(mono2.pixels, rescaled)
+    assert mono1.pixels[ds.pixel_array == ds.pixel_array.max()].max() == mono1.pixels.min()  # the stored maximum is the darkest
+
+
 def test_archive_slices_match_the_manifest(archive: Path) -> None:
     """With the manifest, every source yields exactly its manifest n_slices, in index order, of the header's shape."""
     import csv
