@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -30,10 +30,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from indexer.catalog import SeriesRecord, SliceRecord
 from indexer.directory import IndexDirectory
 from indexer.manifest import new_manifest
+from indexer.quarantine import Quarantine, Watchdog
 from indexer.ann import INDEX_TYPES
 from retrieval import __version__
 from retrieval.checkpoint import file_sha256
-from retrieval.io import Identity, Series, Skipped, read_archive
+from retrieval.io import Identity, Limits, Series, Skipped, read_archive
 from retrieval.io.pixels import one_line
 from retrieval.metric import DistortionAwareMetric
 from retrieval.preprocess import is_empty, prepare
@@ -121,13 +122,18 @@ def _under(path: str, roots: Sequence[str]) -> bool:
     return any(path == root or path.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
 
 
-def plan(paths: Sequence[str | Path], identity: Identity, states: dict[str, tuple[str, bool]], recorded: dict[str, str]) -> Plan:
+def plan(paths: Sequence[str | Path], identity: Identity, states: dict[str, tuple[str, bool]], recorded: dict[str, str],
+         limits: Limits | None = None, quarantine: Quarantine | None = None) -> Plan:
     """Read headers and checksums; split series into to-do and unchanged; list stale catalog series."""
     series_list: list[Series] = []
     skipped: list[Skipped] = []
-    for item in read_archive(paths, identity):
-        if isinstance(item, Skipped):
-            skipped.append(item)
+    held_keys: set[str] = set()  # quarantined series: their rows go, and they are not missing
+    for item in read_archive(paths, identity, limits=limits):
+        held = quarantine.reason(item.files) if quarantine and isinstance(item, Series) else None
+        if held:
+            held_keys.add(series_key(item))  # type: ignore[arg-type]
+        if isinstance(item, Skipped) or held:
+            skipped.append(Skipped(item.path, held) if held else item)  # type: ignore[arg-type]
         elif item.modality not in INDEXED_MODALITIES:
             skipped.append(Skipped(item.path, f"modality {item.modality}: only CT and MR are indexed (say which with --modality or --manifest)"))
         else:
@@ -149,15 +155,16 @@ def plan(paths: Sequence[str | Path], identity: Identity, states: dict[str, tupl
     todo = {job.record.key for job in jobs}
     roots = [os.path.abspath(p) for p in paths]
     gone = [key for key in states if key not in seen and (_under(recorded[key], roots) or not os.path.exists(recorded[key]))]
-    stale = [key for key in states if key in todo] + gone
+    stale = [key for key in states if key in todo or key in held_keys] + gone
     return Plan(jobs, len(seen) - len(todo), stale, skipped)
 
 
-def _series_chunks(job: Job, size: int, chunk: int) -> Iterator[Chunk]:
-    """Load one series, drop empty slices, preprocess the rest into chunks of at most `chunk` slices."""
+def _series_chunks(job: Job, size: int, chunk: int, watchdog: Watchdog | None = None) -> Iterator[Chunk]:
+    """Load one series (under the watchdog's time limit), drop empty slices, preprocess the rest into chunks of at most `chunk` slices."""
     key = job.record.key
     try:
-        slices = job.series.load()
+        with watchdog.reading(job.series.files) if watchdog else nullcontext():
+            slices = job.series.load()
     except Exception as exc:  # noqa: BLE001 - a broken series is reported, the run goes on
         yield Chunk(key, torch.zeros(0), [], [], True, failed=one_line(exc))
         return
@@ -177,14 +184,14 @@ def _series_chunks(job: Job, size: int, chunk: int) -> Iterator[Chunk]:
 class SeriesDataset(IterableDataset):
     """Series split across DataLoader workers (round robin); each worker yields preprocessed chunks."""
 
-    def __init__(self, jobs: Sequence[Job], size: int, chunk: int) -> None:
-        self.jobs, self.size, self.chunk = list(jobs), size, chunk
+    def __init__(self, jobs: Sequence[Job], size: int, chunk: int, watchdog: Watchdog | None = None) -> None:
+        self.jobs, self.size, self.chunk, self.watchdog = list(jobs), size, chunk, watchdog
 
     def __iter__(self) -> Iterator[Chunk]:
         info = get_worker_info()
         mine = self.jobs if info is None else self.jobs[info.id :: info.num_workers]
         for job in mine:
-            yield from _series_chunks(job, self.size, self.chunk)
+            yield from _series_chunks(job, self.size, self.chunk, self.watchdog)
 
 
 def _drop_inherited_lock(fd: int | None, _worker_id: int) -> None:
@@ -245,18 +252,21 @@ def index_archive(
     kind: str = "auto",
     progress: Callable[[int], Progress] | None = None,
     save_every: float = SAVE_EVERY_S,
+    limits: Limits | None = None,
 ) -> IndexReport:
     """Bring DIR in line with the archive: embed new/changed series, delete stale ones, save the index."""
     started = time.perf_counter()
     catalog, store = directory.catalog, directory.store
-    work = plan(paths, identity, catalog.series_states(), catalog.series_paths())
+    limits, quarantine = limits or Limits(), Quarantine(directory.path)
+    quarantine.collect()  # a file that outlived the time limit in a killed run's main process
+    work = plan(paths, identity, catalog.series_states(), catalog.series_paths(), limits, quarantine)
     report = IndexReport(series_unchanged=work.unchanged, skipped=list(work.skipped))
     removed = catalog.delete_series(work.stale)
     store.remove(removed)
     report.series_removed, report.slices_removed = len(work.stale), len(removed)
     records = {job.record.key: job for job in work.jobs}
     advance = progress(sum(job.series.n_slices for job in work.jobs)) if progress else (lambda n: None)
-    loader = DataLoader(SeriesDataset(work.jobs, metric.size, batch_size), batch_size=None, num_workers=workers, collate_fn=_keep,
+    loader = DataLoader(SeriesDataset(work.jobs, metric.size, batch_size, Watchdog(directory.path, limits.seconds_per_file)), batch_size=None, num_workers=workers, collate_fn=_keep,
                         prefetch_factor=4 if workers else None, worker_init_fn=partial(_drop_inherited_lock, directory.lock_fd))
     batcher, last_save = _Batcher(), time.monotonic()
 
@@ -333,8 +343,13 @@ def build_index(
     workers: int | None = None,
     kind: str = "auto",
     show_progress: bool = True,
+    limits: Limits | None = None,
 ) -> IndexReport:
-    """Load the checkpoint, open (or create) DIR for it and index the archive into it."""
+    """Load the checkpoint, open (or create) DIR for it and index the archive into it.
+
+    When a reader worker dies (a codec crash, the OOM killer, the per-file time limit), the files it was reading
+    are quarantined (indexer/quarantine.py) and the run starts over without them: done series stay done.
+    """
     from retrieval.checkpoint import DEFAULT_CHECKPOINT
 
     if kind not in INDEX_TYPES:
@@ -347,8 +362,14 @@ def build_index(
     torch.set_num_threads(model_threads(workers))
     faiss.omp_set_num_threads(model_threads(workers))  # IVF-PQ training, like the model, gets the cores the readers leave
     try:
-        with IndexDirectory.open(index_dir, expected, writable=True) as directory, progress_bar(show_progress) as progress:
-            return index_archive(paths, directory, metric, identity, batch_size=batch_size, workers=workers, kind=kind, progress=progress)
+        while True:
+            try:
+                with IndexDirectory.open(index_dir, expected, writable=True) as directory, progress_bar(show_progress) as progress:
+                    return index_archive(paths, directory, metric, identity, batch_size=batch_size, workers=workers, kind=kind,
+                                         progress=progress, limits=limits)
+            except RuntimeError as exc:  # a dead DataLoader worker; anything else is re-raised
+                if not Quarantine(index_dir).collect(exc):
+                    raise
     finally:
         torch.set_num_threads(threads)
         faiss.omp_set_num_threads(faiss_threads)

@@ -7,20 +7,27 @@ from typing import Annotated, Optional
 
 import typer
 
-from retrieval.cli.common import IndexDirOpt, JsonOpt, ManifestOpt, ModalityOpt, PatientRegexOpt, fail, identity_options, open_index, require
+from retrieval.cli.common import (
+    LIMITS, IndexDirOpt, JsonOpt, ManifestOpt, MaxFileMbOpt, MaxSlicePixelsOpt, MaxSlicesPerFileOpt, ModalityOpt, PatientRegexOpt, fail,
+    identity_options, limits_options, open_index, require,
+)
 
 def index(
     archive: Annotated[list[Path], typer.Argument(help="Archive folders or files to index.")],
     index_dir: IndexDirOpt,
     checkpoint: Annotated[Optional[Path], typer.Option(help="Model checkpoint (default: the shipped one).")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Slices per model batch and per catalog transaction.")] = 32,
-    workers: Annotated[Optional[int], typer.Option(min=0, help="Worker processes that read and preprocess (0: in the main process; default: half the CPUs, at most 8).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=4096, help="Slices per model batch and per catalog transaction.")] = 32,
+    workers: Annotated[Optional[int], typer.Option(min=0, max=64, help="Worker processes that read and preprocess (0: in the main process; default: half the CPUs, at most 8).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     index_type: Annotated[str, typer.Option("--index-type", help="auto (by archive size and memory), flat (exact), hnsw or ivfpq (approximate; recall@10 in the manifest).")] = "auto",
     manifest: ManifestOpt = None,
     patient_regex: PatientRegexOpt = None,
     modality: ModalityOpt = None,
     json_out: JsonOpt = False,
+    max_slice_pixels: MaxSlicePixelsOpt = LIMITS.max_slice_pixels,
+    max_slices_per_file: MaxSlicesPerFileOpt = LIMITS.max_slices_per_file,
+    max_file_mb: MaxFileMbOpt = LIMITS.max_file_mb,
+    seconds_per_file: Annotated[float, typer.Option("--max-seconds-per-file", min=0.001, help="A reader worker decoding one file longer than this is stopped and the file skipped from then on.")] = LIMITS.seconds_per_file,
 ) -> None:
     """Embed an archive into an index directory (incremental: reruns embed only new or changed series)."""
     import json
@@ -32,9 +39,10 @@ def index(
 
     require(archive)
     identity = identity_options(manifest, patient_regex, modality)
+    limits = limits_options(max_slice_pixels, max_slices_per_file, max_file_mb, seconds_per_file)
     try:
         report = build_index(archive, index_dir, identity, checkpoint=checkpoint, device=device, batch_size=batch_size,
-                             workers=workers, kind=index_type, show_progress=not json_out)
+                             workers=workers, kind=index_type, show_progress=not json_out, limits=limits)
         built = read_manifest(index_dir)
         ensure_model(index_dir, built.checkpoint_path, built.checkpoint_sha256)  # once per checkpoint: searches then run without torch
     except (ValueError, FileNotFoundError, IndexMismatch, IndexBusy) as exc:
