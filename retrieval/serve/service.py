@@ -53,6 +53,7 @@ class SearchOptions:
     by: str = "patient"
     slice_index: int | None = None
     exclude_patients: tuple[str, ...] = ()
+    query_thumbnail: bool = False  # the page asks for it; it costs a second read of the upload
 
     @classmethod
     def from_upload(cls, upload: Upload) -> SearchOptions:
@@ -69,7 +70,8 @@ class SearchOptions:
         if by not in BY:
             raise BadQuery(f"by must be one of {', '.join(BY)}, got {by!r}")
         excluded = tuple(p.strip() for p in upload.fields.get("exclude_patient", []) if p.strip())
-        return cls(10 if k is None else int(k), max_alpha, modality, by, None if slice_index is None else int(slice_index), excluded)
+        thumbnail = (upload.value("thumbnail") or "0").lower() in ("1", "true", "yes")
+        return cls(10 if k is None else int(k), max_alpha, modality, by, None if slice_index is None else int(slice_index), excluded, thumbnail)
 
 
 def _number(text: str | None, name: str, kind: type, low: float, high: float | None) -> float | int | None:
@@ -150,8 +152,9 @@ class ServerState:
             body = result.as_dict()
             ids = slice_ids(directory, ((s.path, s.slice_index) for match in result.results for s in match.slices))
         names = [path.name for path in upload.files]
-        body["query"].update(path=names[0] if len(names) == 1 else f"{len(names)} files", files=names,
-                             thumbnail=self._query_thumbnail(target, identity, options.slice_index))
+        body["query"].update(path=names[0] if len(names) == 1 else f"{len(names)} files", files=names)
+        if options.query_thumbnail:
+            body["query"]["thumbnail"] = self._query_thumbnail(target, identity, options.slice_index)
         for match in body["results"]:  # patients, slices, or series/studies: identifiers shown the same way in each
             match.update(self.pseudonyms.slice({k: v for k, v in match.items() if k != "slices"}))
             match["slices"] = [self._with_thumbnail(s, ids.get((s["path"], s["slice_index"]))) for s in match["slices"]]

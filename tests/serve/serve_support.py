@@ -59,7 +59,8 @@ def running(app) -> Iterator[str]:  # type: ignore[no-untyped-def]
 @contextmanager
 def cli_server(*args: str) -> Iterator[str]:
     """Run `retrieval serve ARGS --port 0` as its own process; yield the URL it prints once it listens."""
-    process = subprocess.Popen([sys.executable, "-m", "retrieval.cli", "serve", *args, "--port", "0"], stderr=subprocess.PIPE, text=True)
+    command = [sys.executable, "-m", "retrieval.cli", "serve", *args, "--port", "0"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # uvicorn's access log goes to stdout
     lines: list[str] = []
     try:
         assert process.stderr is not None

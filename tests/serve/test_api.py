@@ -18,7 +18,7 @@ from retrieval.serve.config import KEY_NAME
 
 pytestmark = pytest.mark.archive
 QUERIES = [  # (archive file, form fields, the same as CLI options)
-    (TCGA.format("0001_AGE_0069"), {"k": "4"}, ["-k", "4"]),
+    (TCGA.format("0001_AGE_0069"), {"k": "4", "thumbnail": "1"}, ["-k", "4"]),
     ("ct/dcm_qa_ct/GE/12.dcm", {"k": "3", "max_alpha": "0.3", "exclude_patient": "tcga_lung-TCGA-17-Z011"},
      ["-k", "3", "--max-alpha", "0.3", "--exclude-patient", "tcga_lung-TCGA-17-Z011"]),
     ("mr/myops/102_C0.nii.gz", {"k": "5", "modality": "MR", "slice": "2", "by": "slice"}, ["-k", "5", "--modality", "MR", "--slice", "2", "--by", "slice"]),
@@ -58,7 +58,8 @@ def test_search_by_upload_equals_the_cli(archive, served_index, client, relative
     assert api.status_code == 200, api.text
     assert float(api.headers["Server-Timing"].split("dur=")[1]) > 0
     got, expected = api.json(), cli("search", str(archive / relative), "--index", str(served_index), *options)
-    assert got["query"]["path"] == Path(relative).name and got["query"]["thumbnail"].startswith("data:image/png;base64,")
+    assert got["query"]["path"] == Path(relative).name and got["query"]["files"] == [Path(relative).name]
+    assert got["query"]["thumbnail"].startswith("data:image/png;base64,") if "thumbnail" in fields else "thumbnail" not in got["query"]
     for name in ("n_slices", "tau", "distorted"):
         assert got["query"][name] == expected["query"][name]
     assert got["query"]["alpha"] == pytest.approx(expected["query"]["alpha"], abs=2e-3)

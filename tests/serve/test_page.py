@@ -72,7 +72,7 @@ def test_upload_a_query_and_see_ranked_patients_with_thumbnails(archive, browser
         alpha = float(re.fullmatch(r"α (\d\.\d\d)", badge.text).group(1))
         level = badge.get_attribute("class").split()[-1]
         assert level == ("ok" if alpha <= 0.3 else "warn" if alpha <= 0.6 else "bad"), (alpha, level)
-    assert "predicted" in browser.find_element(By.ID, "query-caption").text
+    assert re.fullmatch(r"12\.dcm: 1 slice, predicted α \d\.\d\d", browser.find_element(By.ID, "query-caption").text.replace("\n", " "))
     shot = README_SCREENSHOT if os.environ.get("RETRIEVAL_UPDATE_SCREENSHOT") else tmp_path / "serve.png"
     browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000

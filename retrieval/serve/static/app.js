@@ -88,6 +88,7 @@ async function search() {
   if ($("modality").value) form.append("modality", $("modality").value);
   if ($("use-alpha").checked) form.append("max_alpha", $("max-alpha").value);
   for (const id of excluded) form.append("exclude_patient", id);
+  form.append("thumbnail", "1");
   $("status").textContent = `Searching with ${queryFiles.length === 1 ? queryFiles[0].name : `${queryFiles.length} files`}…`;
   showError("");
   const started = performance.now();
@@ -106,9 +107,8 @@ function renderQuery(query) {
   $("query").hidden = false;
   $("query-image").src = query.thumbnail || "";
   const caption = $("query-caption");
-  caption.replaceChildren(
-    element("span", { text: `${query.path}: ${query.n_slices} slice${query.n_slices === 1 ? "" : "s"}, predicted ` }), badge(query.alpha),
-    query.distorted ? element("p", { class: "error", text: `The query looks distorted (α above τ = ${query.tau}): matches may be unreliable.` }) : null);
+  caption.replaceChildren(element("span", {}, `${query.path}: ${query.n_slices} slice${query.n_slices === 1 ? "" : "s"}, predicted `, badge(query.alpha),
+    query.distorted ? element("p", { class: "error", text: `The query looks distorted (α above τ = ${query.tau}): matches may be unreliable.` }) : null));
 }
 
 function groupLabel(match) {
