@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from retrieval.checkpoint import DEFAULT_CHECKPOINT
 
 
 def latency_ms(search, queries: np.ndarray, warmup: int = 10) -> tuple[float, float]:  # type: ignore[no-untyped-def]
@@ -77,7 +80,7 @@ def bench_indexing(archive: Path, checkpoint: Path | None, batch_size: int, work
     import torch
 
     from indexer.pipeline import build_index, default_workers, model_threads
-    from retrieval.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
+    from retrieval.checkpoint import save_checkpoint
     from retrieval.io import Identity
     from retrieval.metric import DistortionAwareMetric
     from retrieval.model import DisentangledSiamese
@@ -263,6 +266,9 @@ def main() -> None:
     if args.archive is None:
         parser.error("give ARCHIVE or set RETRIEVAL_SAMPLE_ARCHIVE")
     archive = Path(args.archive).resolve()
+    snapshot = tempfile.TemporaryDirectory(prefix="bench-index-")  # a copy: the whole run measures one checkpoint
+    if args.checkpoint is not None or DEFAULT_CHECKPOINT.is_file():
+        args.checkpoint = Path(shutil.copy(args.checkpoint or DEFAULT_CHECKPOINT, Path(snapshot.name) / "checkpoint.pt"))
     print(f"# bench_index, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}\n")
     if not args.skip_indexing:
         bench_indexing(archive, args.checkpoint, args.batch_size, args.workers, args.size)

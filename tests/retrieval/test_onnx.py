@@ -29,12 +29,18 @@ QUERIES = [("ct/dcm_qa_ct/GE/12.dcm", None), (TCGA[1], None), ("mr/myops/102_C0.
 
 
 @pytest.fixture(scope="module")
-def slices(archive: Path) -> np.ndarray:
+def shipped() -> tuple[torch.nn.Module, dict]:
+    """The shipped checkpoint's model and config."""
+    return load_checkpoint(DEFAULT_CHECKPOINT)
+
+
+@pytest.fixture(scope="module")
+def slices(archive: Path, shipped) -> np.ndarray:  # type: ignore[no-untyped-def]
     """Preprocessed real CT and MR slices at the shipped checkpoint's input size."""
     identity = Identity(manifest=archive / "manifest.csv")
     chosen = [s for rel in ("ct/dcm_qa_ct/GE/12.dcm", TCGA[0], "mr/myops/101_C0.nii.gz", "mr/open_ms/patient01/study1_FLAIR.nii.gz")
               for s in read_path(archive / rel, identity)[:1]]
-    return np.stack([prepare(s.pixels, s.modality, 128, s.spacing) for s in chosen])
+    return np.stack([prepare(s.pixels, s.modality, shipped[1]["size"], s.spacing) for s in chosen])
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +63,12 @@ def backends(index_dir: Path):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("invariance", ["none", "d4"])
-def test_export_gives_the_torch_fp32_embeddings(slices: np.ndarray, index_dir: Path, tmp_path: Path, invariance: str) -> None:
-    checkpoint = DEFAULT_CHECKPOINT  # the shipped checkpoint has no invariance pooling; the index fixture exported it
-    if invariance == "d4":
-        model, config = load_checkpoint(DEFAULT_CHECKPOINT)
-        checkpoint = save_checkpoint(tmp_path / "d4.pt", model, {**config, "invariance": "d4"})
+def test_export_gives_the_torch_fp32_embeddings(slices: np.ndarray, shipped, tmp_path: Path, invariance: str) -> None:  # type: ignore[no-untyped-def]
+    model, config = shipped
+    checkpoint = save_checkpoint(tmp_path / f"{invariance}.pt", model, {**config, "invariance": invariance})
     sha = file_sha256(checkpoint)
-    metric = OnnxMetric(ensure_model(index_dir if invariance == "none" else tmp_path, checkpoint, sha))
-    assert metric.checkpoint_hash == sha and metric.size == 128
+    metric = OnnxMetric(ensure_model(tmp_path, checkpoint, sha))
+    assert metric.checkpoint_hash == sha and metric.size == config["size"]
     onnx = metric.embed(list(slices))
     model, _ = load_checkpoint(checkpoint)
     with torch.inference_mode():
