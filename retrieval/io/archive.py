@@ -128,7 +128,7 @@ def read_archive(
                 else:
                     frames.extend(header)
             elif kind in (NIFTI, ITK):
-                volumes = read_nifti(item, identity, slice_axis, limits) if kind == NIFTI else read_itk(item, identity, slice_axis)
+                volumes = (read_nifti if kind == NIFTI else read_itk)(item, identity, slice_axis, limits)
                 volumes = volumes if isinstance(volumes, list) else [volumes]
                 seen.update(os.path.realpath(f) for v in volumes if isinstance(v, Series) for f in v.files)  # data files a header names
                 yield from volumes

@@ -262,7 +262,12 @@ def _decode(path: str) -> tuple[Any, np.ndarray]:
     with quiet():
         ds = pydicom.dcmread(path, force=True)
         _assume_transfer_syntax(ds)
-        pixels = ds.pixel_array
+        try:
+            pixels = ds.pixel_array
+        except BaseException as exc:  # a Rust codec's panic (pylibjpeg-rle on a corrupt segment) is a BaseException
+            if type(exc).__name__ != "PanicException":
+                raise
+            raise ValueError(f"the decoder failed on corrupt data ({one_line(exc)})") from None
     count = _frame_count(ds)
     colour = int(ds.get("SamplesPerPixel") or 1) > 1
     if count == 1:

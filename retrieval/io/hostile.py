@@ -29,6 +29,18 @@ def _dicom(name: str, folder: Path, source: str, syntax: str | None = None, **at
     ds.save_as(folder / name, enforce_file_format=True)
 
 
+def _rle_overrun(name: str, folder: Path) -> None:
+    """pydicom's RLE MR with a frame whose runs decode past the frame's end (a panic in pylibjpeg-rle, a BaseException)."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.encaps import encapsulate
+
+    runs = b"\x81\x00" * 40  # 40 replicate runs of 128 bytes: 5,120 bytes into a 4,096-byte segment
+    ds = pydicom.dcmread(get_testdata_file("MR_small_RLE.dcm"))
+    ds.PixelData = encapsulate([struct.pack("<16I", 2, 64, 64 + len(runs), *[0] * 13) + runs + runs])
+    ds.save_as(folder / name, enforce_file_format=True)
+
+
 def _nifti(name: str, folder: Path, shape: tuple[int, ...], dtype: type, version: int = 1, data: bytes = b"") -> None:
     """A NIfTI header declaring `shape` and `dtype`, followed by `data` (nothing by default), gzipped for .gz names."""
     import nibabel as nib
@@ -38,6 +50,17 @@ def _nifti(name: str, folder: Path, shape: tuple[int, ...], dtype: type, version
     header.set_data_dtype(dtype)
     raw = header.binaryblock + b"\0" * 4 + data
     (folder / name).write_bytes(gzip.compress(raw, 9) if name.endswith(".gz") else raw)
+
+
+def _nrrd(name: str, folder: Path, sizes: tuple[int, int, int]) -> None:
+    """A gzip-encoded float NRRD written by SimpleITK (8×9×10 zeros) whose header is edited to declare `sizes`."""
+    import re
+
+    import SimpleITK as sitk
+
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((8, 9, 10), np.float32)), str(folder / name), useCompression=True)
+    head, body = (folder / name).read_bytes().split(b"\n\n", 1)
+    (folder / name).write_bytes(re.sub(rb"sizes: .*", b"sizes: " + " ".join(map(str, sizes)).encode(), head) + b"\n\n" + body)
 
 
 def _png(name: str, folder: Path, width: int, height: int) -> None:
@@ -50,17 +73,19 @@ def _png(name: str, folder: Path, width: int, height: int) -> None:
     (folder / name).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
 
 
-def _tiff_chain(name: str, folder: Path, pages: int) -> None:
-    """A TIFF of `pages` 1×1 pages: a chain of minimal IFDs sharing one pixel byte (about 100 bytes a page)."""
-    tags = [(256, 3, 1), (257, 3, 1), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, 8), (278, 3, 1), (279, 4, 1)]
-    size = 2 + 12 * len(tags) + 4
+def _tiff_chain(name: str, folder: Path, pages: int, sizes: dict[int, tuple[int, int]] | None = None, junk_tags: int = 0) -> None:
+    """A TIFF of `pages` pages, 1×1 unless `sizes` says (page → rows, cols): a chain of minimal IFDs sharing one pixel byte.
+
+    `junk_tags` unknown tags come first in every IFD (out of order, as a hostile file may put them)."""
     body = bytearray(b"II*\x00" + struct.pack("<I", 9) + b"\x80")  # header, then the shared pixel byte at offset 8
     for page in range(pages):
-        offset = 9 + page * size
+        rows, cols = (sizes or {}).get(page, (1, 1))
+        tags = [(1000 + i, 3, 0) for i in range(junk_tags)] + [
+            (256, 4, cols), (257, 4, rows), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, 8), (278, 4, rows), (279, 4, 1)]
         body += struct.pack("<H", len(tags))
         for tag, kind, value in tags:
             body += struct.pack("<HHII", tag, kind, 1, value)
-        body += struct.pack("<I", offset + size if page + 1 < pages else 0)
+        body += struct.pack("<I", len(body) + 4 if page + 1 < pages else 0)
     (folder / name).write_bytes(bytes(body))
 
 
@@ -96,10 +121,16 @@ SHAPES: dict[str, tuple[Callable[[str, Path], None], str]] = {
     "cube_512_float32.nii.gz": (lambda n, f: _nifti(n, f, (512, 512, 512), np.float32), "gzip-compressed"),
     "nifti2_100000x100000.nii": (lambda n, f: _nifti(n, f, (100_000, 100_000, 1), np.uint8, version=2), "--max-slice-pixels"),
     "nifti_512_cube_empty.nii": (lambda n, f: _nifti(n, f, (512, 512, 512), np.int16), "truncated"),
+    "nrrd_1024_cube_float.nrrd": (lambda n, f: _nrrd(n, f, (1024, 1024, 1024)), "--max-file-mb"),
+    "nrrd_512_cube_float_gzip.nrrd": (lambda n, f: _nrrd(n, f, (512, 512, 512)), "deflate-compressed"),
     "png_100000x100000.png": (lambda n, f: _png(n, f, 100_000, 100_000), "pixels"),
     "png_10000x10000.png": (lambda n, f: _png(n, f, 10_000, 10_000), "--max-slice-pixels"),
     "jpeg_65500x65500.jpg": (lambda n, f: _jpeg(n, f, 65_500, 65_500), "pixels"),
     "tiff_10001_pages.tif": (lambda n, f: _tiff_chain(n, f, 10_001), "--max-slices-per-file"),
+    # found by benchmarks/fuzz_readers.py: a later TIFF page far larger than the first (16,777,224 × 8 took 1.4 s and 0.7 GB)
+    "tiff_page_1_of_16777224x8.tif": (lambda n, f: _tiff_chain(n, f, 3, {1: (16_777_224, 8)}), "--max-slice-pixels"),
+    "rle_segment_overrun.dcm": (_rle_overrun, "decoder failed on corrupt data"),  # found by the fuzzer: escaped as a panic
+    "tiff_page_1_size_tags_late.tif": (lambda n, f: _tiff_chain(n, f, 2, {1: (16_777_224, 8)}, junk_tags=20), "page 1 of 16777224×8"),
 }
 
 

@@ -9,6 +9,7 @@ and each component of a non-colour vector image (e.g. diffusion gradients), is o
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -17,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from retrieval.io.identity import Identity
-from retrieval.io.nifti import cut_volume, geometry, slice_axis, volume_series
+from retrieval.io.limits import Limits, deflate_floor, short_of
+from retrieval.io.nifti import cut_volume, geometry, slice_axis, volume_cost, volume_series
 from retrieval.io.pixels import one_line, to_grey
 from retrieval.io.slices import Series, SeriesKey, Skipped, Slice
 
@@ -27,6 +29,7 @@ _DATA_FILE = re.compile(rb"^(?:data ?file:|ElementDataFile\s*=)\s*(\S.*?)\s*$", 
 _HEADER_BYTES = 65536
 _NRRD_MAGIC = b"NRRD000"
 _COLOUR_COMPONENTS = (3, 4)
+_BZIP2 = re.compile(rb"^encoding:\s*(bzip2|bz2)\s*$", re.MULTILINE)  # the one NRRD encoding that can expand past deflate's 1032x
 
 
 def data_files(path: Path) -> list[str]:
@@ -85,8 +88,25 @@ def _volumes(reader: Any, dims: int) -> tuple[int, bool]:
     return (1 if colour else components), colour
 
 
-def read_itk(path: Path, identity: Identity, axis: int | None = None) -> list[Series] | Skipped:
-    """Headers of an NRRD or MetaImage file as one Series per 3D volume, or the reason it cannot be used."""
+def _voxel_bytes(reader: Any) -> int:
+    """Bytes of one voxel, all components, as the header declares it."""
+    import SimpleITK as sitk
+
+    components = reader.GetNumberOfComponents()
+    return int(sitk.Image([1, 1], reader.GetPixelID(), components).GetSizeOfPixelComponent()) * components
+
+
+def _stored_problem(files: list[str], data_bytes: int) -> str | None:
+    """Refuse files that cannot hold the voxels their header declares: raw or deflated (gzip, zlib) at most 1032x; bzip2 unbounded."""
+    with open(files[0], "rb") as handle:
+        if _BZIP2.search(handle.read(_HEADER_BYTES)):
+            return None
+    held = sum(os.path.getsize(name) for name in files)
+    return short_of(data_bytes, deflate_floor(data_bytes), held, "raw or deflate-compressed (at most 1032× expansion)")
+
+
+def read_itk(path: Path, identity: Identity, axis: int | None = None, limits: Limits = Limits()) -> list[Series] | Skipped:
+    """Headers of an NRRD or MetaImage file as one Series per 3D volume, or the reason it cannot be used (limits included)."""
     try:
         reader = _reader(str(path))
         dims = reader.GetDimension()
@@ -95,8 +115,13 @@ def read_itk(path: Path, identity: Identity, axis: int | None = None) -> list[Se
         _, shape, zooms, _ = geometry(size, spacing, affine)
         slice_axis(shape, zooms, axis)  # a bad axis is this file's one-line reason
         files = data_files(path)
+        voxel = _voxel_bytes(reader)
     except Exception as exc:  # noqa: BLE001 - ITK raises RuntimeError with multi-line text on bad headers
         return Skipped(str(path), f"unreadable {_kind(path)} header: {one_line(exc)}")
+    data_bytes = math.prod(shape) * voxel * (volumes if dims == 4 else 1)  # a vector image's components are in `voxel`
+    reason = limits.refuse(volume_cost(shape, zooms, axis, volumes, voxel)) or _stored_problem(files, data_bytes)
+    if reason:
+        return Skipped(str(path), reason)
     return volume_series(path, files, volumes, shape, zooms, axis, identity, load_itk)
 
 

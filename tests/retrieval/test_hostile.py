@@ -1,0 +1,162 @@
+"""Hostile files: headers that declare huge or endless work are refused from the header, quickly, in little memory;
+a file that kills or stalls an index reader worker is recorded and skipped from then on."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from pydicom.data import get_testdata_file
+
+from indexer.quarantine import Quarantine
+from retrieval.io import Limits, Skipped, read_archive
+from retrieval.io.hostile import SHAPES, build, read_or_skip
+
+SECONDS_PER_FILE = 2.0  # the issue's bound per file, in CPU seconds (wall time on a shared machine measures the neighbours)
+SCAN_PEAK_MB = 1024  # the issue's bound for a process over the whole corpus
+INDEX_PEAK_MB = 1536  # index: torch, torchvision and the model alone take about 1 GiB (one legitimate file: 1.03 GB here)
+NO_LIMITS = Limits(max_slice_pixels=1 << 60, max_slices_per_file=1 << 60, max_file_mb=1 << 60)
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """Every hostile shape, built once: (folder, file name → a phrase its reason must contain)."""
+    folder = tmp_path_factory.mktemp("hostile")
+    return folder, build(folder)
+
+
+def run(command: list[str]) -> tuple[subprocess.CompletedProcess[str], float, float]:
+    """Run a command; return it with its CPU time (s) and the peak resident memory of its largest process (MiB)."""
+    with open(os.devnull, "w") as devnull, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=devnull, text=True, env=ENV) as child:
+        out = child.stdout.read()  # type: ignore[union-attr]
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+    return subprocess.CompletedProcess(command, child.returncode, out), usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
+def test_every_hostile_file_is_refused_from_its_header_with_its_reason(corpus: tuple[Path, dict[str, str]]) -> None:
+    folder, phrases = corpus
+    for name, phrase in phrases.items():
+        started = time.process_time()
+        outcomes = read_or_skip(folder / name)
+        seconds = time.process_time() - started
+        assert outcomes and all(o.startswith("skipped: ") and phrase in o for o in outcomes), (name, outcomes)
+        assert seconds < SECONDS_PER_FILE, (name, seconds)
+
+
+def test_raised_limits_still_refuse_what_the_file_cannot_hold(corpus: tuple[Path, dict[str, str]]) -> None:
+    """Past the limits, the second check holds: the declared pixels must fit the bytes under the file's encoding."""
+    folder, _ = corpus
+    expect = {"rle_30M_frames.dcm": "as RLE", "rle_65535x65535.dcm": "as RLE", "cube_1024_float32.nii.gz": "gzip-compressed",
+              "volumes_32767.nii.gz": "gzip-compressed", "j2k_8192_frames_of_8192.dcm": "encapsulated frames",
+              "native_30M_frames.dcm": "image attributes need", "nifti2_100000x100000.nii": "truncated"}
+    for name, phrase in expect.items():
+        started = time.process_time()
+        (item,) = read_archive([folder / name], limits=NO_LIMITS)
+        assert isinstance(item, Skipped) and phrase in item.reason, (name, item)
+        assert time.process_time() - started < SECONDS_PER_FILE, name
+
+
+def test_limits_refuse_real_files_above_them_and_name_the_option(tmp_path: Path) -> None:
+    frames = get_testdata_file("emri_small_RLE.dcm")  # a real 10-frame 64×64 RLE MR
+    assert len(read_or_skip(Path(frames))) == 10
+    (item,) = read_archive([frames], limits=Limits(max_slices_per_file=9))
+    assert item.reason == "10 slices in one file, above --max-slices-per-file 9"
+    (item,) = read_archive([frames], limits=Limits(max_slice_pixels=4095))
+    assert item.reason == "slices of 64×64 = 4,096 pixels, above --max-slice-pixels 4,095"
+    volume = tmp_path / "volume.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((256, 256, 64), np.float32), np.eye(4)), volume)  # 16 MiB of voxels, 16 of slices
+    (item,) = read_archive([volume], limits=Limits(max_file_mb=31))
+    assert item.reason == "decoding needs 32 MiB at once, above --max-file-mb 31"
+    assert len(read_or_skip(volume, Limits(max_file_mb=32))) == 64
+    with pytest.raises(ValueError, match="max-slices-per-file must be positive"):
+        Limits(max_slices_per_file=0)
+
+
+def test_a_truncated_nii_gz_is_refused_from_its_gzip_length(tmp_path: Path) -> None:
+    """A .nii.gz whose stream ends early (half its volume) is skipped at the header, not when its voxels are read."""
+    raw = nib.Nifti1Image(np.random.default_rng(0).integers(0, 4096, (64, 64, 64), np.int16), np.eye(4)).to_bytes()
+    (tmp_path / "half.nii.gz").write_bytes(gzip.compress(raw[: len(raw) // 2]))
+    (item,) = read_archive([tmp_path / "half.nii.gz"])
+    assert isinstance(item, Skipped) and item.reason == f"truncated: the header needs {len(raw):,} bytes, the gzip stream holds {len(raw) // 2:,}"
+
+
+def test_scan_skips_the_hostile_corpus_quickly_in_bounded_memory(corpus: tuple[Path, dict[str, str]]) -> None:
+    folder, phrases = corpus
+    done, seconds, peak = run([sys.executable, "-m", "retrieval.cli", "scan", "--json", str(folder)])
+    report = json.loads(done.stdout)
+    reasons = {Path(s["path"]).name: s["reason"] for s in report["skipped"]}
+    assert report["totals"]["series"] == 0 and set(reasons) == set(phrases)
+    assert all(phrase in reasons[name] for name, phrase in phrases.items())
+    assert peak < SCAN_PEAK_MB and seconds < 10 + SECONDS_PER_FILE * len(phrases), (peak, seconds)  # loosely: start-up + 2 s a file
+
+
+def _volume_4d(path: Path, volumes: int) -> Path:
+    """A gzipped 4D MR volume of zeros: reading volume k decompresses everything before it, so it takes a while."""
+    nib.save(nib.Nifti1Image(np.zeros((256, 256, 32, volumes), np.int16), np.eye(4)), path)
+    return path
+
+
+def _reader_of(index: Path, name: str) -> int | None:
+    """Pid of the reader worker whose journal says it is reading `name` now, if any."""
+    for journal in index.glob(".reading-*.json"):
+        try:
+            if name in journal.read_text():
+                return int(journal.stem.split("-")[-1])
+        except (OSError, ValueError):
+            continue  # finished and removed while we looked
+    return None
+
+
+def test_index_skips_hostile_files_and_records_files_that_kill_or_stall_a_reader(
+    tmp_path: Path, corpus: tuple[Path, dict[str, str]]
+) -> None:
+    """The hostile corpus is skipped file by file with its reasons. A reader worker killed from outside (as by the OOM
+    killer) and one stopped by the per-file time limit: the run goes on without the file, records it in
+    DIR/quarantine.json, and later runs skip it with its reason until the file changes."""
+    index, archive = tmp_path / "idx", tmp_path / "archive"
+    archive.mkdir()
+    slow = _volume_4d(archive / "slow.nii.gz", 8)
+    (archive / "ct.dcm").write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes())
+    folder, phrases = corpus
+    command = [sys.executable, "-m", "retrieval.cli", "index", str(archive), "--index", str(index), "--modality", "MR",
+               "--workers", "1", "--json"]
+    with subprocess.Popen(command + [str(folder)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV) as child:
+        deadline = time.monotonic() + 300
+        while (worker := _reader_of(index, slow.name)) is None:
+            assert child.poll() is None and time.monotonic() < deadline, "the slow volume was never read"
+            time.sleep(0.002)
+        os.kill(worker, 9)  # the reader worker this test's index run started
+        first = json.loads(child.stdout.read())  # type: ignore[union-attr]
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+    assert child.returncode == 0
+    with sqlite3.connect(index / "catalog.sqlite") as db:
+        assert [Path(p).name for (p,) in db.execute("SELECT path FROM slices")] == ["ct.dcm"]  # the 4D file left nothing
+    reasons = {s["path"]: s["reason"] for s in first["skipped"]}
+    assert reasons[str(slow)].startswith("a reader worker died reading it (DataLoader worker (pid") and str(worker) in reasons[str(slow)]
+    assert list(json.loads((index / "quarantine.json").read_text())["files"]) == [str(slow)]
+    assert all(phrase in reasons[str(folder / name)] for name, phrase in phrases.items())
+    seconds, peak = usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+    assert peak < INDEX_PEAK_MB and seconds < 30 + SECONDS_PER_FILE * len(phrases), (peak, seconds)
+
+    stalled = _volume_4d(archive / "stalled.nii.gz", 1)
+    second = json.loads(run(command + ["--max-seconds-per-file", "0.001"])[0].stdout)
+    reasons = {s["path"]: s["reason"] for s in second["skipped"]}
+    assert "per-file time limit (0.001 s for 1 file(s))" in reasons[str(stalled)]
+    assert "(recorded " in reasons[str(slow)] and "a reader worker died" in reasons[str(slow)]  # not read again
+    assert second["slices_added"] == 0 and second["series_unchanged"] == 1
+    quarantine = Quarantine(index)
+    assert quarantine.reason([str(stalled)]) and quarantine.reason([str(archive / "ct.dcm")]) is None
+    os.utime(stalled, ns=(0, 0))
+    assert quarantine.reason([str(stalled)]) is None  # a changed file is tried again
