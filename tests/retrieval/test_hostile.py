@@ -10,11 +10,15 @@ import sqlite3
 import subprocess
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 
 from indexer.quarantine import Quarantine
@@ -160,3 +164,42 @@ def test_index_skips_hostile_files_and_records_files_that_kill_or_stall_a_reader
     assert quarantine.reason([str(stalled)]) and quarantine.reason([str(archive / "ct.dcm")]) is None
     os.utime(stalled, ns=(0, 0))
     assert quarantine.reason([str(stalled)]) is None  # a changed file is tried again
+
+
+# Structure-aware fuzzing of header numbers (hypothesis), next to the byte-level fuzzing of benchmarks/fuzz_readers.py.
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(source=st.sampled_from(["CT_small.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm", "SC_rgb_small_odd.dcm"]),
+       rows=st.integers(0, 65535), cols=st.integers(0, 65535), frames=st.integers(0, 10**9),
+       bits=st.sampled_from([0, 1, 8, 16, 32, 64, 255]), samples=st.integers(0, 8))
+def test_any_dicom_header_numbers_are_read_or_skipped_cheaply(tmp_path: Path, source: str, rows: int, cols: int, frames: int,
+                                                              bits: int, samples: int) -> None:
+    ds = pydicom.dcmread(get_testdata_file(source))
+    ds.Rows, ds.Columns, ds.NumberOfFrames, ds.BitsAllocated, ds.SamplesPerPixel = rows, cols, frames, bits, samples
+    path = tmp_path / "header.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    _cheaply_read_or_skipped(path)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(dims=st.lists(st.integers(0, 32767), min_size=1, max_size=5), dtype=st.sampled_from([np.uint8, np.int16, np.float32, np.float64]),
+       data=st.integers(0, 4096), gz=st.booleans())
+def test_any_nifti_header_numbers_are_read_or_skipped_cheaply(tmp_path: Path, dims: list[int], dtype: type, data: int, gz: bool) -> None:
+    header = nib.Nifti1Header()
+    header.set_data_dtype(dtype)
+    header["dim"][: len(dims) + 1] = [len(dims), *dims]  # any numbers, as a file can hold them
+    raw = header.binaryblock + b"\0" * 4 + np.random.default_rng(data).bytes(data)
+    path = tmp_path / ("header.nii.gz" if gz else "header.nii")
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    _cheaply_read_or_skipped(path)
+
+
+def _cheaply_read_or_skipped(path: Path) -> None:
+    """The reader contract on one file, within the per-file CPU bound and 1 GiB of traced allocations (numpy's included)."""
+    tracemalloc.start()
+    started = time.process_time()
+    try:
+        assert read_or_skip(path)
+        assert time.process_time() - started < SECONDS_PER_FILE
+        assert tracemalloc.get_traced_memory()[1] < SCAN_PEAK_MB * 2**20
+    finally:
+        tracemalloc.stop()
