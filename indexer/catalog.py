@@ -4,22 +4,34 @@ Each slice row keeps its anatomy vector, so the FAISS index is a cache that can 
 brought back in line with the catalog (see `indexer.directory`). A series row says whether all
 of its slices were committed (`complete`); an incomplete series is redone on the next run.
 Row ids are AUTOINCREMENT, so an id is never reused after a delete: FAISS ids stay unambiguous.
+Readers (search, info, qc) open the file read-only and never create tables; a missing, empty,
+truncated or damaged file is a CatalogError that names the file and how to recover. Everything
+SQLite-specific (URLs from paths, pragmas, read-only opening, file checks) is in `_sqlite_engine`.
 """
 
 from __future__ import annotations
 
+import os
+import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import quote
 
 import numpy as np
 from sqlalchemy import Boolean, Float, ForeignKey, Integer, LargeBinary, String, create_engine, delete, event, func, insert, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import URL, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 T = TypeVar("T")
 CHUNK = 20_000  # ids per IN (...) clause, below SQLite's bound-parameter limit
+SQLITE_MAGIC = b"SQLite format 3\x00"
+TABLES = ("series", "slices")
+
+
+class CatalogError(ValueError):
+    """The catalog file is missing, empty, truncated, damaged or not a catalog of this tool."""
 
 
 class Base(DeclarativeBase):
@@ -104,16 +116,63 @@ class SliceInfo:
     alpha: float
 
 
-def _sqlite_pragmas(engine: Engine) -> None:
-    """WAL journal (a killed writer never corrupts the file), foreign keys on."""
+def _damaged(path: Path, why: str) -> CatalogError:
+    """The one-line error for an unusable catalog file, with the way to recover."""
+    return CatalogError(f"{path}: {why}; `retrieval index ARCHIVE --index {path.parent}` sets it aside and rebuilds the index")
 
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
+
+def _check_sqlite_file(path: Path) -> None:
+    """Refuse a missing, empty, non-SQLite or truncated file before SQLite sees it (it would take an empty file as a new database)."""
+    if not path.is_file():
+        raise _damaged(path, "missing")
+    size = path.stat().st_size
+    if size == 0:
+        raise _damaged(path, "empty (0 bytes)")
+    with open(path, "rb") as handle:
+        header = handle.read(100)
+    if not header.startswith(SQLITE_MAGIC) or len(header) < 100:
+        raise _damaged(path, "not an SQLite database")
+    page_size = int.from_bytes(header[16:18], "big") or 65_536  # 1 means 65,536
+    pages, changes, valid_for = (int.from_bytes(header[o : o + 4], "big") for o in (28, 24, 92))
+    if changes == valid_for and pages * (65_536 if page_size == 1 else page_size) > size:
+        raise _damaged(path, f"truncated ({size} of {pages * page_size} bytes)")
+
+
+def _readonly_storage(folder: Path) -> bool:
+    """True when nothing can be created in the folder (a read-only mount, an immutable folder), even as root."""
+    return not os.access(folder, os.W_OK) or bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+
+
+def _sqlite_engine(path: Path, readonly: bool) -> Engine:
+    """An engine on an SQLite file. Writers: WAL journal, foreign keys. Readers: `mode=ro`, and `immutable=1`
+    on read-only storage unless a WAL file holds changes (then SQLite reads it read-only)."""
+    path = path.absolute()
+    if not readonly:
+        engine = create_engine(URL.create("sqlite", database=str(path)))  # any path, '?' and '#' included, stays a file name
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")  # a killed writer never corrupts the file
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+    else:
+        _check_sqlite_file(path)
+        wal = path.with_name(path.name + "-wal")
+        frozen = _readonly_storage(path.parent) and not (wal.is_file() and wal.stat().st_size)
+        uri = f"file:{quote(str(path))}?mode=ro" + ("&immutable=1" if frozen else "")
+        engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False))
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context) -> Exception | None:  # type: ignore[no-untyped-def]
+        error = context.original_exception
+        message = str(error)
+        if isinstance(error, sqlite3.DatabaseError) and not any(w in message for w in ("locked", "busy", "readonly")):
+            return _damaged(path, f"unreadable ({message})")
+        return None
+
+    return engine
 
 
 def _chunks(values: Iterable[T] | np.ndarray) -> Iterator[list[T]]:
@@ -124,17 +183,33 @@ def _chunks(values: Iterable[T] | np.ndarray) -> Iterator[list[T]]:
 
 
 class Catalog:
-    """The SQLite catalog of one index directory."""
+    """The SQLite catalog of one index directory (read-only for readers: no tables created, nothing written)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, readonly: bool = False) -> None:
         self.path = Path(path)
-        self.engine = create_engine(f"sqlite:///{self.path}")
-        _sqlite_pragmas(self.engine)
-        Base.metadata.create_all(self.engine)
+        self.readonly = readonly
+        self.engine = _sqlite_engine(self.path, readonly)
+        try:
+            if not readonly:
+                Base.metadata.create_all(self.engine)
+            with self.engine.connect() as connection:
+                found = set(connection.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'table'").scalars())
+        except BaseException:
+            self.engine.dispose()
+            raise
+        if not set(TABLES) <= found:
+            self.engine.dispose()
+            raise _damaged(self.path, f"not a catalog of this tool (no {' or '.join(sorted(set(TABLES) - found))} table)")
 
     def close(self) -> None:
         """Release the database connections."""
         self.engine.dispose()
+
+    def verify(self) -> str:
+        """SQLite's quick_check over every page ("" when sound): builders run it before trusting the file."""
+        with self.engine.connect() as connection:
+            problems = [row for row in connection.exec_driver_sql("PRAGMA quick_check").scalars() if row != "ok"]
+        return "; ".join(problems[:3])
 
     def series_states(self) -> dict[str, tuple[str, bool]]:
         """series key → (checksum, complete) for every recorded series."""

@@ -3,21 +3,24 @@
 Write order makes every crash recoverable: the manifest is written before anything else; catalog
 batches commit atomically (rows with their vectors); the FAISS file is only ever replaced whole.
 So the catalog is always right and the FAISS file at worst stale: on open, ids the catalog lacks
-are removed from the index and rows the index lacks are added back from the stored vectors.
-Writers (index, remove) hold an exclusive lock on DIR/.lock; readers need none (SQLite WAL).
+are removed from the index and rows the index lacks are added back from the stored vectors, and a
+FAISS file that is not what the catalog describes is rebuilt from it (indexer/integrity.py).
+Writers (index, remove) hold an exclusive lock on DIR/.lock; readers need none (SQLite WAL) and
+open the catalog read-only, so an index on read-only storage can be searched.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from indexer.ann import REBUILD_TOMBSTONES, RecallProbe, build_hnsw, choose_kind, tune_hnsw
 from indexer.catalog import Catalog
+from indexer.integrity import load_store, open_catalog
 from indexer.manifest import MANIFEST_NAME, Manifest, read_manifest, write_manifest
 from indexer.store import IVFPQ_MIN_VECTORS, REFINE, VectorStore, build_ivfpq, recall_at_k
 
@@ -32,13 +35,22 @@ class Repair:
 
     added: int = 0
     removed: int = 0
+    rebuilt: str = ""  # why vectors.faiss was rebuilt from the catalog ("" when it was used as it is)
 
     def __bool__(self) -> bool:
-        return bool(self.added or self.removed)
+        return bool(self.added or self.removed or self.rebuilt)
 
 
-class IndexBusy(RuntimeError):
+class IndexUnavailable(RuntimeError):
+    """The index directory cannot be written now: another writer holds it, or its storage is read-only."""
+
+
+class IndexBusy(IndexUnavailable):
     """Another process is writing to the index directory."""
+
+
+class IndexReadOnly(IndexUnavailable):
+    """The index directory is on storage this process cannot write."""
 
 
 class IndexDirectory:
@@ -51,11 +63,14 @@ class IndexDirectory:
         self.store = store
         self.lock_fd = lock
         self.repair = Repair()
+        self.notes: list[str] = []  # one line each about what opening changed (a rebuilt store, a catalog set aside)
 
     @classmethod
     def open(cls, path: str | Path, expected: Manifest | None = None, writable: bool = False) -> "IndexDirectory":
         """Open DIR (creating it from `expected` when it has no manifest), check it matches, repair the index."""
         path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise FileNotFoundError(f"{path}: a file, not an index folder; give --index a folder")
         manifest = read_manifest(path) if path.is_dir() else None
         if manifest is None and expected is None:
             raise FileNotFoundError(f"{path}: no index here (no manifest.json); build one with `retrieval index ARCHIVE --index {path}`")
@@ -65,14 +80,18 @@ class IndexDirectory:
             manifest.check(path, expected.checkpoint_sha256, expected.checkpoint_path, expected.preprocessing)
         lock = None
         if writable:
-            path.mkdir(parents=True, exist_ok=True)
             lock = _lock(path)
         try:
             if manifest is None:
                 manifest = expected
                 write_manifest(path, manifest)
-            directory = cls(path, manifest, Catalog(path / CATALOG_NAME), _load_store(path / STORE_NAME, manifest.embedding_size), lock)
-            directory.repair = directory.sync()
+            catalog, reset = open_catalog(path / CATALOG_NAME, writable, rebuild=expected is not None)
+            store, why = load_store(path / STORE_NAME, manifest.embedding_size, manifest.store.get("digest"), catalog)
+            directory = cls(path, manifest, catalog, store, lock)
+            directory.repair = replace(directory.sync(), rebuilt=why)
+            directory.notes = [note for note in (reset, why and directory._rebuilt_note(why)) if note]
+            if why:
+                manifest.index.update(kind=store.kind)  # an IVF-PQ store comes back exact; `index` retrains it
             if directory.repair and writable:
                 directory.save()
         except BaseException:
@@ -95,7 +114,13 @@ class IndexDirectory:
         if self.lock_fd is None:
             raise RuntimeError(f"{self.path}: opened read-only")
         self.store.save(self.path / STORE_NAME)
+        self.manifest.store = {"digest": self.store.digest(), "vectors": len(self.store), "kind": self.store.kind}
         write_manifest(self.path, self.manifest)
+
+    def _rebuilt_note(self, why: str) -> str:
+        """The line that says the FAISS file was rebuilt from the catalog, and whether that was saved."""
+        kept = "and saved" if self.lock_fd is not None else "for this run (the next `retrieval index` or `remove` saves it)"
+        return f"{self.path / STORE_NAME}: {why}; rebuilt from the catalog ({len(self.store)} vectors) {kept}"
 
     def remove_patient(self, patient_id: str) -> int:
         """Delete a patient's rows (one transaction), drop their vectors and save; return slices removed."""
@@ -172,7 +197,7 @@ class IndexDirectory:
             path = ensure_model(self.path, source, sha)
         except FileNotFoundError:
             raise FileNotFoundError(f"{source}: checkpoint not found (this index was built with {sha[:12]}); pass --checkpoint") from None
-        except PermissionError as exc:
+        except OSError as exc:  # PermissionError, or EROFS on a read-only mount
             warnings.warn(f"{self.path}: cannot write the ONNX export ({exc.strerror}); using the torch model", stacklevel=2)
             return self.metric(checkpoint, device)
         metric = OnnxMetric(path)
@@ -195,7 +220,11 @@ class IndexDirectory:
 
 def _lock(path: Path) -> int:
     """Take DIR's exclusive writer lock (released by the OS even on kill -9)."""
-    fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise IndexReadOnly(f"{path}: cannot write here ({exc.strerror}); searches work, to change the index copy it to writable storage") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -203,14 +232,3 @@ def _lock(path: Path) -> int:
         raise IndexBusy(f"{path}: another `retrieval index` or `remove` is writing this index; wait for it to finish") from None
     return fd
 
-
-def _load_store(path: Path, dim: int) -> VectorStore:
-    """The saved FAISS store, or an empty one when the file is missing or unreadable (sync then refills it)."""
-    if path.is_file():
-        try:
-            store = VectorStore.load(path)
-            if store.dim == dim:
-                return store
-        except (RuntimeError, ValueError):
-            pass  # a damaged cache: rebuilt from the catalog's vectors below
-    return VectorStore.empty(dim)

@@ -1,4 +1,9 @@
-"""DIR/manifest.json: what an index was built with, so a different checkpoint or preprocessing is refused."""
+"""DIR/manifest.json: what an index was built with, so a different checkpoint or preprocessing is refused.
+
+It also records the digest of the FAISS store at its last save (see indexer/integrity.py). The
+checkpoint's config is copied without patient identifiers: only keyed digests (config["patients"])
+and counts travel into an index; a legacy list of raw validation patient ids is dropped.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from typing import Any
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
+RAW_PATIENT_KEYS = ("validation_patients",)  # legacy checkpoint config entries that list raw patient ids
 
 
 class IndexMismatch(ValueError):
@@ -28,6 +34,15 @@ def preprocessing(size: int) -> dict[str, Any]:
         "mr_percentiles": list(preprocess.MR_PERCENTILES),
         "empty_rule": {"ct_foreground_hu": preprocess.CT_FOREGROUND_HU, "mr_foreground_fraction": preprocess.MR_FOREGROUND_FRACTION, "min_foreground": preprocess.MIN_FOREGROUND},
     }
+
+
+def without_patient_ids(config: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint config as an index may copy it: raw patient id lists replaced by their counts."""
+    clean = {k: v for k, v in config.items() if k not in RAW_PATIENT_KEYS}
+    for key in RAW_PATIENT_KEYS:
+        if isinstance(config.get(key), list):
+            clean[f"{key}_count"] = len(config[key])
+    return clean
 
 
 def versions() -> dict[str, str]:
@@ -54,6 +69,10 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=versions)
     format: int = FORMAT_VERSION
     updated: str = ""
+    store: dict[str, Any] = field(default_factory=dict)  # the FAISS file at its last save: digest, vectors, kind
+
+    def __post_init__(self) -> None:
+        self.checkpoint_config = without_patient_ids(self.checkpoint_config)  # also cleans manifests written before
 
     def check(self, directory: Path, checkpoint_sha256: str, checkpoint_path: str, preprocessing: dict[str, Any]) -> None:
         """Raise IndexMismatch unless this checkpoint and preprocessing are the ones the index was built with."""

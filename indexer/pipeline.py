@@ -3,7 +3,7 @@
 Incremental: a series (a DICOM series or one volume) is keyed by its id and path and fingerprinted
 by its files' SHA-256 plus its patient/modality; a complete series with the same fingerprint is
 skipped, a changed or incomplete one is deleted and redone, one that left the scanned folders (or the disk) is
-deleted. Crash-safe: each batch of slices commits in one catalog transaction with its vectors, and
+kept and reported as missing until `prune` removes it (indexer/prune.py). Crash-safe: each batch of slices commits in one catalog transaction with its vectors, and
 the series' `complete` flag commits with its last slice; the FAISS file is a cache that
 `IndexDirectory.open` repairs from the catalog (see indexer/directory.py).
 """
@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from indexer.catalog import SeriesRecord, SliceRecord
 from indexer.directory import IndexDirectory
 from indexer.manifest import new_manifest
+from indexer.prune import check_prune, missing_series
 from indexer.quarantine import Quarantine, Watchdog
 from indexer.ann import INDEX_TYPES
 from retrieval import __version__
@@ -70,12 +71,13 @@ class Chunk:
 
 @dataclass
 class Plan:
-    """What a run has to do: series to embed, series unchanged, stale series to delete, unusable files."""
+    """What a run has to do: series to embed, series unchanged, stale series to redo, series gone missing, unusable files."""
 
     jobs: list[Job]
     unchanged: int
     stale: list[str]
     skipped: list[Skipped]
+    missing: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -84,7 +86,8 @@ class IndexReport:
 
     series_indexed: int = 0
     series_unchanged: int = 0
-    series_removed: int = 0
+    series_removed: int = 0  # missing series pruned
+    series_missing: list[str] = field(default_factory=list)  # paths of missing series kept (no --prune)
     slices_added: int = 0
     slices_removed: int = 0
     slices_empty: int = 0
@@ -92,6 +95,7 @@ class IndexReport:
     seconds: float = 0.0
     seconds_embedding: float = 0.0
     index: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what opening the index repaired (a rebuilt store, a catalog set aside)
 
     @property
     def slices_per_s(self) -> float:
@@ -117,14 +121,9 @@ def _fingerprint(series: Series, sums: dict[str, str]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _under(path: str, roots: Sequence[str]) -> bool:
-    """True when path is one of the roots or inside one."""
-    return any(path == root or path.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
-
-
 def plan(paths: Sequence[str | Path], identity: Identity, states: dict[str, tuple[str, bool]], recorded: dict[str, str],
          limits: Limits | None = None, quarantine: Quarantine | None = None) -> Plan:
-    """Read headers and checksums; split series into to-do and unchanged; list stale catalog series."""
+    """Read headers and checksums; split series into to-do and unchanged; list stale and missing catalog series."""
     series_list: list[Series] = []
     skipped: list[Skipped] = []
     held_keys: set[str] = set()  # quarantined series: their rows go, and they are not missing
@@ -153,10 +152,8 @@ def plan(paths: Sequence[str | Path], identity: Identity, states: dict[str, tupl
         if states.get(record.key) != (record.checksum, True):
             jobs.append(Job(series, record, own))
     todo = {job.record.key for job in jobs}
-    roots = [os.path.abspath(p) for p in paths]
-    gone = [key for key in states if key not in seen and (_under(recorded[key], roots) or not os.path.exists(recorded[key]))]
-    stale = [key for key in states if key in todo or key in held_keys] + gone
-    return Plan(jobs, len(seen) - len(todo), stale, skipped)
+    missing = missing_series({key: recorded[key] for key in states}, seen | held_keys, paths)
+    return Plan(jobs, len(seen) - len(todo), [key for key in states if key in todo or key in held_keys], skipped, missing)
 
 
 def _series_chunks(job: Job, size: int, chunk: int, watchdog: Watchdog | None = None) -> Iterator[Chunk]:
@@ -253,17 +250,24 @@ def index_archive(
     progress: Callable[[int], Progress] | None = None,
     save_every: float = SAVE_EVERY_S,
     limits: Limits | None = None,
+    prune: bool = False,
+    force: bool = False,
 ) -> IndexReport:
-    """Bring DIR in line with the archive: embed new/changed series, delete stale ones, save the index."""
+    """Bring DIR in line with the archive: embed new/changed series, redo stale ones, prune missing ones if asked, save."""
     started = time.perf_counter()
     catalog, store = directory.catalog, directory.store
     limits, quarantine = limits or Limits(), Quarantine(directory.path)
     quarantine.collect()  # a file that outlived the time limit in a killed run's main process
-    work = plan(paths, identity, catalog.series_states(), catalog.series_paths(), limits, quarantine)
-    report = IndexReport(series_unchanged=work.unchanged, skipped=list(work.skipped))
-    removed = catalog.delete_series(work.stale)
+    recorded = catalog.series_paths()
+    work = plan(paths, identity, catalog.series_states(), recorded, limits, quarantine)
+    if prune:
+        check_prune(work.missing, recorded, paths, force)
+    pruned = work.missing if prune else []
+    report = IndexReport(series_unchanged=work.unchanged, skipped=list(work.skipped), notes=list(directory.notes),
+                         series_missing=sorted(recorded[key] for key in work.missing if not prune))
+    removed = catalog.delete_series(work.stale + pruned)
     store.remove(removed)
-    report.series_removed, report.slices_removed = len(work.stale), len(removed)
+    report.series_removed, report.slices_removed = len(pruned), len(removed)
     records = {job.record.key: job for job in work.jobs}
     advance = progress(sum(job.series.n_slices for job in work.jobs)) if progress else (lambda n: None)
     loader = DataLoader(SeriesDataset(work.jobs, metric.size, batch_size, Watchdog(directory.path, limits.seconds_per_file)), batch_size=None, num_workers=workers, collate_fn=_keep,
@@ -322,10 +326,11 @@ def progress_bar(enabled: bool = True) -> Iterator[Callable[[int], Progress]]:
         def render(self, task: Any) -> Text:
             return Text(f"{task.speed or 0.0:.1f} slices/s")
 
-    with RichProgress(TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), Rate(), TimeRemainingColumn(),
-                      console=Console(stderr=True), disable=not enabled) as bar:
+    with ExitStack() as stack:  # the bar appears only once work starts: a run refused before it prints nothing else
 
         def start(total: int) -> Progress:
+            bar = stack.enter_context(RichProgress(TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), Rate(), TimeRemainingColumn(),
+                                                   console=Console(stderr=True), disable=not enabled))
             task = bar.add_task("indexing", total=total)
             return lambda n: bar.advance(task, n)
 
@@ -344,8 +349,11 @@ def build_index(
     kind: str = "auto",
     show_progress: bool = True,
     limits: Limits | None = None,
+    prune: bool = False,
+    force: bool = False,
+    save_every: float = SAVE_EVERY_S,
 ) -> IndexReport:
-    """Load the checkpoint, open (or create) DIR for it and index the archive into it.
+    """Load the checkpoint, open (or create) DIR for it and index the archive into it (`prune`: remove missing series).
 
     When a reader worker dies (a codec crash, the OOM killer, the per-file time limit), the files it was reading
     are quarantined (indexer/quarantine.py) and the run starts over without them: done series stay done.
@@ -366,7 +374,7 @@ def build_index(
             try:
                 with IndexDirectory.open(index_dir, expected, writable=True) as directory, progress_bar(show_progress) as progress:
                     return index_archive(paths, directory, metric, identity, batch_size=batch_size, workers=workers, kind=kind,
-                                         progress=progress, limits=limits)
+                                         progress=progress, limits=limits, prune=prune, force=force, save_every=save_every)
             except RuntimeError as exc:  # a dead DataLoader worker; anything else is re-raised
                 if not Quarantine(index_dir).collect(exc):
                     raise
@@ -385,8 +393,20 @@ def model_threads(workers: int) -> int:
     return max(1, len(os.sched_getaffinity(0)) - workers)
 
 
+def print_warnings(report: IndexReport) -> None:
+    """What opening the index repaired, and the missing series kept, on stderr."""
+    import sys
+
+    for note in report.notes:
+        print(f"warning: {note}", file=sys.stderr)
+    if report.series_missing:
+        print(f"warning: {len(report.series_missing)} indexed series are missing (first: {report.series_missing[0]}); "
+              "kept in the index: `retrieval index ... --prune` removes them", file=sys.stderr)
+
+
 def print_report(report: IndexReport, shown: int = 10) -> None:
-    """Human summary of a run on stdout, skipped files (first few) with their reasons."""
+    """Human summary of a run on stdout, skipped files (first few) with their reasons; warnings on stderr."""
+    print_warnings(report)
     print(f"indexed {report.series_indexed} series ({report.slices_added} slices, {report.slices_per_s:.1f} slices/s), "
           f"{report.series_unchanged} unchanged, {report.series_removed} removed ({report.slices_removed} slices); "
           f"{report.slices_empty} empty slices not indexed; index {report.index.get('kind', '?')}"

@@ -1,20 +1,30 @@
 """The FAISS store: anatomy vectors (unit norm, so inner product = cosine) keyed by catalog row id.
 
-Exact search (IndexFlatIP) is the default. IVF-PQ is the option for large archives: it is
-trained on a sample of the vectors and reports its recall@10 against exact search.
-Both sit inside an IndexIDMap2 so ids are the catalog's ids and can be removed.
+Exact search (IndexFlatIP inside an IndexIDMap2, so ids are the catalog's) is the default. IVF-PQ
+is the option for large archives: it is trained on a sample of the vectors, keeps the catalog ids
+in its own inverted lists (IndexIDMap2 renumbers rows on removal, which IVF does not: ids would
+drift) and reports its recall@10 against exact search.
+
+A store file is read with every length it declares bounded by the file's own size (a corrupt
+header never allocates gigabytes), and its content has a digest the catalog can reproduce:
+the stored code of every vector (the float32 vector itself, or IVF list + PQ code) is what
+`encode` makes of the catalog's vector, so a damaged or rewritten file is detected and rebuilt.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
+
+from indexer.faults import crash_point
 
 KINDS = ("flat", "ivfpq", "hnsw")
 FILTERED_EXACT = 20_000  # an HNSW search allowed at most this many ids scans them exactly (a graph walk would miss them)
@@ -24,6 +34,11 @@ RECALL_QUERIES = 500
 REFINE = 10  # IVF-PQ shortlist size per wanted result, re-scored with the exact vectors
 VectorLookup = Callable[[np.ndarray], np.ndarray]  # sorted ids → their full vectors, row-aligned
 KMEANS_ITERATIONS = 10  # for the coarse and the PQ codebooks: 2.5× faster to train than faiss' 25, recall within 0.01
+INDEX_HEADER = struct.Struct("<4siqqq?i")  # faiss: fourcc, d, ntotal, two dummies, is_trained, metric type
+
+
+class StoreError(ValueError):
+    """A store file that cannot be used as it is (damaged, truncated, another kind or size); the catalog rebuilds it."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,49 @@ def _flat(dim: int) -> faiss.IndexIDMap2:
     return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
 
 
+def _check_header(path: Path, size: int, dim: int) -> None:
+    """Refuse a file whose header is not a store of this size: the flat layout's length is known exactly."""
+    with open(path, "rb") as handle:
+        head = handle.read(2 * INDEX_HEADER.size + 8)
+    if len(head) < INDEX_HEADER.size:
+        raise StoreError(f"{size} bytes, too short for a FAISS header")
+    fourcc, d, ntotal, _, _, _, metric = INDEX_HEADER.unpack_from(head)
+    if fourcc not in (b"IxM2", b"IwPQ") or metric != faiss.METRIC_INNER_PRODUCT:
+        raise StoreError(f"not a store of this tool (FAISS type {fourcc!r}, metric {metric})")
+    if d != dim or ntotal < 0:
+        raise StoreError(f"holds {ntotal} vectors of {d} values, the index uses {dim}")
+    if fourcc == b"IwPQ":
+        if ntotal * 8 > size:
+            raise StoreError(f"declares {ntotal} vectors, more than its {size} bytes can hold")
+        return
+    if head[INDEX_HEADER.size : INDEX_HEADER.size + 4] == b"IHNf":
+        return  # HNSW: the graph's size varies; the bounded read limits what it may allocate
+    if len(head) < 2 * INDEX_HEADER.size + 8 or head[INDEX_HEADER.size : INDEX_HEADER.size + 4] != b"IxFI":
+        raise StoreError(f"{size} bytes, not an exact inner-product store")
+    (declared,) = struct.unpack_from("<Q", head, 2 * INDEX_HEADER.size)  # float32 values of the vectors
+    expected = 2 * INDEX_HEADER.size + 8 + 4 * declared + 8 + 8 * ntotal
+    if declared != ntotal * dim or expected != size:
+        raise StoreError(f"declares {ntotal} vectors ({_bytes(4 * declared)} of vectors) but the file has {_bytes(size)}")
+
+
+def _bytes(n: int) -> str:
+    """A byte count for messages."""
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n} bytes"
+
+
+def _read_bounded(path: Path, size: int) -> faiss.Index:
+    """faiss.read_index with every vector it declares, and every list count, bounded by the file's size."""
+    limits = faiss.get_deserialization_vector_byte_limit(), faiss.get_deserialization_loop_limit()
+    faiss.set_deserialization_vector_byte_limit(size + 1)
+    faiss.set_deserialization_loop_limit(max(1, size // 8))
+    try:
+        # IVF-PQ's precomputed table is rebuilt after the checks (a no-op for inner product), not sized by the file
+        return faiss.read_index(str(path), faiss.IO_FLAG_SKIP_PRECOMPUTE_TABLE)
+    finally:
+        faiss.set_deserialization_vector_byte_limit(limits[0])
+        faiss.set_deserialization_loop_limit(limits[1])
+
+
 def _ids(ids: np.ndarray) -> np.ndarray:
     """Ids as the contiguous int64 array FAISS wants."""
     return np.ascontiguousarray(ids, dtype=np.int64)
@@ -69,9 +127,9 @@ def _vectors(vectors: np.ndarray) -> np.ndarray:
 
 
 class VectorStore:
-    """A FAISS IndexIDMap2 (exact or IVF-PQ) with atomic save and id-filtered search."""
+    """Catalog-id-keyed vectors (IndexIDMap2 over exact IP, or IVF-PQ with its own ids): atomic save, id-filtered search."""
 
-    def __init__(self, index: faiss.IndexIDMap2) -> None:
+    def __init__(self, index: faiss.Index) -> None:
         self.index = index
         self.deleted = np.zeros(0, np.int64)  # HNSW only: ids removed since the graph was built, filtered out of searches
 
@@ -81,17 +139,33 @@ class VectorStore:
         return cls(_flat(dim))
 
     @classmethod
-    def load(cls, path: str | Path) -> "VectorStore":
-        """Read a store written by `save`."""
-        index = faiss.read_index(str(path))
-        if not isinstance(index, faiss.IndexIDMap2):
-            raise ValueError(f"{path}: not an id-mapped FAISS index")
+    def load(cls, path: str | Path, dim: int) -> "VectorStore":
+        """Read a store written by `save`, refusing (StoreError) anything else before it can allocate beyond the file."""
+        path = Path(path)
+        size = path.stat().st_size
+        _check_header(path, size, dim)
+        try:
+            index = _read_bounded(path, size)  # already of its concrete type
+        except (RuntimeError, MemoryError) as exc:  # faiss raises RuntimeError for bad data, MemoryError for std::bad_alloc
+            raise StoreError(f"unreadable ({str(exc).splitlines()[-1][:200]})") from None
+        if isinstance(index, faiss.IndexIDMap2):
+            inner = faiss.downcast_index(index.index)
+            if not isinstance(inner, (faiss.IndexFlatIP, faiss.IndexHNSWFlat)) or index.id_map.size() != index.ntotal:
+                raise StoreError("an id map that does not match its vectors")
+        elif not isinstance(index, faiss.IndexIVFPQ) or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise StoreError(f"not a store of this tool ({type(index).__name__})")
+        else:
+            index.precompute_table()
         return cls(index)
 
     @property
     def dim(self) -> int:
         """Vector size."""
         return int(self.index.d)
+
+    def _ivf(self) -> faiss.IndexIVFPQ | None:
+        """The IVF-PQ index when this store is one."""
+        return self.index if isinstance(self.index, faiss.IndexIVFPQ) else None
 
     def _hnsw(self) -> faiss.IndexHNSWFlat | None:
         """The HNSW graph when this store is one."""
@@ -101,9 +175,7 @@ class VectorStore:
     @property
     def kind(self) -> str:
         """'ivfpq', 'hnsw' or 'flat'."""
-        if isinstance(faiss.downcast_index(self.index.index), faiss.IndexIVFPQ):
-            return "ivfpq"
-        return "hnsw" if self._hnsw() is not None else "flat"
+        return "ivfpq" if self._ivf() is not None else "hnsw" if self._hnsw() is not None else "flat"
 
     @property
     def ef_search(self) -> int | None:
@@ -121,16 +193,57 @@ class VectorStore:
     @property
     def nprobe(self) -> int | None:
         """Lists probed per query (IVF-PQ only)."""
-        inner = faiss.downcast_index(self.index.index)
-        return int(inner.nprobe) if isinstance(inner, faiss.IndexIVF) else None
+        ivf = self._ivf()
+        return int(ivf.nprobe) if ivf is not None else None
 
     def __len__(self) -> int:
         return int(self.index.ntotal) - len(self.deleted)
 
     def ids(self) -> np.ndarray:
         """Ids of the stored vectors (deleted HNSW ids left out), ascending."""
-        ids = np.sort(faiss.vector_to_array(self.index.id_map).astype(np.int64))
+        ids = np.sort(self.entries(copy=False)[0])
         return np.setdiff1d(ids, self.deleted, assume_unique=True) if len(self.deleted) else ids
+
+    def entries(self, copy: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, codes) in store order: each vector's catalog id and the bytes the store keeps for it (see `encode`).
+
+        copy=False returns the exact store's codes as a view of FAISS memory, valid only while this store lives.
+        """
+        ivf = self._ivf()
+        if ivf is None:
+            ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
+            inner = faiss.downcast_index(self.index.index)
+            graph = self._hnsw()
+            inner = faiss.downcast_index(graph.storage) if graph is not None else inner  # HNSW keeps the vectors in a flat index
+            vectors = faiss.rev_swig_ptr(inner.get_xb(), len(ids) * self.dim) if len(ids) else np.zeros(0, np.float32)
+            codes = np.asarray(vectors).view(np.uint8).reshape(len(ids), 4 * self.dim)
+            return ids, codes.copy() if copy else codes
+        lists, width = ivf.invlists, ivf.coarse_code_size()
+        id_parts, code_parts = [], []
+        for number in range(ivf.nlist):
+            n = lists.list_size(number)
+            if n:
+                id_parts.append(faiss.rev_swig_ptr(lists.get_ids(number), n).astype(np.int64))
+                codes = faiss.rev_swig_ptr(lists.get_codes(number), n * ivf.code_size).reshape(n, ivf.code_size)
+                prefix = np.frombuffer(number.to_bytes(8, "little")[:width], np.uint8)
+                code_parts.append(np.hstack([np.broadcast_to(prefix, (n, width)), codes]))
+        if not id_parts:
+            return np.zeros(0, np.int64), np.zeros((0, width + ivf.code_size), np.uint8)
+        return np.concatenate(id_parts), np.concatenate(code_parts)
+
+    def encode(self, vectors: np.ndarray) -> np.ndarray:
+        """The bytes this store keeps for these vectors: the float32 vector, or IVF list number + PQ code."""
+        vectors = _vectors(vectors)
+        ivf = self._ivf()
+        return vectors.view(np.uint8).reshape(len(vectors), -1) if ivf is None else ivf.sa_encode(vectors)
+
+    def digest(self) -> str:
+        """SHA-256 over ids and codes in store order: what the catalog's vectors reproduce through `encode`."""
+        ids, codes = self.entries(copy=False)
+        digest = hashlib.sha256(f"{self.kind}:{self.dim}:{len(ids)}:".encode())
+        digest.update(np.ascontiguousarray(ids, "<i8").tobytes())
+        digest.update(np.ascontiguousarray(codes))
+        return digest.hexdigest()
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add vectors under their catalog ids."""
@@ -169,8 +282,7 @@ class VectorStore:
         refine = vectors_of is not None and self.kind == "ivfpq"
         wanted = max(1, min(k, len(self)))
         fetch = max(1, min(k * REFINE if refine else k, len(self)))
-        inner = faiss.downcast_index(self.index.index)
-        options: dict = {"nprobe": int(inner.nprobe)} if isinstance(inner, faiss.IndexIVF) else {}
+        options: dict = {"nprobe": self.nprobe} if self.kind == "ivfpq" else {}
         if self.kind == "hnsw":
             options["efSearch"] = self.ef_search
             allowed = self.ids() if allowed is None and len(self.deleted) else allowed
@@ -199,12 +311,14 @@ class VectorStore:
         faiss.write_index(self.index, str(tmp))
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
+        crash_point("faiss-written")
         os.replace(tmp, path)
         directory = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(directory)
         finally:
             os.close(directory)
+        crash_point("faiss-replaced")
 
 
 def build_ivfpq(ids: np.ndarray, vectors: np.ndarray, params: IvfPqParams | None = None, seed: int = 0) -> VectorStore:
@@ -223,7 +337,7 @@ def build_ivfpq(ids: np.ndarray, vectors: np.ndarray, params: IvfPqParams | None
     rng = np.random.default_rng(seed)
     sample = vectors[np.sort(rng.choice(n, size=min(n, IVFPQ_TRAIN_SAMPLE), replace=False))]
     inner.train(sample)
-    store = VectorStore(faiss.IndexIDMap2(inner))
+    store = VectorStore(inner)
     store.add(ids, vectors)
     return store
 

@@ -9,7 +9,7 @@ import typer
 
 from retrieval.cli.common import (
     LIMITS, JsonOpt, ManifestOpt, MaxFileMbOpt, MaxSlicePixelsOpt, MaxSlicesPerFileOpt, ModalityOpt, PatientRegexOpt, fail,
-    PasswordFileOpt, SinceOpt, StudyOpt, TokenFileOpt, UserOpt, identity_options, limits_options, sources,
+    PasswordFileOpt, SinceOpt, StudyOpt, TokenFileOpt, UserOpt, file_path, identity_options, limits_options, sources,
 )
 
 def scan(
@@ -63,7 +63,7 @@ def scan(
 
 def distort(
     path: Annotated[Path, typer.Argument(help="A DICOM/NIfTI/image file or a series folder.")],
-    out: Annotated[Path, typer.Option("--out", help="Montage image to write (PNG; the extension picks the format).")],
+    out: Annotated[Path, typer.Option("--out", callback=file_path, help="Montage image to write (PNG; the extension picks the format).")],
     alpha: Annotated[Optional[list[float]], typer.Option("--alpha", min=0.0, max=1.0, help="Severity α (repeatable; default 0 0.1 0.3 0.5 0.7 1).")] = None,
     slice_index: Annotated[Optional[int], typer.Option("--slice", min=0, help="Slice of the volume (default: the middle one).")] = None,
     seed: Annotated[int, typer.Option(min=0, help="Distortion seed, the same for every panel.")] = 0,

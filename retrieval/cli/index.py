@@ -9,13 +9,15 @@ import typer
 
 from retrieval.cli.common import (
     LIMITS, IndexDirOpt, JsonOpt, ManifestOpt, MaxFileMbOpt, MaxSlicePixelsOpt, MaxSlicesPerFileOpt, ModalityOpt, PatientRegexOpt, fail,
-    identity_options, limits_options, open_index, require,
+    file_path, folder_path, identity_options, limits_options, open_index, require,
 )
+
+CheckpointOpt = Annotated[Optional[Path], typer.Option(callback=file_path, help="Model checkpoint (default: the shipped one).")]
 
 def index(
     archive: Annotated[list[Path], typer.Argument(help="Archive folders or files to index.")],
     index_dir: IndexDirOpt,
-    checkpoint: Annotated[Optional[Path], typer.Option(help="Model checkpoint (default: the shipped one).")] = None,
+    checkpoint: CheckpointOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=4096, help="Slices per model batch and per catalog transaction.")] = 32,
     workers: Annotated[Optional[int], typer.Option(min=0, max=64, help="Worker processes that read and preprocess (0: in the main process; default: half the CPUs, at most 8).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -28,13 +30,15 @@ def index(
     max_slices_per_file: MaxSlicesPerFileOpt = LIMITS.max_slices_per_file,
     max_file_mb: MaxFileMbOpt = LIMITS.max_file_mb,
     seconds_per_file: Annotated[float, typer.Option("--max-seconds-per-file", min=0.001, help="A reader worker decoding one file longer than this is stopped and the file skipped from then on.")] = LIMITS.seconds_per_file,
+    prune: Annotated[bool, typer.Option("--prune", help="Remove indexed series whose files are gone (kept and reported otherwise).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="With --prune: remove them even when that empties a whole folder given or indexed.")] = False,
 ) -> None:
     """Embed an archive into an index directory (incremental: reruns embed only new or changed series)."""
     import json
 
-    from indexer.directory import IndexBusy
+    from indexer.directory import IndexUnavailable
     from indexer.manifest import IndexMismatch, read_manifest
-    from indexer.pipeline import build_index, print_report
+    from indexer.pipeline import build_index, print_report, print_warnings
     from retrieval.runtime import ensure_model
 
     require(archive)
@@ -42,12 +46,13 @@ def index(
     limits = limits_options(max_slice_pixels, max_slices_per_file, max_file_mb, seconds_per_file)
     try:
         report = build_index(archive, index_dir, identity, checkpoint=checkpoint, device=device, batch_size=batch_size,
-                             workers=workers, kind=index_type, show_progress=not json_out, limits=limits)
+                             workers=workers, kind=index_type, show_progress=not json_out, limits=limits, prune=prune, force=force)
         built = read_manifest(index_dir)
         ensure_model(index_dir, built.checkpoint_path, built.checkpoint_sha256)  # once per checkpoint: searches then run without torch
-    except (ValueError, FileNotFoundError, IndexMismatch, IndexBusy) as exc:
+    except (ValueError, FileNotFoundError, IndexMismatch, IndexUnavailable) as exc:
         fail(str(exc))
     if json_out:
+        print_warnings(report)
         typer.echo(json.dumps(report.as_dict(), indent=2))
     else:
         print_report(report)
@@ -97,17 +102,17 @@ def qc(
 
 
 def demo(
-    index_dir: Annotated[Optional[Path], typer.Option("--index", help="Keep the demo index here (default: a temporary folder).")] = None,
-    checkpoint: Annotated[Optional[Path], typer.Option(help="Model checkpoint (default: the shipped one).")] = None,
+    index_dir: Annotated[Optional[Path], typer.Option("--index", callback=folder_path, help="Keep the demo index here (default: a temporary folder).")] = None,
+    checkpoint: CheckpointOpt = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Index the real test images pydicom and nibabel ship, then search them (no data of your own needed)."""
-    from indexer.directory import IndexBusy
     from indexer.demo import run_demo
+    from indexer.directory import IndexUnavailable
     from indexer.manifest import IndexMismatch
 
     try:
         run_demo(index_dir, checkpoint, device)
-    except (ValueError, FileNotFoundError, IndexMismatch, IndexBusy) as exc:
+    except (ValueError, FileNotFoundError, IndexMismatch, IndexUnavailable) as exc:
         fail(str(exc))
 

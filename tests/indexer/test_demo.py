@@ -17,7 +17,10 @@ def test_demo_indexes_packaged_images_and_finds_the_query_patient_first(tmp_path
     out = capsys.readouterr().out
     clean = out.split("\nquery ")[1]
     assert QUERY in clean.splitlines()[0] and "  1. 1CT1  distance 0.0000" in clean  # CT_small.dcm's PatientID is 1CT1
-    assert f"{QUERY} distorted at α = 0.4" in out
+    distorted = out.split(f"{QUERY} distorted at α = 0.4")[1]
+    ranked = [line.split() for line in distorted.splitlines() if line[:4].strip().rstrip(".").isdigit()]  # "1.", patient, "distance", d
+    assert [r[1] for r in ranked][0] == "1CT1" and len({r[1] for r in ranked}) == len(ranked) == 3, distorted  # still its own patient first
+    assert [float(r[3]) for r in ranked] == sorted(float(r[3]) for r in ranked)
     with IndexDirectory.open(tmp_path / "idx") as directory:
         counts = directory.catalog.counts("modality")
         paths = {row[0] for row in directory.catalog.table(["path"])}

@@ -1,15 +1,25 @@
-"""Index directory: manifest refusal, the consistency check that repairs a stale FAISS file, the writer lock."""
+"""Index directory: manifest refusal, the consistency check that repairs a stale FAISS file, the writer lock;
+a damaged or rewritten FAISS file rebuilt from the catalog, damaged catalogs, read-only storage, odd paths."""
 
 from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import faiss
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from indexer.catalog import SeriesRecord, SliceRecord
-from indexer.directory import STORE_NAME, IndexBusy, IndexDirectory
+from indexer.directory import CATALOG_NAME, STORE_NAME, IndexBusy, IndexDirectory, Repair
+from indexer.integrity import disagreements
 from indexer.manifest import IndexMismatch, new_manifest, read_manifest
-from indexer.store import IVFPQ_MIN_VECTORS, VectorStore
+from indexer.store import INDEX_HEADER, IVFPQ_MIN_VECTORS, VectorStore
+from retrieval.cli import app
 
 
 def manifest(sha: str = "a" * 64, size: int = 64, kind: str = "flat"):
@@ -125,9 +135,19 @@ def test_ivfpq_is_trained_reports_recall_and_is_repaired_like_exact(tmp_path, on
         index = directory.manifest.index
         assert index["kind"] == "ivfpq" and index["trained_on"] == len(directory.store)
         assert 0.5 < index["recall_at_10_codes_only"] < index["recall_at_10"] and index["recall_at_10"] > 0.95, index
+        assert disagreements(directory.store, directory.catalog) == 0, "every PQ code is what the catalog's vector encodes to"
+        trained = directory.store
+        directory.reshape("ivfpq")
+        assert directory.store is trained, "the archive has not doubled since training: kept"
+        directory.manifest.index["trained_on"] = len(trained) // 2 - 1  # as if trained when the archive was half its size
+        directory.reshape("ivfpq")
+        assert directory.store is not trained and directory.manifest.index["trained_on"] == len(trained), "doubled: retrained"
+        assert directory.remove_patient("P0") > 0 and consistent(directory)
+        kept = directory.catalog.ids()[::500]
+        assert top_hits(directory, kept) == kept.tolist(), "removal keeps every other id on its own vector"
         late = add_series(directory, "late", "P9", 3, seed=7)  # committed after the save, then "killed"
     with IndexDirectory.open(path) as directory:
-        assert directory.store.kind == "ivfpq" and directory.repair.added == 3 and consistent(directory)
+        assert directory.store.kind == "ivfpq" and directory.repair == Repair(added=3) and consistent(directory)
         queries = directory.catalog.vectors(late, 128)
         assert directory.store.search(queries, 1)[1][:, 0].tolist() == late.tolist()
         allowed = directory.catalog.eligible_ids(max_alpha=0.1)
@@ -135,4 +155,142 @@ def test_ivfpq_is_trained_reports_recall_and_is_repaired_like_exact(tmp_path, on
         assert set(found.ravel()) - {-1} <= set(allowed.tolist())
         exact = queries @ directory.catalog.vectors(found[0], 128).T
         assert np.allclose(scores[0], exact[0], atol=1e-5), "re-scored with the catalog's exact vectors"
-    assert VectorStore.load(path / STORE_NAME).kind == "ivfpq"
+    assert VectorStore.load(path / STORE_NAME, 128).kind == "ivfpq"
+
+
+# --- an index that checks itself ------------------------------------------------------------------
+
+def saved_index(path: Path) -> list[np.ndarray]:
+    """An exact index of three patients (six slices each), saved: FAISS file and manifest digest agree."""
+    with IndexDirectory.open(path, manifest(), writable=True) as directory:
+        ids = [add_series(directory, f"s{n}", f"P{n}", 6, seed=n) for n in range(3)]
+        directory.sync()
+        directory.save()
+    return ids
+
+
+def top_hits(directory: IndexDirectory, ids: np.ndarray) -> list[int]:
+    """The best match of each row's own catalog vector (itself, when the store is right)."""
+    return directory.store.search(directory.catalog.vectors(ids, 128), 1)[1][:, 0].tolist()
+
+
+def cli(*args: str):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(app, list(args))
+
+
+def one_line_error(result, *words: str) -> None:  # type: ignore[no-untyped-def]
+    """Exit 2 with a single `error:` line holding every word, and no traceback."""
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert all(word in lines[0] for word in words), lines[0]
+
+
+def test_vectors_rewritten_under_the_same_ids_are_rebuilt_from_the_catalog(tmp_path) -> None:
+    path = tmp_path / "idx"
+    ids = saved_index(path)
+    held, codes = VectorStore.load(path / STORE_NAME, 128).entries()
+    forged = VectorStore.empty(128)
+    forged.add(held, np.roll(codes.view(np.float32), 6, axis=0))  # each patient's vectors now under the next patient's ids
+    faiss.write_index(forged.index, str(path / STORE_NAME))
+    assert forged.search(forged.encode(codes.view(np.float32)[:1]).view(np.float32), 1)[1][0, 0] == ids[1][0], "unchecked: a wrong first hit"
+    with IndexDirectory.open(path) as directory:
+        assert directory.repair.rebuilt == "18 of its 18 vectors differ from the catalog's"
+        assert top_hits(directory, ids[0]) == ids[0].tolist() and top_hits(directory, ids[2]) == ids[2].tolist()
+        assert directory.notes == [f"{path / STORE_NAME}: 18 of its 18 vectors differ from the catalog's; rebuilt from the catalog "
+                                   "(18 vectors) for this run (the next `retrieval index` or `remove` saves it)"]
+    result = cli("info", "--index", str(path), "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["slices"] == 18
+    assert result.stderr.startswith("warning: ") and len(result.stderr.splitlines()) == 1 and "differ" in result.stderr
+    IndexDirectory.open(path, writable=True).close()  # a writer saves the rebuilt store and its digest
+    with IndexDirectory.open(path) as directory:
+        assert not directory.repair and not directory.notes
+
+
+def test_a_save_killed_before_the_manifest_is_trusted_after_checking_the_catalog(tmp_path) -> None:
+    path = tmp_path / "idx"
+    saved_index(path)
+    with IndexDirectory.open(path, writable=True) as directory:
+        late = add_series(directory, "late", "P9", 4, seed=9)
+        directory.store.add(late, directory.catalog.vectors(late, 128))
+        directory.store.save(path / STORE_NAME)  # "killed" before the manifest (and its digest) was rewritten
+    assert read_manifest(path).store["digest"] != VectorStore.load(path / STORE_NAME, 128).digest()
+    with IndexDirectory.open(path) as directory:
+        assert not directory.repair and consistent(directory) and top_hits(directory, late) == late.tolist()
+
+
+def test_a_header_declaring_24_gib_is_refused_before_anything_is_allocated(tmp_path) -> None:
+    path = tmp_path / "idx"
+    ids = saved_index(path)
+    good = (path / STORE_NAME).read_bytes()
+    vectors_at = 2 * INDEX_HEADER.size  # the flat store's length field, counted in float32 values
+    damaged = bytearray(good)
+    struct.pack_into("<Q", damaged, vectors_at, 24 * 2**30 // 4)
+    (path / STORE_NAME).write_bytes(damaged)
+    with IndexDirectory.open(path) as directory:
+        assert "declares 18 vectors (24.0 GiB of vectors) but the file has" in directory.repair.rebuilt
+        assert top_hits(directory, ids[1]) == ids[1].tolist()
+    ids_at = vectors_at + 8 + 18 * 128 * 4  # the id map's length: the header check passes, the bounded reader refuses
+    damaged = bytearray(good)
+    struct.pack_into("<Q", damaged, ids_at, 24 * 2**30 // 8)
+    (path / STORE_NAME).write_bytes(damaged)
+    probe = ("import resource, sys; from indexer.store import VectorStore, StoreError\n"
+             "try: VectorStore.load(sys.argv[1], 128)\nexcept StoreError as exc: print('refused:', exc)\n"
+             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
+    out = subprocess.run([sys.executable, "-c", probe, str(path / STORE_NAME)], capture_output=True, text=True, timeout=120).stdout.splitlines()
+    assert out[0].startswith("refused: unreadable") and int(out[1]) < 1024, out  # MiB peak: nothing near 24 GiB was touched
+    with IndexDirectory.open(path, writable=True) as directory:
+        assert directory.repair.rebuilt.startswith("unreadable") and consistent(directory)
+    with IndexDirectory.open(path) as directory:
+        assert not directory.repair and top_hits(directory, ids[2]) == ids[2].tolist()
+
+
+# --- a catalog opened as meant ---------------------------------------------------------------------
+
+def test_damaged_catalogs_are_one_line_errors_and_index_sets_them_aside(tmp_path) -> None:
+    path = tmp_path / "idx"
+    saved_index(path)
+    catalog = path / CATALOG_NAME
+    whole = catalog.read_bytes()
+    recovery = f"`retrieval index ARCHIVE --index {path}` sets it aside and rebuilds the index"
+    catalog.write_bytes(b"")
+    for command in (["info"], ["qc"], ["remove", "--patient", "P1"]):
+        one_line_error(cli(*command, "--index", str(path)), str(catalog), "empty (0 bytes)", recovery)
+    assert catalog.stat().st_size == 0, "a reader never creates tables"
+    catalog.write_bytes(whole[: len(whole) // 2])
+    one_line_error(cli("info", "--index", str(path)), str(catalog), "truncated", recovery)
+    catalog.write_bytes(whole[:4096] + np.random.default_rng(0).bytes(len(whole) - 4096))
+    one_line_error(cli("qc", "--index", str(path)), str(catalog), "malformed", recovery)
+    with IndexDirectory.open(path, manifest(), writable=True) as directory:  # what `retrieval index` does
+        assert len(directory.notes) == 1 and "set aside as catalog.sqlite.damaged-" in directory.notes[0]
+        assert directory.catalog.ids().tolist() == [] and len(directory.store) == 0
+    assert len([p for p in path.glob(CATALOG_NAME + ".damaged-*") if not p.name.endswith(("-wal", "-shm"))]) == 1
+
+
+def test_an_index_on_read_only_storage_is_searched_and_refuses_writers(tmp_path, read_only_copy) -> None:
+    path = tmp_path / "idx"
+    ids = saved_index(path)
+    frozen = read_only_copy(path)
+    with IndexDirectory.open(frozen) as directory:
+        assert top_hits(directory, ids[0]) == ids[0].tolist() and not directory.repair
+    result = cli("info", "--index", str(frozen), "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["by_patient"] == {"P0": 6, "P1": 6, "P2": 6}, result.output
+    one_line_error(cli("remove", "--index", str(frozen), "--patient", "P1"), str(frozen), "cannot write here")
+    assert sorted(p.name for p in frozen.iterdir()) == sorted(p.name for p in path.iterdir()), "nothing was written"
+
+
+def test_index_paths_stay_inside_the_folder_and_a_file_is_not_a_folder(tmp_path) -> None:
+    odd = tmp_path / "q?x#y%20"
+    with IndexDirectory.open(odd, manifest(), writable=True) as directory:
+        add_series(directory, "s0", "P0", 2)
+        directory.save()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [odd.name]
+    assert (odd / CATALOG_NAME).stat().st_size > 0
+    with IndexDirectory.open(odd) as directory:
+        assert len(directory.catalog.ids()) == 2
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    for command in (["info"], ["qc"], ["remove", "--patient", "P1"], ["search", str(a_file)]):
+        one_line_error(cli(*command, "--index", str(a_file)), f"--index {a_file}: a file, not a folder")
+    one_line_error(cli("search", str(a_file), "--index", str(odd), "--manifest", str(tmp_path)), f"--manifest {tmp_path}: a folder, not a file")
+    with pytest.raises(FileNotFoundError, match="a file, not an index folder"):
+        IndexDirectory.open(a_file, manifest(), writable=True)

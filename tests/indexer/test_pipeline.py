@@ -1,13 +1,13 @@
-"""`retrieval index` on a subset of the real archive: exact slices, incremental reruns, kill -9 at any moment."""
+"""`retrieval index` on a subset of the real archive: exact slices, incremental reruns, explicit pruning, kill -9 at a FAISS save."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,10 @@ import torch
 from typer.testing import CliRunner
 
 from indexer.directory import CATALOG_NAME, STORE_NAME
+from indexer.faults import KILL_AT
+from indexer.manifest import read_manifest
 from indexer.pipeline import build_index
+from indexer.prune import PruneRefused
 from indexer.store import VectorStore
 from retrieval.checkpoint import file_sha256, save_checkpoint
 from retrieval.cli import app
@@ -25,7 +28,7 @@ from retrieval.preprocess import is_empty
 
 SUBSET = ["ct/dcm_qa_ct/GE", "ct/tcga_lung/dicom_dir/ID_0000_AGE_0060_CONTRAST_1_CT.dcm", "ct/tcga_lung/dicom_dir/ID_0001_AGE_0069_CONTRAST_1_CT.dcm",
           "mr/myops/101_C0.nii.gz", "mr/myops/101_DE.nii.gz", "mr/myops/102_C0.nii.gz"]
-KILL_SUBSET = ["ct/dcm_qa_ct/GE", "mr/open_ms/patient01/study1_T1W.nii.gz", "mr/open_ms/patient01/study1_FLAIR.nii.gz"]
+KILL_SUBSET = ["mr/myops/101_C0.nii.gz", "mr/myops/102_C0.nii.gz", "ct/tcga_lung/dicom_dir/ID_0000_AGE_0060_CONTRAST_1_CT.dcm"]  # 11 slices
 
 
 def tiny_checkpoint(path: Path, seed: int = 0) -> Path:
@@ -53,7 +56,7 @@ def persisted(index_dir: Path) -> tuple[list[tuple[str, int]], list[int], list[i
     with sqlite3.connect(index_dir / CATALOG_NAME) as db:
         rows = db.execute("SELECT path, slice_index, id FROM slices ORDER BY id").fetchall()
         incomplete = db.execute("SELECT count(*) FROM series WHERE NOT complete").fetchone()[0]
-    faiss_ids = VectorStore.load(index_dir / STORE_NAME).ids().tolist() if (index_dir / STORE_NAME).exists() else []
+    faiss_ids = VectorStore.load(index_dir / STORE_NAME, 128).ids().tolist() if (index_dir / STORE_NAME).exists() else []
     return sorted((p, i) for p, i, _ in rows), [r[2] for r in rows], faiss_ids, incomplete
 
 
@@ -87,12 +90,19 @@ def test_index_holds_exactly_the_archive_slices_and_reruns_incrementally(archive
     (folder / "101_DE.nii.gz").unlink()  # left the archive
     elsewhere = link_subset(archive, tmp_path / "elsewhere", ["mr/myops/105_C0.nii.gz"])
     changed = build_index([folder, elsewhere], index_dir, identity, checkpoint=checkpoint, workers=1, show_progress=False)
-    assert changed.series_indexed == 2 and changed.series_removed == 2
+    assert changed.series_indexed == 2 and changed.series_removed == 0 and changed.series_missing == [str(folder / "101_DE.nii.gz")]
+    rows, ids, faiss_ids, _ = persisted(index_dir)
+    kept = [row for row in rows if row[0].endswith("101_DE.nii.gz")]
+    assert kept and rows == sorted(archive_slices(folder, identity) + archive_slices(elsewhere, identity) + kept) and faiss_ids == ids
+    pruned = build_index([folder, elsewhere], index_dir, identity, checkpoint=checkpoint, workers=0, show_progress=False, prune=True)
+    assert (pruned.series_removed, pruned.slices_removed, pruned.series_missing) == (1, len(kept), [])
     rows, ids, faiss_ids, _ = persisted(index_dir)
     assert rows == sorted(archive_slices(folder, identity) + archive_slices(elsewhere, identity)) and faiss_ids == ids
 
-    (elsewhere / "105_C0.nii.gz").unlink()  # gone from disk, outside the folder indexed next
-    build_index([folder], index_dir, identity, checkpoint=checkpoint, workers=0, show_progress=False)
+    (elsewhere / "105_C0.nii.gz").unlink()  # gone from disk, outside the folder indexed next: its folder now has none
+    with pytest.raises(PruneRefused, match=f"{elsewhere}: all 1 indexed series of it are missing"):
+        build_index([folder], index_dir, identity, checkpoint=checkpoint, workers=0, show_progress=False, prune=True)
+    build_index([folder], index_dir, identity, checkpoint=checkpoint, workers=0, show_progress=False, prune=True, force=True)
     rows, ids, faiss_ids, _ = persisted(index_dir)
     assert rows == archive_slices(folder, identity) and faiss_ids == ids
 
@@ -107,40 +117,63 @@ def test_other_checkpoint_is_refused_with_a_clear_message(archive, tmp_path, che
     assert refused.exit_code == 2 and "built with checkpoint" in refused.output and str(other) in refused.output
 
 
-def run_and_kill(command: list[str], index_dir: Path, at_least: int) -> None:
-    """Start `retrieval index` and kill -9 it once the catalog holds at least `at_least` rows."""
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                with sqlite3.connect(index_dir / CATALOG_NAME, timeout=1) as db:
-                    rows = db.execute("SELECT count(*) FROM slices").fetchone()[0]
-            except sqlite3.OperationalError:
-                rows = 0  # the catalog is not created yet
-            if rows >= at_least:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait()
-                return
-            time.sleep(0.01)
-        pytest.fail("the indexing run ended before it could be killed")
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+def test_an_emptied_folder_keeps_its_slices_until_pruned_with_force(archive, tmp_path, checkpoint) -> None:
+    folder = link_subset(archive, tmp_path / "share", SUBSET[3:6])
+    index = ["index", str(folder), "--index", str(tmp_path / "idx"), "--checkpoint", str(checkpoint), "--workers", "0",
+             "--manifest", str(archive / "manifest.csv")]
+    runner = CliRunner()
+    assert runner.invoke(app, [*index, "--json"]).exit_code == 0
+    before = persisted(tmp_path / "idx")[0]
+    (folder / "102_C0.nii.gz").unlink()
+    partly = runner.invoke(app, [*index, "--prune", "--json"])  # one series of three gone: pruned
+    assert partly.exit_code == 0 and json.loads(partly.stdout)["series_removed"] == 1, partly.output
+    kept = persisted(tmp_path / "idx")[0]
+    assert kept == [row for row in before if "102_C0" not in row[0]]
+    for link in folder.iterdir():  # the share is unmounted: an empty folder
+        link.unlink()
+    rerun = runner.invoke(app, index)
+    assert rerun.exit_code == 0 and persisted(tmp_path / "idx")[0] == kept, rerun.output
+    assert "warning: 2 indexed series are missing" in rerun.stderr and "--prune" in rerun.stderr
+    refused = runner.invoke(app, [*index, "--prune"])
+    assert refused.exit_code == 2 and refused.output.startswith(f"error: {folder}: all 2 indexed series of it are missing")
+    assert len(refused.output.strip().splitlines()) == 1 and persisted(tmp_path / "idx")[0] == kept
+    forced = runner.invoke(app, [*index, "--prune", "--force", "--json"])
+    assert forced.exit_code == 0 and json.loads(forced.stdout)["series_removed"] == 2, forced.output
+    rows, ids, faiss_ids, _ = persisted(tmp_path / "idx")
+    assert rows == [] and ids == faiss_ids == []
 
 
-def test_kill_9_during_indexing_then_rerun_ends_with_exactly_the_archive(archive, tmp_path, checkpoint, identity) -> None:
+KILLED_RUN = """
+import sys
+from indexer.pipeline import build_index
+from retrieval.io import Identity
+folder, index_dir, checkpoint, manifest = sys.argv[1:]
+build_index([folder], index_dir, Identity(manifest=manifest), checkpoint=checkpoint, batch_size=2, workers=0, show_progress=False, save_every=0.0)
+"""
+
+
+@pytest.mark.parametrize("point", ["faiss-replaced:2", "faiss-written:2"])
+def test_kill_9_at_a_faiss_save_then_rerun_ends_with_exactly_the_archive(archive, tmp_path, checkpoint, identity, point) -> None:
+    """Killed after the 2nd periodic save replaced vectors.faiss (the manifest still names the 1st), or inside the
+    replace (the new file written, not yet renamed); the rerun trusts what agrees with the catalog and finishes."""
     folder = link_subset(archive, tmp_path / "archive", KILL_SUBSET)
     index_dir = tmp_path / "idx"
     expected = archive_slices(folder, identity)
-    command = [sys.executable, "-m", "retrieval.cli", "index", str(folder), "--index", str(index_dir), "--checkpoint", str(checkpoint),
-               "--manifest", str(archive / "manifest.csv"), "--batch-size", "2", "--workers", "1"]
-    run_and_kill(command, index_dir, at_least=1)
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, str(folder), str(index_dir), str(checkpoint), str(archive / "manifest.csv")],
+                            env={**os.environ, KILL_AT: point}, capture_output=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
     rows, ids, faiss_ids, incomplete = persisted(index_dir)
     assert 0 < len(rows) < len(expected) and incomplete >= 1, "the kill landed mid-run"
-    assert set(faiss_ids) <= set(ids) or not faiss_ids
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    assert faiss_ids == ids[: len(faiss_ids)] and 0 < len(faiss_ids) < len(expected)
+    on_disk = VectorStore.load(index_dir / STORE_NAME, 128).digest()
+    if point.startswith("faiss-replaced"):
+        assert faiss_ids == ids and read_manifest(index_dir).store["digest"] != on_disk, "killed between the FAISS save and its digest"
+    else:
+        assert (index_dir / (STORE_NAME + ".tmp")).is_file() and read_manifest(index_dir).store["digest"] == on_disk
+    report = build_index([folder], index_dir, identity, checkpoint=checkpoint, batch_size=8, workers=0, show_progress=False)
+    assert report.notes == [], "the saved store agreed with the catalog: nothing rebuilt"
     rows, ids, faiss_ids, incomplete = persisted(index_dir)
     assert rows == expected, "none lost, none duplicated"
     assert len(set(ids)) == len(ids) and faiss_ids == ids and incomplete == 0, "every FAISS id has its row and every row its vector"
+    assert read_manifest(index_dir).store["digest"] == VectorStore.load(index_dir / STORE_NAME, 128).digest()
+    assert not (index_dir / (STORE_NAME + ".tmp")).exists()

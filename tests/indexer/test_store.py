@@ -59,7 +59,7 @@ def test_save_replaces_whole_file_and_loads_back(flat, tmp_path) -> None:
     store.remove(ids[:100])
     store.save(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vectors.faiss"]
-    loaded = VectorStore.load(path)
+    loaded = VectorStore.load(path, 128)
     assert loaded.ids().tolist() == ids[100:].tolist()
     assert loaded.search(vectors[200:201], 1)[1][0, 0] == ids[200]
 

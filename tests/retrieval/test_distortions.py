@@ -304,3 +304,84 @@ def flattest_soft_tissue(image: np.ndarray, side: int) -> tuple[slice, slice]:
                 best, where = float(patch.std()), (slice(top, top + side), slice(left, left + side))
     assert best < math.inf, "no soft-tissue window found"
     return where
+
+
+# --- MR strengths at α = 1, measured on outputs ------------------------------------------------------
+
+def legendre_basis(n: int, degree: int) -> np.ndarray:
+    """(n², terms) smooth 2D basis P_i(y)·P_j(x), i + j ≤ degree, for fitting a slowly varying field."""
+    u = np.linspace(-1.0, 1.0, n)
+    polys = [np.polynomial.legendre.Legendre.basis(i)(u) for i in range(degree + 1)]
+    return np.stack([np.outer(polys[i], polys[j]).ravel() for i in range(degree + 1) for j in range(degree + 1) if i + j <= degree], 1)
+
+
+def test_mr_bias_field_at_alpha_1_spans_the_documented_range() -> None:
+    """On a flat image the output is the bias field (exp(±0.4) = ×0.67…×1.49 at its extreme) plus noise: a smooth fit finds it."""
+    level, n = 100.0, 128
+    basis = legendre_basis(n, 6)
+    extremes = []
+    for seed in range(4):
+        out = distort(np.full((n, n), level, np.float32), 1.0, "MR", seed).astype(np.float64).ravel() / level
+        coefficients, *_ = np.linalg.lstsq(basis, np.log(out), rcond=None)
+        log_field = basis @ coefficients
+        extremes.append(np.abs(log_field - log_field.mean()).max())
+        assert 0.67 - 0.02 < np.exp(log_field.min()) and np.exp(log_field.max()) < 1.49 + 0.02
+    assert 0.33 < np.mean(extremes) < 0.42, extremes  # 0.4 before truncation rounds the field's peaks a little
+
+
+def test_mr_noise_at_alpha_1_is_6_percent_of_the_99th_percentile() -> None:
+    """Where the image is 0 (rows and columns away from the object, so no ghost or ringing lands there) the output is
+    pure Rician noise: a Rayleigh magnitude whose σ is 6% of the 99th percentile (the object's level)."""
+    level, n = 100.0, 128
+    sigmas = []
+    for seed in range(4):
+        image = np.zeros((n, n), np.float32)
+        image[4:24, 4:24] = level  # 2.4% of the pixels: the 99th percentile is the level
+        background = distort(image, 1.0, "MR", seed).astype(np.float64)[64:, 64:]
+        sigmas.append(float(np.sqrt(np.mean(background**2) / 2)) / level)
+    np.testing.assert_allclose(sigmas, 0.06, rtol=0.08)
+
+
+def test_mr_truncation_at_alpha_1_keeps_the_central_40_percent_of_k_space() -> None:
+    n = 128
+    image = (100.0 + 10.0 * np.random.default_rng(0).random((n, n))).astype(np.float32)  # texture at every frequency
+    before = np.abs(np.fft.fft2(image - image.mean())) ** 2
+    for seed in range(3):
+        out = distort(image, 1.0, "MR", seed).astype(np.float64)
+        after = np.abs(np.fft.fft2(out - out.mean())) ** 2
+        for axis in (0, 1):
+            kept = (after.sum(axis) / before.sum(axis) > 0.1).mean()  # out-of-band lines keep ~1% (the magnitude image)
+            assert kept == pytest.approx(0.4, abs=1.5 / n), (seed, axis, kept)
+
+
+def test_mr_ghosts_at_alpha_1_are_30_percent_of_lines_shifted_by_3_percent_of_the_field_of_view() -> None:
+    """A point image has no noise (its 99th percentile is 0): the output is the truncated point plus a copy moved by the
+    motion shift, weighted by the share of phase-encoding lines acquired moved. Both are fitted from the output alone."""
+    from retrieval.distortions import mr
+
+    n = 256
+    ky, kx = np.fft.fftfreq(n)[:, None], np.fft.fftfreq(n)[None, :]
+    band = (np.abs(ky) <= 0.2) & (np.abs(kx) <= 0.2)
+
+    near = (slice(n // 2 - 20, n // 2 + 21),) * 2  # the point and its moved copy; incoherent ghosts spread elsewhere
+
+    def point(dy: float, dx: float) -> np.ndarray:
+        return np.real(np.fft.ifft2(band * np.exp(-2j * np.pi * (ky * (n // 2 + dy) + kx * (n // 2 + dx)))))[near].ravel()
+
+    still = point(0, 0)
+    shifts, shares = [], []
+    for seed in range(4):
+        image = np.zeros((n, n), np.float32)
+        image[n // 2, n // 2] = 1.0
+        out = distort(image, 1.0, "MR", seed).astype(np.float64)[near].ravel()
+        angle = mr.draw_nuisance(torch.Generator().manual_seed(seed)).motion_angle  # the direction; the size is measured
+        fits = []
+        for shift in np.linspace(0.015, 0.045, 31):
+            design = np.stack([still, point(shift * n * math.sin(angle), shift * n * math.cos(angle))], 1)
+            weights, *_ = np.linalg.lstsq(design, out, rcond=None)
+            fits.append((float(np.sum((design @ weights - out) ** 2)), shift, weights[1] / weights.sum()))
+        _, shift, share = min(fits)
+        shifts.append(shift)
+        shares.append(share)
+    np.testing.assert_allclose(shifts, 0.03, atol=0.0015)
+    assert np.mean(shares) == pytest.approx(0.3, abs=0.05) and min(shares) > 0.15, shares

@@ -42,12 +42,15 @@ def test_file_and_array_in_modality_units_embed_identically(metric: DistortionAw
 
 
 def test_batching_does_not_change_embeddings(metric: DistortionAwareMetric, ct_file: Path) -> None:
-    rng = np.random.default_rng(0)
     base = _hu(ct_file)
-    images = [base + rng.normal(0, 30, base.shape).astype(np.float32) for _ in range(5)]
+    images = [base, np.flipud(base), np.fliplr(base), np.rot90(base), np.roll(base, 40, axis=1)]  # five different slices
     one = metric.embed(images, modality="CT", batch_size=5)
     many = metric.embed(images, modality="CT", batch_size=2)
     np.testing.assert_allclose(one.anatomy, many.anatomy, atol=2e-2)  # bf16 autocast: batch-size-dependent kernels
+    np.testing.assert_allclose(one.alpha, many.alpha, atol=2e-2)
+    distances = np.linalg.norm(one.anatomy[:, None] - many.anatomy[None], axis=2)  # row i of one batch to row j of the other
+    assert distances.diagonal().max() < 0.05
+    assert distances[~np.eye(5, dtype=bool)].min() > 0.1, "the slices differ enough that rows out of order (reversed, shifted) fail"
 
 
 def test_distance_is_anatomy_plus_beta_alpha_gap(metric: DistortionAwareMetric, ct_file: Path) -> None:

@@ -65,16 +65,23 @@ def test_an_indexed_slice_finds_its_patient_first(archive, directory, relative, 
     assert result.n_slices == 1 and 0.0 <= result.alpha <= 1.0
 
 
-@pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="the trained default checkpoint is not shipped yet")
-def test_slice_distorted_at_alpha_02_finds_its_patient_first(archive, tmp_path) -> None:
+MYOPS = [f"mr/myops/{n}_C0.nii.gz" for n in (101, 102, 104, 105, 106, 107, 108, 109, 110, 111)]
+
+
+@pytest.fixture(scope="module")
+def shipped_index(archive, tmp_path_factory) -> Path:
+    """An index built with the shipped checkpoint (a missing checkpoint fails here: it is part of the product)."""
+    assert DEFAULT_CHECKPOINT.is_file(), f"{DEFAULT_CHECKPOINT}: the shipped checkpoint is missing"
+    return index_subset(archive, tmp_path_factory.mktemp("shipped"), None, SUBSET[:4] + MYOPS)
+
+
+def test_slice_distorted_at_alpha_02_finds_its_patient_first(archive, shipped_index) -> None:
     from retrieval.distortions import distort
 
-    myops = [f"mr/myops/{n}_C0.nii.gz" for n in (101, 102, 104, 105, 106, 107, 108, 109, 110, 111)]
-    index = index_subset(archive, tmp_path, None, SUBSET[:4] + myops)
     identity = Identity(manifest=archive / "manifest.csv")
-    with IndexDirectory.open(index) as directory:
+    with IndexDirectory.open(shipped_index) as directory:
         metric = directory.metric()
-        for relative, position in [("ct/dcm_qa_ct/GE", 14), (TCGA[0], 0), (myops[3], 2), (myops[7], 1)]:
+        for relative, position in [("ct/dcm_qa_ct/GE", 14), (TCGA[0], 0), (MYOPS[3], 2), (MYOPS[7], 1)]:
             query = read_path(archive / relative, identity)[position]
             noisy = distort(query.pixels, 0.2, query.modality, seed=position, spacing=query.spacing[0])
             anatomy = metric.embed([metric.preprocess(noisy, query.modality, query.spacing)]).anatomy
@@ -114,16 +121,39 @@ def test_modality_and_excluded_patients_are_filters(directory) -> None:
     assert len(kept) == len(directory.catalog.patients()) - 2 and not {"myops-101", "dcm_qa_ct-QMNx85rKkkg"} & {m.patient_id for m in kept}
 
 
+def test_a_distorted_query_is_flagged_above_tau(archive, shipped_index, tmp_path) -> None:
+    """The README's TAU rule: the query's mean predicted α above TAU = 0.3 gives `distorted` and a warning on stderr."""
+    import nibabel as nib
+
+    from retrieval import TAU
+    from retrieval.distortions import distort
+
+    clean = archive / MYOPS[3]
+    volume = nib.load(clean)
+    pixels = np.asarray(volume.dataobj, dtype=np.float32)
+    noisy = np.stack([distort(pixels[..., i], 0.9, "MR", seed=i) for i in range(pixels.shape[-1])], -1)
+    nib.save(nib.Nifti1Image(noisy, volume.affine), tmp_path / "noisy.nii.gz")
+    runner = CliRunner()
+    for query, distorted in ((clean, False), (tmp_path / "noisy.nii.gz", True)):
+        as_json = json.loads(runner.invoke(app, ["search", str(query), "--index", str(shipped_index), "--modality", "MR", "--json"]).stdout)["query"]
+        assert as_json["tau"] == TAU == 0.3 and as_json["distorted"] is distorted and (as_json["alpha"] > TAU) is distorted, as_json
+        text = runner.invoke(app, ["search", str(query), "--index", str(shipped_index), "--modality", "MR"])
+        assert text.exit_code == 0 and f"predicted α {as_json['alpha']:.3f}" in text.stdout
+        warned = [line for line in text.stderr.splitlines() if "above TAU = 0.3" in line]
+        assert len(warned) == int(distorted), text.stderr
+
+
 def test_search_json_shape_and_order(archive, index_dir) -> None:
     out = cli("search", str(archive / "mr/myops/101_C0.nii.gz"), "--index", str(index_dir), "-k", "4", "--manifest", str(archive / "manifest.csv"))
-    assert {"path", "n_slices", "alpha"} <= set(out["query"]) and out["query"]["n_slices"] == 5
+    assert {"path", "n_slices", "alpha", "tau", "distorted"} <= set(out["query"]) and out["query"]["n_slices"] == 5
+    assert out["query"]["distorted"] == (out["query"]["alpha"] > out["query"]["tau"])
     assert len(out["results"]) == 4 and out["results"][0]["patient_id"] == "myops-101"
     distances = [r["distance"] for r in out["results"]]
     assert distances == sorted(distances)
     for result in out["results"]:
         assert {"patient_id", "distance", "slices"} <= set(result) and result["distance"] == result["slices"][0]["distance"]
         for s in result["slices"]:
-            assert {"path", "slice_index", "distance", "alpha", "modality"} <= set(s)
+            assert {"path", "slice_index", "distance", "alpha", "modality", "series_id"} <= set(s) and s["series_id"]
     by_slice = cli("search", str(archive / TCGA[2]), "--index", str(index_dir), "-k", "5", "--by", "slice", "--modality", "CT")
     assert len(by_slice["results"]) == 5 and all(r["slices"][0]["modality"] == "CT" for r in by_slice["results"])
 
@@ -150,3 +180,18 @@ def test_qc_lists_exactly_the_slices_above_the_threshold(directory, index_dir) -
     assert report["slices"] == len(flagged) == sum(a > threshold for a in alphas) > 0
     assert all(a > threshold - 1e-4 for a in flagged)
     assert [s["max_alpha"] for s in report["series"]] == sorted((s["max_alpha"] for s in report["series"]), reverse=True)
+
+
+def test_a_mismatched_checkpoint_is_refused_in_one_line(archive, index_dir, tmp_path) -> None:
+    torch.manual_seed(1)
+    other = save_checkpoint(tmp_path / "other.pt", DisentangledSiamese("resnet18"), {"backbone": "resnet18", "size": 64})
+    result = CliRunner().invoke(app, ["search", str(archive / TCGA[0]), "--index", str(index_dir), "--checkpoint", str(other)])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and "built with checkpoint" in lines[0] and str(other) in lines[0], result.output
+
+
+def test_an_index_on_read_only_storage_answers_like_the_original(archive, index_dir, read_only_copy) -> None:
+    frozen = read_only_copy(index_dir)
+    query = ["search", str(archive / "mr/myops/104_C0.nii.gz"), "-k", "5", "--manifest", str(archive / "manifest.csv")]
+    assert cli(*query, "--index", str(frozen))["results"] == cli(*query, "--index", str(index_dir))["results"]
+    assert cli("qc", "--index", str(frozen), "--above", "0.2") == cli("qc", "--index", str(index_dir), "--above", "0.2")
