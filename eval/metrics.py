@@ -16,20 +16,23 @@ from sklearn.metrics import roc_auc_score
 from retrieval import TAU
 
 
-def average_precision(distances: np.ndarray, relevant: np.ndarray) -> np.ndarray:
-    """(Q,) average precision of each query's ranking by ascending distance, ties treated as sklearn does.
+RANKING = ("ap", "p1", "map_r", "r_precision")  # per-query ranking figures, in results.json's per-query records
 
-    Equal distances form one threshold, so AP = Σ over distinct distances of (ΔR) · P at that distance,
-    exactly sklearn.metrics.average_precision_score(relevant, −distance). Queries with nothing relevant get NaN.
-    """
+
+def _ranked(distances: np.ndarray, relevant: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validated inputs as (distances, relevance) sorted by ascending distance per row (stable: ties keep gallery order)."""
     distances, relevant = np.atleast_2d(np.asarray(distances, dtype=np.float64)), np.atleast_2d(np.asarray(relevant, dtype=bool))
     if distances.shape != relevant.shape:
         raise ValueError(f"distances {distances.shape} and relevance {relevant.shape} differ in shape")
     if not np.isfinite(distances).all():
         raise ValueError("distances contain NaN or infinite values")
     order = np.argsort(distances, axis=1, kind="stable")
-    ranked = np.take_along_axis(distances, order, axis=1)
-    hits = np.cumsum(np.take_along_axis(relevant, order, axis=1), axis=1)
+    return np.take_along_axis(distances, order, axis=1), np.take_along_axis(relevant, order, axis=1)
+
+
+def _tie_aware_ap(ranked: np.ndarray, hits_sorted: np.ndarray) -> np.ndarray:
+    """AP with equal distances as one threshold (sklearn's average_precision_score); NaN without relevant items."""
+    hits = np.cumsum(hits_sorted, axis=1)
     last_of_tie = np.ones_like(ranked, dtype=bool)
     last_of_tie[:, :-1] = ranked[:, 1:] != ranked[:, :-1]
     hits_at_end = np.where(last_of_tie, hits, 0)
@@ -40,6 +43,35 @@ def average_precision(distances: np.ndarray, relevant: np.ndarray) -> np.ndarray
     total = hits[:, -1].astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total > 0, (gained * precision).sum(1) / total, np.nan)
+
+
+def average_precision(distances: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    """(Q,) average precision of each query's ranking by ascending distance, ties treated as sklearn does.
+
+    Equal distances form one threshold, so AP = Σ over distinct distances of (ΔR) · P at that distance,
+    exactly sklearn.metrics.average_precision_score(relevant, −distance). Queries with nothing relevant get NaN.
+    """
+    return _tie_aware_ap(*_ranked(distances, relevant))
+
+
+def ranking_figures(distances: np.ndarray, relevant: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-query AP, P@1, MAP@R and R-precision from one sort (NaN where a query has nothing relevant).
+
+    P@1, MAP@R and R-precision follow pytorch-metric-learning's AccuracyCalculator with R = the number of
+    relevant gallery items: P@1 = relevance of the nearest item; R-precision = relevant items among the first R;
+    MAP@R = (1/R) Σ_{i ≤ R} P(i)·rel(i). Those three rank ties in gallery order (a stable sort; the library
+    leaves tie order to its k-NN search); AP treats ties as one threshold, as sklearn does.
+    """
+    ranked, hits_sorted = _ranked(distances, relevant)
+    total = hits_sorted.sum(1)
+    within_r = np.arange(ranked.shape[1])[None, :] < total[:, None]
+    cumulative = np.cumsum(hits_sorted, axis=1)
+    precision = cumulative / np.arange(1, ranked.shape[1] + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        map_r = np.where(total > 0, (precision * hits_sorted * within_r).sum(1) / total, np.nan)
+        r_precision = np.where(total > 0, (hits_sorted * within_r).sum(1) / total, np.nan)
+    p1 = np.where(total > 0, hits_sorted[:, 0].astype(np.float64), np.nan)
+    return {"ap": _tie_aware_ap(ranked, hits_sorted), "p1": p1, "map_r": map_r, "r_precision": r_precision}
 
 
 def mean_average_precision(distances: np.ndarray, relevant: np.ndarray) -> float:
@@ -77,6 +109,16 @@ class Interval:
     high: float
 
 
+def patient_draws(patients: Sequence[str] | np.ndarray, resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The bootstrap's draws: each row's patient index and a (resamples, patients) array of the patients drawn.
+
+    Every figure of a run resamples the same patients (the same seed gives the same draws).
+    """
+    names, groups = np.unique(np.asarray(patients), return_inverse=True)
+    drawn = np.random.default_rng(seed).integers(0, len(names), size=(resamples, len(names)))
+    return groups, drawn
+
+
 def bootstrap_ci(
     statistic: Callable[[np.ndarray], float],
     patients: Sequence[str] | np.ndarray,
@@ -90,22 +132,44 @@ def bootstrap_ci(
     one resample (a patient drawn twice contributes its rows twice) and returns a float. Resamples where
     the statistic is undefined (NaN, or ValueError such as an AUC with one class) are left out.
     """
-    labels = np.asarray(patients)
-    names, groups = np.unique(labels, return_inverse=True)
-    members = [np.flatnonzero(groups == i) for i in range(len(names))]
-    rng = np.random.default_rng(seed)
+    groups, drawn = patient_draws(patients, resamples, seed)
+    members = [np.flatnonzero(groups == i) for i in range(drawn.shape[1])]
     values = []
-    for _ in range(resamples):
-        drawn = rng.integers(0, len(names), size=len(names))
+    for row in drawn:
         try:
-            values.append(statistic(np.concatenate([members[i] for i in drawn])))
+            values.append(statistic(np.concatenate([members[i] for i in row])))
         except ValueError:
             continue
+    estimate = float(statistic(np.arange(len(groups))))
+    low, high = percentile_bounds(np.asarray(values, dtype=np.float64)[None], confidence)
+    return Interval(estimate, float(low[0]), float(high[0]))
+
+
+def bootstrap_means(values: np.ndarray, patients: Sequence[str] | np.ndarray, resamples: int = 100, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Means over rows of each line of `values` (K, N) ignoring NaN, and their (K, resamples) patient-bootstrap replicates.
+
+    The same draws as `bootstrap_ci`, vectorised: a resample's mean is Σ_p w_p S_p / Σ_p w_p n_p over per-patient
+    sums S_p and counts n_p, with w_p the times patient p was drawn. Ratios of two such means (retention) use
+    replicates of the same draws.
+    """
+    values = np.atleast_2d(np.asarray(values, dtype=np.float64))
+    groups, drawn = patient_draws(patients, resamples, seed)
+    finite = np.isfinite(values)
+    members = np.zeros((values.shape[1], drawn.shape[1]))
+    members[np.arange(values.shape[1]), groups] = 1.0
+    sums, counts = np.where(finite, values, 0.0) @ members, finite.astype(np.float64) @ members  # (K, P)
+    weights = np.zeros((drawn.shape[1], len(drawn)))  # (P, R): times each patient is drawn in each resample
+    np.add.at(weights, (drawn, np.arange(len(drawn))[:, None]), 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sums.sum(1) / counts.sum(1), (sums @ weights) / (counts @ weights)
+
+
+def percentile_bounds(replicates: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Per line of (K, R) bootstrap replicates, the percentile interval of its finite values (NaN where none is)."""
+    replicates = np.where(np.isfinite(replicates), replicates, np.nan)
     tail = (1.0 - confidence) / 2 * 100
-    finite = np.asarray(values, dtype=np.float64)
-    finite = finite[np.isfinite(finite)]
-    estimate = float(statistic(np.arange(len(labels))))
-    if finite.size == 0:
-        return Interval(estimate, np.nan, np.nan)
-    low, high = np.percentile(finite, [tail, 100 - tail])
-    return Interval(estimate, float(low), float(high))
+    low, high = np.full(len(replicates), np.nan), np.full(len(replicates), np.nan)
+    defined = np.isfinite(replicates).any(axis=1)
+    if defined.any():
+        low[defined], high[defined] = np.nanpercentile(replicates[defined], [tail, 100 - tail], axis=1)
+    return low, high

@@ -1,10 +1,13 @@
-"""mAP against scikit-learn, the distortion-tracking figures on hand-checkable data, and the patient bootstrap."""
+"""mAP against scikit-learn, P@1 / MAP@R / R-precision against pytorch-metric-learning, the tracking figures, the patient bootstrap."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from sklearn.metrics import average_precision_score
 
 from eval.baselines import create
@@ -12,11 +15,17 @@ from eval.metrics import (
     average_precision,
     benign_malignant_auc,
     bootstrap_ci,
+    bootstrap_means,
     mean_average_precision,
     movement_ratio,
+    percentile_bounds,
+    ranking_figures,
     spearman,
 )
 from retrieval import TAU
+from retrieval.io import Identity
+from retrieval.preprocess import network_input
+from retrieval.slices import load_slices
 
 
 def sklearn_ap(distances: np.ndarray, relevant: np.ndarray) -> np.ndarray:
@@ -109,3 +118,67 @@ def test_bootstrap_skips_resamples_where_the_statistic_is_undefined() -> None:
     alphas = np.array([0.0, 0.1, 0.8, 0.9, 0.2, 0.3])
     interval = bootstrap_ci(lambda rows: benign_malignant_auc(alphas[rows] * 2, alphas[rows]), patients)
     assert (interval.estimate, interval.low, interval.high) == (1.0, 1.0, 1.0)
+
+
+def library_figures(distances: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray) -> dict[str, float]:
+    """pytorch-metric-learning's P@1, MAP@R and R-precision on exactly these distances (its k-NN replaced by a lookup)."""
+
+    def knn(query: torch.Tensor, k: int, reference: torch.Tensor, ref_includes_query: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.from_numpy(distances)[query[:, 0].long()]
+        values, order = torch.sort(rows, dim=1, stable=True)
+        return values[:, :k], order[:, :k]
+
+    calculator = AccuracyCalculator(include=("precision_at_1", "mean_average_precision_at_r", "r_precision"), k="max_bin_count", knn_func=knn)
+    query, reference = np.arange(len(distances), dtype=np.float32)[:, None], np.arange(distances.shape[1], dtype=np.float32)[:, None]
+    return calculator.get_accuracy(query, query_labels, reference, gallery_labels, ref_includes_query=False)
+
+
+@pytest.mark.archive
+def test_p1_map_at_r_and_r_precision_equal_pytorch_metric_learning_on_real_distances(archive: Path) -> None:
+    """Cardiac MR slices of three patients (three sequences each): every other slice queries the rest by GMSD."""
+    files = [archive / "mr" / "myops" / f"{p}_{s}.nii.gz" for p in (101, 102, 104) for s in ("C0", "T2")]
+    data = load_slices(files, Identity(manifest=archive / "manifest.csv"), 64)
+    images = network_input(torch.from_numpy(data.images), data.modalities)[:, 0]
+    labels = np.unique(data.patients, return_inverse=True)[1]
+    query, gallery = np.arange(len(data)) % 2 == 0, np.arange(len(data)) % 2 == 1
+    baseline = create("grad")
+    distances = baseline.distance(baseline.score(images[query], baseline.prepare_gallery(images[gallery]))).numpy().astype(np.float64)
+    ours = ranking_figures(distances, labels[query][:, None] == labels[gallery][None, :])
+    theirs = library_figures(distances, labels[query], labels[gallery])
+    assert len(np.unique(distances)) == distances.size  # no ties: both rank the same way
+    assert np.mean(ours["p1"]) == pytest.approx(theirs["precision_at_1"], abs=1e-9)
+    assert np.mean(ours["map_r"]) == pytest.approx(theirs["mean_average_precision_at_r"], abs=1e-9)
+    assert np.mean(ours["r_precision"]) == pytest.approx(theirs["r_precision"], abs=1e-9)
+    assert 0.0 < np.mean(ours["map_r"]) < 1.0  # neither trivial nor hopeless, so the comparison means something
+
+
+def test_ranking_figures_equal_the_library_on_many_labels_and_skip_queries_without_relevant_items() -> None:
+    rng = np.random.default_rng(3)
+    gallery_labels, query_labels = rng.integers(0, 8, size=60), rng.integers(0, 9, size=40)  # label 8 has no gallery item
+    distances = rng.random((40, 60)) + 0.3 * (query_labels[:, None] != gallery_labels[None, :])
+    ours = ranking_figures(distances, query_labels[:, None] == gallery_labels[None, :])
+    lone = query_labels == 8
+    assert lone.any() and np.isnan(ours["map_r"][lone]).all() and np.isnan(ours["p1"][lone]).all()
+    theirs = library_figures(distances, query_labels, gallery_labels)
+    for ours_key, their_key in (("p1", "precision_at_1"), ("map_r", "mean_average_precision_at_r"), ("r_precision", "r_precision")):
+        assert np.nanmean(ours[ours_key]) == pytest.approx(theirs[their_key], abs=1e-9), ours_key
+    np.testing.assert_allclose(ours["ap"], average_precision(distances, query_labels[:, None] == gallery_labels[None, :]))
+
+
+def test_map_at_r_by_hand() -> None:
+    """Relevant at ranks 1 and 3 of R = 3: (1/1 + 2/3) / 3; R-precision 2/3; P@1 1."""
+    figures = ranking_figures(np.array([[0.1, 0.2, 0.3, 0.4, 0.5]]), np.array([[True, False, True, False, True]]))
+    assert figures["map_r"][0] == pytest.approx((1 + 2 / 3) / 3)
+    assert figures["r_precision"][0] == pytest.approx(2 / 3) and figures["p1"][0] == 1.0
+
+
+def test_vectorised_bootstrap_of_means_equals_the_resampling_loop() -> None:
+    rng = np.random.default_rng(5)
+    patients = np.repeat([f"p{i}" for i in range(12)], rng.integers(1, 6, size=12))
+    values = rng.random((3, len(patients)))
+    values[1, 4] = np.nan  # a query without relevant items is left out of the mean
+    estimate, replicates = bootstrap_means(values, patients, resamples=50, seed=9)
+    low, high = percentile_bounds(replicates)
+    for line in range(3):
+        loop = bootstrap_ci(lambda rows: float(np.nanmean(values[line, rows])), patients, resamples=50, seed=9)
+        assert estimate[line] == pytest.approx(loop.estimate) and (low[line], high[line]) == pytest.approx((loop.low, loop.high))
