@@ -233,9 +233,9 @@ def test_a_header_declaring_24_gib_is_refused_before_anything_is_allocated(tmp_p
     damaged = bytearray(good)
     struct.pack_into("<Q", damaged, ids_at, 24 * 2**30 // 8)
     (path / STORE_NAME).write_bytes(damaged)
-    probe = ("import resource, sys; from indexer.store import VectorStore, StoreError\n"
+    probe = ("import re, sys; from pathlib import Path; from indexer.store import VectorStore, StoreError\n"
              "try: VectorStore.load(sys.argv[1], 128)\nexcept StoreError as exc: print('refused:', exc)\n"
-             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
+             "print(int(re.search(r'VmHWM:\\s+(\\d+)', Path('/proc/self/status').read_text())[1]) // 1024)")  # this process's peak, not the parent's
     out = subprocess.run([sys.executable, "-c", probe, str(path / STORE_NAME)], capture_output=True, text=True, timeout=120).stdout.splitlines()
     assert out[0].startswith("refused: unreadable") and int(out[1]) < 1024, out  # MiB peak: nothing near 24 GiB was touched
     with IndexDirectory.open(path, writable=True) as directory:
@@ -294,3 +294,22 @@ def test_index_paths_stay_inside_the_folder_and_a_file_is_not_a_folder(tmp_path)
     one_line_error(cli("search", str(a_file), "--index", str(odd), "--manifest", str(tmp_path)), f"--manifest {tmp_path}: a folder, not a file")
     with pytest.raises(FileNotFoundError, match="a file, not an index folder"):
         IndexDirectory.open(a_file, manifest(), writable=True)
+
+
+def test_manifests_copy_the_checkpoint_config_without_patient_ids(archive, tmp_path) -> None:
+    """No patient id of the sample archive reaches an index's manifest.json, from the shipped config or a legacy one."""
+    import csv
+
+    import torch
+
+    from retrieval.checkpoint import DEFAULT_CHECKPOINT
+
+    with open(archive / "manifest.csv", newline="") as handle:
+        ids = {row["patient_id"] for row in csv.DictReader(handle)}
+    shipped = torch.load(DEFAULT_CHECKPOINT, map_location="cpu", weights_only=True)["config"]
+    legacy = {**shipped, "validation_patients": sorted(ids)[:17]}  # how checkpoints listed their held-out patients before digests
+    for name, config in (("shipped", shipped), ("legacy", legacy)):
+        IndexDirectory.open(tmp_path / name, new_manifest("a" * 64, DEFAULT_CHECKPOINT, config, 64), writable=True).close()
+        written = (tmp_path / name / "manifest.json").read_text()
+        assert not [patient for patient in ids if patient in written], name
+    assert read_manifest(tmp_path / "legacy").checkpoint_config["validation_patients_count"] == 17
