@@ -14,6 +14,7 @@ Server-Timing header: read, preprocess, embed, rank, thumbnails lookup) excludes
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -38,9 +39,9 @@ def percentiles(values: list[float]) -> str:
 
 
 def index(archive: Path, folder: Path, target: Path) -> subprocess.Popen:
-    """`retrieval index` of a folder into target, in its own process."""
+    """`retrieval index` of a folder into target, in its own process (its errors go to target's sibling .log)."""
     command = [sys.executable, "-m", "retrieval.cli", "index", str(folder), "--index", str(target), "--manifest", str(archive / "manifest.csv"), "--json"]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=target.with_name(folder.name + ".log").open("w"))
 
 
 def slices(url: str) -> tuple[int, int]:
@@ -72,7 +73,8 @@ def main() -> None:
         root = Path(scratch)
         (root / "token").write_text(TOKEN)
         if index(archive, link(archive, root / "archive", SUBSET), root / "idx").wait():
-            raise SystemExit("retrieval index failed on the subset")
+            raise SystemExit("retrieval index failed on the subset: " + (root / "archive.log").read_text()[-500:])
+        size = json.loads((root / "idx" / "manifest.json").read_text())["preprocessing"]["size"]
         with cli_server("--index", str(root / "idx"), "--token-file", str(root / "token"), "--workers", str(args.workers)) as url:
             hammer(url, TOKEN, query, clients=1, searches=5)
             start = time.perf_counter()
@@ -84,13 +86,14 @@ def main() -> None:
             loaded = hammer(url, TOKEN, query, clients=args.clients, searches=args.searches)
             loaded_seconds = time.perf_counter() - start
             overlapped = grower.poll() is None
-            status = grower.wait()
+            if grower.wait():
+                raise SystemExit("the concurrent retrieval index failed: " + (root / "more.log").read_text()[-500:])
             time.sleep(3)  # one more reload check after the run's last commit
             after, reloads = slices(url)
     load_average = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    print(f"{os.cpu_count()} CPUs, load average at the end {load_average}; query {args.query} (one slice, 128² model input); "
-          f"index run on {' '.join(args.grow)} {'still running when the searches ended' if overlapped else 'ended before the searches did'} "
-          f"(exit {status}); slices searched {before} → {after}, {reloads} reloads\n")
+    print(f"{os.cpu_count()} CPUs, load average at the end {load_average}; query {args.query} (one slice, {size}² model input); "
+          f"index run on {' '.join(args.grow)} {'still running when the searches ended' if overlapped else 'ended before the searches did'}; "
+          f"slices searched {before} → {after}, {reloads} reloads\n")
     print("| phase | searches | errors | client ms p50 / p90 / p99 | server ms p50 / p90 / p99 | searches/s |")
     print("|---|---|---|---|---|---|")
     print(row("1 client, idle index", idle, idle_seconds))
