@@ -23,6 +23,7 @@ import numpy as np
 from sqlalchemy import Boolean, Float, ForeignKey, Integer, LargeBinary, String, create_engine, delete, event, func, insert, select, update
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.pool import QueuePool
 
 T = TypeVar("T")
 CHUNK = 20_000  # ids per IN (...) clause, below SQLite's bound-parameter limit
@@ -162,7 +163,8 @@ def _sqlite_engine(path: Path, readonly: bool) -> Engine:
         wal = path.with_name(path.name + "-wal")
         frozen = _readonly_storage(path.parent) and not (wal.is_file() and wal.stat().st_size)
         uri = f"file:{quote(str(path))}?mode=ro" + ("&immutable=1" if frozen else "")
-        engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False))
+        # QueuePool, not the SingletonThreadPool "sqlite://" implies: that one closes connections other threads are using (a server segfaults)
+        engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False), poolclass=QueuePool)
 
     @event.listens_for(engine, "handle_error")
     def _on_error(context) -> Exception | None:  # type: ignore[no-untyped-def]
