@@ -310,6 +310,13 @@ class Catalog:
                     out[row[0]] = SliceInfo(*row)
         return out
 
+    def members(self, column: str, values: Iterable[str]) -> list[SliceInfo]:
+        """Rows whose `column` (patient_id, study_id or series_id) is one of `values`: every slice of some series or studies."""
+        columns = (SliceRow.id, SliceRow.patient_id, SliceRow.study_id, SliceRow.series_id, SliceRow.slice_index, SliceRow.modality, SliceRow.path, SliceRow.alpha)
+        field_ = {"patient_id": SliceRow.patient_id, "study_id": SliceRow.study_id, "series_id": SliceRow.series_id}[column]
+        with Session(self.engine) as session:
+            return [SliceInfo(*row) for chunk in _chunks(set(values)) for row in session.execute(select(*columns).where(field_.in_(chunk)).order_by(SliceRow.id))]
+
     def eligible_ids(self, max_alpha: float | None = None, modality: str | None = None, exclude_patients: Sequence[str] = ()) -> np.ndarray:
         """Ids of slices passing the search filters (α at most max_alpha, this modality, not these patients)."""
         query = select(SliceRow.id)

@@ -35,7 +35,7 @@ from indexer.quarantine import Quarantine, Watchdog
 from indexer.ann import INDEX_TYPES
 from retrieval import __version__
 from retrieval.checkpoint import file_sha256
-from retrieval.io import Identity, Limits, Series, Skipped, read_archive
+from retrieval.io import Identity, Limits, Series, Skipped, SourceUnavailable, read_archive
 from retrieval.io.pixels import one_line
 from retrieval.metric import DistortionAwareMetric
 from retrieval.preprocess import is_empty, prepare
@@ -67,6 +67,7 @@ class Chunk:
     n_empty: int = 0
     problems: list[Skipped] = field(default_factory=list)
     failed: str | None = None
+    fatal: bool = False  # the source is unreachable (a DICOMweb server went away): the run stops, a rerun resumes
 
 
 @dataclass
@@ -137,13 +138,13 @@ def plan(paths: Sequence[str | Path], identity: Identity, states: dict[str, tupl
             skipped.append(Skipped(item.path, f"modality {item.modality}: only CT and MR are indexed (say which with --modality or --manifest)"))
         else:
             series_list.append(item)
-    files = sorted({f for s in series_list for f in s.files})
+    files = sorted({f for s in series_list if s.checksums is None for f in s.files})  # DICOMweb series come with theirs
     with ThreadPoolExecutor(max_workers=4) as pool:  # hashlib releases the GIL
         sums = dict(zip(files, pool.map(file_sha256, files)))
     jobs: list[Job] = []
     seen: set[str] = set()
     for series in series_list:
-        own = {f: sums[f] for f in series.files}
+        own = series.checksums or {f: sums[f] for f in series.files}
         record = SeriesRecord(series_key(series), series.patient_id, series.study_id, series.series_id, series.modality, series.path, _fingerprint(series, own))
         if record.key in seen:
             skipped.append(Skipped(series.path, f"series {series.series_id} found twice under this path; indexed once"))
@@ -162,6 +163,9 @@ def _series_chunks(job: Job, size: int, chunk: int, watchdog: Watchdog | None = 
     try:
         with watchdog.reading(job.series.files) if watchdog else nullcontext():
             slices = job.series.load()
+    except SourceUnavailable as exc:
+        yield Chunk(key, torch.zeros(0), [], [], True, failed=str(exc), fatal=True)
+        return
     except Exception as exc:  # noqa: BLE001 - a broken series is reported, the run goes on
         yield Chunk(key, torch.zeros(0), [], [], True, failed=one_line(exc))
         return
@@ -295,6 +299,9 @@ def index_archive(
             last_save = time.monotonic()
 
     for chunk in loader:
+        if chunk.fatal:  # what is committed stays consistent; the rerun redoes the unfinished series
+            directory.save()
+            raise SourceUnavailable(chunk.failed)
         if chunk.failed:
             report.skipped.append(Skipped(records[chunk.key].series.path, chunk.failed))
             advance(records[chunk.key].series.n_slices)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from retrieval.cli import archive, bench, index, model, search, serve
+from retrieval.cli import archive, bench, index, link, model, search, serve
 
 app = typer.Typer(
     help="Content-based medical image retrieval with a distortion-aware learned similarity metric.",
@@ -13,7 +13,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 # Registered in data-flow order, which is the order `--help` lists them in.
-for command in (archive.scan, archive.distort, model.train, index.index, search.search, index.remove, index.info, index.qc,
+for command in (archive.scan, archive.distort, model.train, index.index, search.search, link.link, index.remove, index.info, index.qc,
                 index.demo, serve.serve, bench.bench):
     app.command()(command)
 

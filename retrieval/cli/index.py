@@ -9,13 +9,14 @@ import typer
 
 from retrieval.cli.common import (
     LIMITS, IndexDirOpt, JsonOpt, ManifestOpt, MaxFileMbOpt, MaxSlicePixelsOpt, MaxSlicesPerFileOpt, ModalityOpt, PatientRegexOpt, fail,
-    file_path, folder_path, identity_options, limits_options, open_index, require,
+    PasswordFileOpt, SinceOpt, StudyOpt, TokenFileOpt, UserOpt, file_path, folder_path, identity_options, limits_options, open_index,
+    sources,
 )
 
 CheckpointOpt = Annotated[Optional[Path], typer.Option(callback=file_path, help="Model checkpoint (default: the shipped one).")]
 
 def index(
-    archive: Annotated[list[Path], typer.Argument(help="Archive folders or files to index.")],
+    archive: Annotated[list[str], typer.Argument(help="Archive folders or files to index, or dicomweb:http://host:port/dicom-web.")],
     index_dir: IndexDirOpt,
     checkpoint: CheckpointOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=4096, help="Slices per model batch and per catalog transaction.")] = 32,
@@ -32,6 +33,11 @@ def index(
     seconds_per_file: Annotated[float, typer.Option("--max-seconds-per-file", min=0.001, help="A reader worker decoding one file longer than this is stopped and the file skipped from then on.")] = LIMITS.seconds_per_file,
     prune: Annotated[bool, typer.Option("--prune", help="Remove indexed series whose files are gone (kept and reported otherwise).")] = False,
     force: Annotated[bool, typer.Option("--force", help="With --prune: remove them even when that empties a whole folder given or indexed.")] = False,
+    study: StudyOpt = None,
+    since: SinceOpt = None,
+    auth_token_file: TokenFileOpt = None,
+    user: UserOpt = None,
+    password_file: PasswordFileOpt = None,
 ) -> None:
     """Embed an archive into an index directory (incremental: reruns embed only new or changed series)."""
     import json
@@ -39,9 +45,10 @@ def index(
     from indexer.directory import IndexUnavailable
     from indexer.manifest import IndexMismatch, read_manifest
     from indexer.pipeline import build_index, print_report, print_warnings
+    from retrieval.io import SourceUnavailable
     from retrieval.runtime import ensure_model
 
-    require(archive)
+    archive = sources(archive, study, since, auth_token_file, user, password_file)
     identity = identity_options(manifest, patient_regex, modality)
     limits = limits_options(max_slice_pixels, max_slices_per_file, max_file_mb, seconds_per_file)
     try:
@@ -49,7 +56,7 @@ def index(
                              workers=workers, kind=index_type, show_progress=not json_out, limits=limits, prune=prune, force=force)
         built = read_manifest(index_dir)
         ensure_model(index_dir, built.checkpoint_path, built.checkpoint_sha256)  # once per checkpoint: searches then run without torch
-    except (ValueError, FileNotFoundError, IndexMismatch, IndexUnavailable) as exc:
+    except (ValueError, FileNotFoundError, IndexMismatch, IndexUnavailable, SourceUnavailable) as exc:
         fail(str(exc))
     if json_out:
         print_warnings(report)

@@ -13,13 +13,14 @@ raises `SourceUnavailable`, one line naming the URL and the status.
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -112,6 +113,10 @@ class DicomWeb:
         return [f"{self.name}/studies/{study}" for study in self.studies] if self.studies else [self.name]
 
     def client(self) -> Any:
+        """This process's dicomweb-client for the source (one session: connections are reused between requests)."""
+        return _client(self, os.getpid())  # per process: a forked worker must not share its parent's sockets
+
+    def new_client(self) -> Any:
         """A dicomweb-client with retries and backoff on its session and the credentials set."""
         import requests
         from dicomweb_client.api import DICOMwebClient
@@ -149,12 +154,13 @@ class DicomWeb:
         """List the source (QIDO-RS, nothing fetched) as lazily fetched Series, non-image instances as Skipped."""
         client = self.client()
         for study in self._studies(client):
-            with self.requests(f"QIDO-RS /studies/{study}/series"):
-                listed = client.search_for_series(study, fields=["SeriesInstanceUID"], get_remaining=True)
-            for series in sorted(_values(listed, "0020000E")):
-                with self.requests(f"QIDO-RS /studies/{study}/series/{series}/instances"):
-                    instances = client.search_for_instances(study, series, fields=list(INSTANCE_FIELDS), get_remaining=True)
-                yield from self._series(study, series, instances, identity)
+            with self.requests(f"QIDO-RS /studies/{study}/instances"):  # one listing per study, all its series
+                instances = client.search_for_instances(study, fields=[*INSTANCE_FIELDS, "SeriesInstanceUID"], get_remaining=True)
+            by_series: dict[str, list[dict[str, Any]]] = {}
+            for item in instances:
+                by_series.setdefault(str(item.get("0020000E", {}).get("Value", [""])[0]), []).append(item)
+            for series in sorted(by_series):
+                yield from self._series(study, series, by_series[series], identity)
 
     def _studies(self, client: Any) -> list[str]:
         """The studies to read: the named ones, else every study (from `since` on) the server lists."""
@@ -196,6 +202,12 @@ class DicomWeb:
             checksums={url: "sop:" + url.rsplit("/", 1)[1] for url in files},
             loader=partial(fetch_series, self, key, base),
         )
+
+
+@lru_cache(maxsize=16)
+def _client(source: DicomWeb, pid: int) -> Any:
+    """The cached client of one source in one process."""
+    return source.new_client()
 
 
 def _values(listing: list[dict[str, Any]], tag: str) -> set[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +62,30 @@ def _affine(reader: Any, dims: int) -> tuple[tuple[int, int, int], tuple[float, 
     return tuple(size), tuple(float(s) for s in spacing), affine  # type: ignore[return-value]
 
 
+def simpleitk() -> Any:
+    """SimpleITK, imported with a SWIG type table of its own (every reader and test takes it from here).
+
+    SWIG modules share one table of C++ types per process; the one imported last takes over the Python classes of
+    the types both wrap, so SimpleITK imported after faiss turned faiss's id vectors into SimpleITK vectors and
+    `faiss.vector_to_array` failed on every index (faiss issue #3689 shows the same clash with PyMuPDF). The shared
+    table is set aside while SimpleITK loads, and SimpleITK's own is kept out of reach of modules loaded later.
+    """
+    if "SimpleITK" in sys.modules:
+        return sys.modules["SimpleITK"]
+    tables = lambda: [name for name in sys.modules if name.startswith("swig_runtime_data")]  # noqa: E731
+    shared = {name: sys.modules.pop(name) for name in tables()}
+    try:
+        import SimpleITK
+    finally:
+        for name in tables():
+            del sys.modules[name]
+        sys.modules.update(shared)
+    return SimpleITK
+
+
 def _reader(path: str) -> Any:
     """A SimpleITK file reader with the header read (no voxels); the format comes from the content, not the name."""
-    import SimpleITK as sitk
+    sitk = simpleitk()
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(path)
@@ -74,7 +96,7 @@ def _reader(path: str) -> Any:
 
 def _volumes(reader: Any, dims: int) -> tuple[int, bool]:
     """(number of 3D volumes, whether the pixels are colour) of an ITK header; ValueError when unsupported."""
-    import SimpleITK as sitk
+    sitk = simpleitk()
 
     pixel = sitk.GetPixelIDValueAsString(reader.GetPixelID())
     if "complex" in pixel:
@@ -90,7 +112,7 @@ def _volumes(reader: Any, dims: int) -> tuple[int, bool]:
 
 def _voxel_bytes(reader: Any) -> int:
     """Bytes of one voxel, all components, as the header declares it."""
-    import SimpleITK as sitk
+    sitk = simpleitk()
 
     components = reader.GetNumberOfComponents()
     return int(sitk.Image([1, 1], reader.GetPixelID(), components).GetSizeOfPixelComponent()) * components
@@ -133,7 +155,7 @@ def _kind(path: Path | str) -> str:
 
 def _voxels(reader: Any, dims: int, volume: int) -> np.ndarray:
     """One 3D volume as float32 voxels in (i, j, k) order; 4D files are read one volume at a time."""
-    import SimpleITK as sitk
+    sitk = simpleitk()
 
     _, colour = _volumes(reader, dims)
     if dims == 4:

@@ -69,8 +69,8 @@ def consistent(index_dir: Path) -> tuple[int, int]:
     with sqlite3.connect(index_dir / CATALOG_NAME) as db:
         ids = [r[0] for r in db.execute("SELECT id FROM slices ORDER BY id")]
         incomplete = db.execute("SELECT count(*) FROM series WHERE NOT complete").fetchone()[0]
-    store = faiss.downcast_index(faiss.read_index(str(index_dir / "vectors.faiss")))
-    assert faiss.vector_to_array(store.id_map).tolist() == ids
+    stored = faiss.read_index(str(index_dir / "vectors.faiss"))  # keep it referenced: the downcast view does not own it
+    assert faiss.vector_to_array(faiss.downcast_index(stored).id_map).tolist() == ids
     return len(ids), incomplete
 
 

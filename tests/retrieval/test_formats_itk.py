@@ -8,10 +8,12 @@ import nibabel as nib
 import nrrd
 import numpy as np
 import pytest
-import SimpleITK as sitk
 from nibabel.testing import data_path
 
 from retrieval.io import Identity, Series, Skipped, read_archive, read_path
+from retrieval.io.itk import simpleitk
+
+sitk = simpleitk()
 
 NIBABEL = Path(data_path)
 # RAS and LAS grids, thick slices along the third axis, anisotropic voxels, and a 4D file.
@@ -109,3 +111,25 @@ def test_format_is_told_by_content_and_bad_files_get_one_line_reasons(tmp_path) 
     loaded = items["cut.nrrd"].load() if isinstance(items["cut.nrrd"], Series) else None
     problems = items["cut.nrrd"].skipped if loaded is not None else [items["cut.nrrd"]]
     assert loaded == [] and len(problems) == 1 and "NRRD" in problems[0].reason and "\n" not in problems[0].reason
+
+
+@pytest.mark.parametrize("first", ["faiss", "SimpleITK"])
+def test_reading_nrrd_leaves_faiss_working_whichever_is_imported_first(tmp_path, first) -> None:
+    # SWIG modules share a type table: SimpleITK loaded after faiss used to take over faiss's id vectors.
+    import subprocess
+    import sys
+
+    write_nrrd(NIBABEL / "anatomical.nii", tmp_path / "scan.nrrd", "left-posterior-superior")
+    script = f"""
+import numpy as np
+if {first!r} == "SimpleITK":
+    from retrieval.io.itk import simpleitk; simpleitk()
+import faiss
+from retrieval.io import read_path
+assert len(read_path({str(tmp_path / "scan.nrrd")!r})) == 25
+index = faiss.IndexIDMap2(faiss.IndexFlatIP(4))
+index.add_with_ids(np.eye(4, dtype="float32")[:3], np.array([5, 6, 7]))
+assert faiss.vector_to_array(index.id_map).tolist() == [5, 6, 7]
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
