@@ -7,6 +7,10 @@ Row ids are AUTOINCREMENT, so an id is never reused after a delete: FAISS ids st
 Readers (search, info, qc) open the file read-only and never create tables; a missing, empty,
 truncated or damaged file is a CatalogError that names the file and how to recover. Everything
 SQLite-specific (URLs from paths, pragmas, read-only opening, file checks) is in `_sqlite_engine`.
+A `postgresql://` URL instead of a path puts the same tables in PostgreSQL (psycopg): sequences never
+reuse ids either, and every batch is one transaction there too. A `catalog_meta` table records
+SCHEMA_VERSION; a catalog of another version is refused with a one-line error (files from before
+the stamp are version 1, the same tables).
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from typing import TypeVar
 from urllib.parse import quote
 
 import numpy as np
-from sqlalchemy import Boolean, Float, ForeignKey, Integer, LargeBinary, String, create_engine, delete, event, func, insert, select, update
-from sqlalchemy.engine import URL, Engine
+from sqlalchemy import Boolean, Float, ForeignKey, Integer, LargeBinary, String, create_engine, delete, event, func, insert, inspect, select, update
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import QueuePool
 
@@ -29,6 +34,7 @@ T = TypeVar("T")
 CHUNK = 20_000  # ids per IN (...) clause, below SQLite's bound-parameter limit
 SQLITE_MAGIC = b"SQLite format 3\x00"
 TABLES = ("series", "slices")
+SCHEMA_VERSION = 1  # bump with any change to the tables: catalogs of another version are refused, not misread
 
 
 class CatalogError(ValueError):
@@ -76,6 +82,15 @@ class SliceRow(Base):
     model_version: Mapped[str] = mapped_column(String)
     index_version: Mapped[str] = mapped_column(String)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class MetaRow(Base):
+    """Facts about the catalog itself (key `schema_version`)."""
+
+    __tablename__ = "catalog_meta"
+
+    key: Mapped[str] = mapped_column(String, primary_key=True)
+    value: Mapped[str] = mapped_column(String)
 
 
 @dataclass(frozen=True)
@@ -177,6 +192,38 @@ def _sqlite_engine(path: Path, readonly: bool) -> Engine:
     return engine
 
 
+def is_url(location: str | Path) -> bool:
+    """True for a database URL (postgresql://…), false for an SQLite file path."""
+    return isinstance(location, str) and "://" in location
+
+
+def masked(location: str | Path) -> str:
+    """A catalog location as manifests and messages show it: URLs without their password (libpq finds it in PGPASSWORD or ~/.pgpass)."""
+    if not is_url(location):
+        return str(location)
+    try:
+        return make_url(str(location)).set(password=None).render_as_string(hide_password=False)
+    except ArgumentError:
+        return str(location).split("@")[-1]
+
+
+def _server_engine(url: str) -> Engine:
+    """An engine on a PostgreSQL catalog (psycopg 3), connections checked before use."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise CatalogError(f"{url}: not a database URL ({exc})") from None
+    if parsed.get_backend_name() != "postgresql":
+        raise CatalogError(f"{masked(url)}: catalogs are an SQLite file or a postgresql:// URL")
+    try:
+        import psycopg  # noqa: F401 - the driver SQLAlchemy loads for postgresql+psycopg
+    except ImportError:
+        raise CatalogError(f'{masked(url)}: a PostgreSQL catalog needs psycopg: pip install -e ".[postgres]"') from None
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return create_engine(parsed, pool_pre_ping=True)
+
+
 def _chunks(values: Iterable[T] | np.ndarray) -> Iterator[list[T]]:
     """Split ids or keys into lists small enough for one IN (...) clause."""
     values = values.tolist() if isinstance(values, np.ndarray) else [v.item() if isinstance(v, np.generic) else v for v in values]
@@ -188,27 +235,43 @@ class Catalog:
     """The SQLite catalog of one index directory (read-only for readers: no tables created, nothing written)."""
 
     def __init__(self, path: str | Path, readonly: bool = False) -> None:
-        self.path = Path(path)
+        self.location = masked(path)
+        self.path = Path(path) if not is_url(path) else Path(self.location)
         self.readonly = readonly
-        self.engine = _sqlite_engine(self.path, readonly)
+        self.engine = _server_engine(str(path)) if is_url(path) else _sqlite_engine(self.path, readonly)
         try:
             if not readonly:
                 Base.metadata.create_all(self.engine)
-            with self.engine.connect() as connection:
-                found = set(connection.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'table'").scalars())
+            found = set(inspect(self.engine).get_table_names())
+            if not set(TABLES) <= found:
+                raise _damaged(self.path, f"not a catalog of this tool (no {' or '.join(sorted(set(TABLES) - found))} table)")
+            self._check_schema("catalog_meta" in found)
+        except OperationalError as exc:
+            self.engine.dispose()
+            raise CatalogError(f"{self.location}: cannot open the catalog ({str(exc.orig).strip().splitlines()[0]})") from None
         except BaseException:
             self.engine.dispose()
             raise
-        if not set(TABLES) <= found:
-            self.engine.dispose()
-            raise _damaged(self.path, f"not a catalog of this tool (no {' or '.join(sorted(set(TABLES) - found))} table)")
+
+    def _check_schema(self, stamped: bool) -> None:
+        """Refuse a catalog of another SCHEMA_VERSION; a writer stamps an unstamped one (version 1 tables)."""
+        with Session(self.engine) as session, session.begin():
+            row = session.get(MetaRow, "schema_version") if stamped else None
+            version = int(row.value) if row is not None else 1
+            if version != SCHEMA_VERSION:
+                fix = "upgrade medretrieval" if version > SCHEMA_VERSION else "index the archive into a new --index DIR (and a new database)"
+                raise CatalogError(f"{self.location}: catalog schema version {version}, this medretrieval reads version {SCHEMA_VERSION}; {fix}")
+            if row is None and not self.readonly:
+                session.add(MetaRow(key="schema_version", value=str(SCHEMA_VERSION)))
 
     def close(self) -> None:
         """Release the database connections."""
         self.engine.dispose()
 
     def verify(self) -> str:
-        """SQLite's quick_check over every page ("" when sound): builders run it before trusting the file."""
+        """SQLite's quick_check over every page ("" when sound): builders run it before trusting the file (a server checks its own)."""
+        if self.engine.dialect.name != "sqlite":
+            return ""
         with self.engine.connect() as connection:
             problems = [row for row in connection.exec_driver_sql("PRAGMA quick_check").scalars() if row != "ok"]
         return "; ".join(problems[:3])

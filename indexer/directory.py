@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from indexer.ann import REBUILD_TOMBSTONES, RecallProbe, build_hnsw, choose_kind, tune_hnsw
-from indexer.catalog import Catalog
+from indexer.catalog import Catalog, masked
 from indexer.integrity import load_store, open_catalog
-from indexer.manifest import MANIFEST_NAME, Manifest, read_manifest, write_manifest
+from indexer.manifest import MANIFEST_NAME, IndexMismatch, Manifest, read_manifest, write_manifest
 from indexer.store import IVFPQ_MIN_VECTORS, REFINE, VectorStore, build_ivfpq, recall_at_k
 
 CATALOG_NAME = "catalog.sqlite"
@@ -66,8 +66,11 @@ class IndexDirectory:
         self.notes: list[str] = []  # one line each about what opening changed (a rebuilt store, a catalog set aside)
 
     @classmethod
-    def open(cls, path: str | Path, expected: Manifest | None = None, writable: bool = False) -> "IndexDirectory":
-        """Open DIR (creating it from `expected` when it has no manifest), check it matches, repair the index."""
+    def open(cls, path: str | Path, expected: Manifest | None = None, writable: bool = False, catalog: str | None = None) -> "IndexDirectory":
+        """Open DIR (creating it from `expected` when it has no manifest), check it matches, repair the index.
+
+        `catalog`: a postgresql:// URL; DIR keeps the catalog it was built with (manifest.json, without the password).
+        """
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise FileNotFoundError(f"{path}: a file, not an index folder; give --index a folder")
@@ -85,7 +88,7 @@ class IndexDirectory:
             if manifest is None:
                 manifest = expected
                 write_manifest(path, manifest)
-            catalog, reset = open_catalog(path / CATALOG_NAME, writable, rebuild=expected is not None)
+            catalog, reset = open_catalog(_catalog_location(path, manifest, catalog), writable, rebuild=expected is not None)
             store, why = load_store(path / STORE_NAME, manifest.embedding_size, manifest.store.get("digest"), catalog)
             directory = cls(path, manifest, catalog, store, lock)
             directory.repair = replace(directory.sync(), rebuilt=why)
@@ -216,6 +219,13 @@ class IndexDirectory:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def _catalog_location(path: Path, manifest: Manifest, url: str | None) -> Path | str:
+    """DIR's catalog: the URL given (it must be the one DIR was built with), the one DIR records, or DIR/catalog.sqlite."""
+    if url and masked(url) != (manifest.catalog or str(path / CATALOG_NAME)):
+        raise IndexMismatch(f"{path}: its catalog is {manifest.catalog or path / CATALOG_NAME}, not {masked(url)}; use that or another --index DIR")
+    return url or manifest.catalog or path / CATALOG_NAME
 
 
 def _lock(path: Path) -> int:

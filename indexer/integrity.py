@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.catalog import Catalog, CatalogError
+from indexer.catalog import Catalog, CatalogError, is_url
 from indexer.store import StoreError, VectorStore
 
 
@@ -58,8 +58,11 @@ def set_aside(path: Path) -> Path:
     return target
 
 
-def open_catalog(path: Path, writable: bool, rebuild: bool) -> tuple[Catalog, str]:
+def open_catalog(path: Path | str, writable: bool, rebuild: bool) -> tuple[Catalog, str]:
     """The catalog (read-only unless writable); with `rebuild`, a damaged one is set aside for a new one, and why."""
+    if is_url(path):  # a database server keeps its own files: nothing to check or set aside here
+        return Catalog(path, readonly=not writable), ""
+    path = Path(path)
     if not writable:
         return Catalog(path, readonly=True), ""
     if not path.exists() and not rebuild:

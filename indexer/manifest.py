@@ -70,6 +70,7 @@ class Manifest:
     format: int = FORMAT_VERSION
     updated: str = ""
     store: dict[str, Any] = field(default_factory=dict)  # the FAISS file at its last save: digest, vectors, kind
+    catalog: str = ""  # the catalog's URL (no password) when it is not DIR/catalog.sqlite
 
     def __post_init__(self) -> None:
         self.checkpoint_config = without_patient_ids(self.checkpoint_config)  # also cleans manifests written before
@@ -87,11 +88,12 @@ class Manifest:
             raise IndexMismatch(f"{directory}: built with preprocessing {self.preprocessing}, this code uses {preprocessing}; rebuild into another --index DIR")
 
 
-def new_manifest(checkpoint_sha256: str, checkpoint_path: str | Path, config: dict[str, Any], size: int, kind: str = "flat") -> Manifest:
+def new_manifest(checkpoint_sha256: str, checkpoint_path: str | Path, config: dict[str, Any], size: int, kind: str = "flat", catalog: str = "") -> Manifest:
     """The manifest a new index built with this checkpoint gets."""
     return Manifest(
         checkpoint_sha256=checkpoint_sha256, checkpoint_path=str(Path(checkpoint_path).resolve()), checkpoint_config=config,
         embedding_size=int(config.get("anatomy_dim", 128)), preprocessing=preprocessing(size), index={"requested": kind, "kind": "flat"},
+        catalog=catalog,
     )
 
 

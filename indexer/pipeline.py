@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from indexer.catalog import SeriesRecord, SliceRecord
+from indexer.catalog import SeriesRecord, SliceRecord, masked
 from indexer.directory import IndexDirectory
 from indexer.manifest import new_manifest
 from indexer.prune import check_prune, missing_series
@@ -354,6 +354,7 @@ def build_index(
     batch_size: int = 32,
     workers: int | None = None,
     kind: str = "auto",
+    catalog: str | None = None,
     show_progress: bool = True,
     limits: Limits | None = None,
     prune: bool = False,
@@ -371,7 +372,7 @@ def build_index(
         raise ValueError(f"index type must be one of {', '.join(INDEX_TYPES)}, got {kind!r}")
     checkpoint = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
     metric = DistortionAwareMetric.load(checkpoint, device)
-    expected = new_manifest(metric.checkpoint_hash, checkpoint, metric.config, metric.size, kind)
+    expected = new_manifest(metric.checkpoint_hash, checkpoint, metric.config, metric.size, kind, masked(catalog) if catalog else "")
     workers = default_workers() if workers is None else workers
     threads, faiss_threads = torch.get_num_threads(), faiss.omp_get_max_threads()
     torch.set_num_threads(model_threads(workers))
@@ -379,7 +380,7 @@ def build_index(
     try:
         while True:
             try:
-                with IndexDirectory.open(index_dir, expected, writable=True) as directory, progress_bar(show_progress) as progress:
+                with IndexDirectory.open(index_dir, expected, writable=True, catalog=catalog) as directory, progress_bar(show_progress) as progress:
                     return index_archive(paths, directory, metric, identity, batch_size=batch_size, workers=workers, kind=kind,
                                          progress=progress, limits=limits, prune=prune, force=force, save_every=save_every)
             except RuntimeError as exc:  # a dead DataLoader worker; anything else is re-raised

@@ -121,10 +121,11 @@ def limits_options(max_slice_pixels: int, max_slices_per_file: int, max_file_mb:
 
 
 IndexDirOpt = Annotated[Path, typer.Option("--index", callback=folder_path, help="Index directory (manifest.json, catalog.sqlite, vectors.faiss).")]
+CatalogOpt = Annotated[Optional[str], typer.Option("--catalog", help="postgresql://USER@HOST:PORT/DB to keep the catalog in PostgreSQL (default: DIR/catalog.sqlite; an index keeps the catalog it was built with).")]
 
 
 @contextmanager
-def open_index(index_dir: Path, writable: bool = False) -> Iterator[Any]:
+def open_index(index_dir: Path, writable: bool = False, catalog: Optional[str] = None) -> Iterator[Any]:
     """Open an index directory (consistency check included; repairs said on stderr) and close it; a one-line error
     for a missing, busy, read-only or damaged index, also when the damage shows while it is in use."""
     from indexer.catalog import CatalogError
@@ -132,7 +133,7 @@ def open_index(index_dir: Path, writable: bool = False) -> Iterator[Any]:
     from indexer.manifest import IndexMismatch
 
     try:
-        directory = IndexDirectory.open(index_dir, writable=writable)
+        directory = IndexDirectory.open(index_dir, writable=writable, catalog=catalog)
     except (FileNotFoundError, IndexMismatch, IndexUnavailable, CatalogError) as exc:
         fail(str(exc))
     for note in directory.notes:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from retrieval.cli.common import (
-    LIMITS, IndexDirOpt, JsonOpt, ManifestOpt, MaxFileMbOpt, MaxSlicePixelsOpt, MaxSlicesPerFileOpt, ModalityOpt, PatientRegexOpt, fail,
+    LIMITS, CatalogOpt, IndexDirOpt, JsonOpt, ManifestOpt, MaxFileMbOpt, MaxSlicePixelsOpt, MaxSlicesPerFileOpt, ModalityOpt, PatientRegexOpt, fail,
     PasswordFileOpt, SinceOpt, StudyOpt, TokenFileOpt, UserOpt, file_path, folder_path, identity_options, limits_options, open_index,
     sources,
 )
@@ -27,6 +27,7 @@ def index(
     patient_regex: PatientRegexOpt = None,
     modality: ModalityOpt = None,
     json_out: JsonOpt = False,
+    catalog: CatalogOpt = None,
     max_slice_pixels: MaxSlicePixelsOpt = LIMITS.max_slice_pixels,
     max_slices_per_file: MaxSlicesPerFileOpt = LIMITS.max_slices_per_file,
     max_file_mb: MaxFileMbOpt = LIMITS.max_file_mb,
@@ -53,7 +54,8 @@ def index(
     limits = limits_options(max_slice_pixels, max_slices_per_file, max_file_mb, seconds_per_file)
     try:
         report = build_index(archive, index_dir, identity, checkpoint=checkpoint, device=device, batch_size=batch_size,
-                             workers=workers, kind=index_type, show_progress=not json_out, limits=limits, prune=prune, force=force)
+                             workers=workers, kind=index_type, show_progress=not json_out, limits=limits, prune=prune, force=force,
+                             catalog=catalog)
         built = read_manifest(index_dir)
         ensure_model(index_dir, built.checkpoint_path, built.checkpoint_sha256)  # once per checkpoint: searches then run without torch
     except (ValueError, FileNotFoundError, IndexMismatch, IndexUnavailable, SourceUnavailable) as exc:
@@ -70,25 +72,26 @@ def remove(
     index_dir: IndexDirOpt,
     patient: Annotated[str, typer.Option("--patient", help="Patient id to delete from the index.")],
     json_out: JsonOpt = False,
+    catalog: CatalogOpt = None,
 ) -> None:
     """Delete every slice of a patient from the index (catalog and vectors)."""
     import json
 
-    with open_index(index_dir, writable=True) as directory:
+    with open_index(index_dir, writable=True, catalog=catalog) as directory:
         removed = directory.remove_patient(patient)
     if not removed:
         fail(f"{index_dir}: no slices of patient {patient!r}", code=1)
     typer.echo(json.dumps({"patient_id": patient, "slices_removed": removed}) if json_out else f"removed {removed} slices of {patient}")
 
 
-def info(index_dir: IndexDirOpt, json_out: JsonOpt = False) -> None:
+def info(index_dir: IndexDirOpt, json_out: JsonOpt = False, catalog: CatalogOpt = None) -> None:
     """Counts by modality and patient, predicted-α histogram and size on disk of an index."""
     import json
 
     from indexer.summary import info as summarise
     from indexer.summary import print_info
 
-    with open_index(index_dir) as directory:
+    with open_index(index_dir, catalog=catalog) as directory:
         summary = summarise(directory)
     typer.echo(json.dumps(summary, indent=2)) if json_out else print_info(summary)
 
@@ -97,13 +100,14 @@ def qc(
     index_dir: IndexDirOpt,
     above: Annotated[float, typer.Option("--above", min=0.0, max=1.0, help="Flag slices whose predicted α exceeds this.")] = 0.3,
     json_out: JsonOpt = False,
+    catalog: CatalogOpt = None,
 ) -> None:
     """Quality control: series and slices whose predicted distortion α exceeds a threshold."""
     import json
 
     from indexer.summary import print_qc, quality_control
 
-    with open_index(index_dir) as directory:
+    with open_index(index_dir, catalog=catalog) as directory:
         report = quality_control(directory, above)
     typer.echo(json.dumps(report, indent=2)) if json_out else print_qc(report)
 

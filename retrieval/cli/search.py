@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from retrieval.cli.common import (
-    MAX_K, IndexDirOpt, JsonOpt, ManifestOpt, PasswordFileOpt, PatientRegexOpt, SinceOpt, StudyOpt, TokenFileOpt, UserOpt, fail, file_path,
+    MAX_K, CatalogOpt, IndexDirOpt, JsonOpt, ManifestOpt, PasswordFileOpt, PatientRegexOpt, SinceOpt, StudyOpt, TokenFileOpt, UserOpt, fail, file_path,
     identity_options, open_index, sources,
 )
 
@@ -28,6 +28,7 @@ def search(
     manifest: ManifestOpt = None,
     patient_regex: PatientRegexOpt = None,
     json_out: JsonOpt = False,
+    catalog: CatalogOpt = None,
     study: StudyOpt = None,
     since: SinceOpt = None,
     auth_token_file: TokenFileOpt = None,
@@ -49,7 +50,7 @@ def search(
     by = "study" if same_patient and by == "patient" else by
     modality = modality.upper() if modality else None
     identity = identity_options(manifest, patient_regex, modality)
-    with open_index(index_dir) as directory:
+    with open_index(index_dir, catalog=catalog) as directory:
         try:
             metric = directory.embedder(checkpoint, device, backend)
             result = search_path(directory, metric, source, identity, slice_index=slice_index, k=k, by=by, max_alpha=max_alpha,
