@@ -203,7 +203,7 @@ class IndexDirectory:
         except OSError as exc:  # PermissionError, or EROFS on a read-only mount
             warnings.warn(f"{self.path}: cannot write the ONNX export ({exc.strerror}); using the torch model", stacklevel=2)
             return self.metric(checkpoint, device)
-        metric = OnnxMetric(path)
+        metric = OnnxMetric(path, checkpoint_hash=sha, config=self.manifest.checkpoint_config)  # loads while the query is read
         self.manifest.check(self.path, metric.checkpoint_hash, str(path), preprocessing(metric.size))
         return metric
 

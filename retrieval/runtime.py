@@ -10,6 +10,8 @@ the torch path's bf16 autocast differs from both by ~1e-2 (docs/benchmarks.md).
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -55,8 +57,14 @@ def resolve_backend(backend: str, device: str) -> str:
 class OnnxMetric:
     """Embeds preprocessed 3×S×S slices with ONNX Runtime; the `embed`/`preprocess` interface of DistortionAwareMetric."""
 
-    def __init__(self, path: str | Path, threads: int | None = None, throughput: bool = False) -> None:
-        """Open the model; `throughput` applies ONNX Runtime's layout optimisations (0.2 s more to load, ~15% faster on batches of 32)."""
+    def __init__(self, path: str | Path, threads: int | None = None, throughput: bool = False,
+                 checkpoint_hash: str | None = None, config: dict[str, Any] | None = None) -> None:
+        """Start loading the model in the background (ONNX Runtime releases the GIL, so a search reads its query meanwhile).
+
+        `throughput` applies ONNX Runtime's layout optimisations (0.2 s more to load, faster on batches of 32).
+        Given the checkpoint's hash and config (an index manifest has them), nothing waits for the model until the
+        first embedding, which then checks that the file was exported from that checkpoint.
+        """
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -66,10 +74,23 @@ class OnnxMetric:
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         self.path = Path(path)
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        meta = self.session.get_modelmeta().custom_metadata_map
-        self.checkpoint_hash: str = meta["checkpoint_sha256"]
-        self.config: dict[str, Any] = json.loads(meta["config"])
+        loader = ThreadPoolExecutor(1, thread_name_prefix="onnx-load")
+        self._loading = loader.submit(ort.InferenceSession, str(path), options, providers=["CPUExecutionProvider"])
+        loader.shutdown(wait=False)
+        if checkpoint_hash is None or config is None:
+            meta = self._loading.result().get_modelmeta().custom_metadata_map
+            checkpoint_hash, config = checkpoint_hash or meta["checkpoint_sha256"], config or json.loads(meta["config"])
+        self.checkpoint_hash: str = checkpoint_hash
+        self.config: dict[str, Any] = config
+
+    @cached_property
+    def session(self) -> Any:
+        """The loaded ONNX Runtime session, refused when the file was exported from another checkpoint."""
+        session = self._loading.result()
+        made_from = session.get_modelmeta().custom_metadata_map.get("checkpoint_sha256", "")
+        if made_from != self.checkpoint_hash:
+            raise ValueError(f"{self.path}: exported from checkpoint {made_from[:12]}, not {self.checkpoint_hash[:12]}; delete it to export again")
+        return session
 
     @property
     def size(self) -> int:
