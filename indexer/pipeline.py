@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from indexer.catalog import SeriesRecord, SliceRecord, masked
 from indexer.directory import IndexDirectory
+from indexer.distributed import RaySource
 from indexer.manifest import new_manifest
 from indexer.prune import check_prune, missing_series
 from indexer.quarantine import Quarantine, Watchdog
@@ -68,6 +69,7 @@ class Chunk:
     problems: list[Skipped] = field(default_factory=list)
     failed: str | None = None
     fatal: bool = False  # the source is unreachable (a DICOMweb server went away): the run stops, a rerun resumes
+    embedded: bool = False  # pixels already replaced by [anatomy | α] rows (made by a Ray actor, indexer/distributed.py)
 
 
 @dataclass
@@ -256,8 +258,12 @@ def index_archive(
     limits: Limits | None = None,
     prune: bool = False,
     force: bool = False,
+    source: RaySource | None = None,
 ) -> IndexReport:
-    """Bring DIR in line with the archive: embed new/changed series, redo stale ones, prune missing ones if asked, save."""
+    """Bring DIR in line with the archive: embed new/changed series, redo stale ones, prune missing ones if asked, save.
+
+    `source`: a Ray cluster reads, preprocesses and embeds the series (indexer/distributed.py) instead of local workers.
+    """
     started = time.perf_counter()
     catalog, store = directory.catalog, directory.store
     limits, quarantine = limits or Limits(), Quarantine(directory.path)
@@ -274,8 +280,9 @@ def index_archive(
     report.series_removed, report.slices_removed = len(pruned), len(removed)
     records = {job.record.key: job for job in work.jobs}
     advance = progress(sum(job.series.n_slices for job in work.jobs)) if progress else (lambda n: None)
-    loader = DataLoader(SeriesDataset(work.jobs, metric.size, batch_size, Watchdog(directory.path, limits.seconds_per_file)), batch_size=None, num_workers=workers, collate_fn=_keep,
-                        prefetch_factor=4 if workers else None, worker_init_fn=partial(_drop_inherited_lock, directory.lock_fd))
+    loader = source.chunks(work.jobs, metric.size, batch_size) if source else DataLoader(
+        SeriesDataset(work.jobs, metric.size, batch_size, Watchdog(directory.path, limits.seconds_per_file)), batch_size=None, num_workers=workers,
+        collate_fn=_keep, prefetch_factor=4 if workers else None, worker_init_fn=partial(_drop_inherited_lock, directory.lock_fd))
     batcher, last_save = _Batcher(), time.monotonic()
 
     def commit(n: int) -> None:
@@ -284,10 +291,14 @@ def index_archive(
         slices: list[SliceRecord] = []
         if len(meta):
             start = time.perf_counter()
-            embedded = metric.embed_tensor(pixels)
+            if source:  # embedded by the Ray actors: [anatomy | α] rows
+                vectors, alphas = pixels[:, :-1].numpy(), pixels[:, -1].numpy()
+            else:
+                embedded = metric.embed_tensor(pixels)
+                vectors, alphas = embedded.anatomy, embedded.alpha
             report.seconds_embedding += time.perf_counter() - start
             slices = [SliceRecord(key, index, path, records[key].file_checksums.get(path, records[key].record.checksum), float(alpha), vector)
-                      for (key, index, path), alpha, vector in zip(meta, embedded.alpha, embedded.anatomy)]
+                      for (key, index, path), alpha, vector in zip(meta, alphas, vectors)]
         series = [records[key].record for key in {m[0] for m in meta} | set(done)]
         ids = catalog.commit_batch(series, slices, done, metric.checkpoint_hash[:16], __version__)
         store.add(ids, np.stack([s.vector for s in slices]) if slices else np.zeros((0, store.dim), np.float32))
@@ -355,6 +366,7 @@ def build_index(
     workers: int | None = None,
     kind: str = "auto",
     catalog: str | None = None,
+    ray: str | None = None,
     show_progress: bool = True,
     limits: Limits | None = None,
     prune: bool = False,
@@ -382,7 +394,8 @@ def build_index(
             try:
                 with IndexDirectory.open(index_dir, expected, writable=True, catalog=catalog) as directory, progress_bar(show_progress) as progress:
                     return index_archive(paths, directory, metric, identity, batch_size=batch_size, workers=workers, kind=kind,
-                                         progress=progress, limits=limits, prune=prune, force=force, save_every=save_every)
+                                         progress=progress, limits=limits, prune=prune, force=force, save_every=save_every,
+                                         source=RaySource(ray, checkpoint, metric.checkpoint_hash, device) if ray else None)
             except RuntimeError as exc:  # a dead DataLoader worker; anything else is re-raised
                 if not Quarantine(index_dir).collect(exc):
                     raise

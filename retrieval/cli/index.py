@@ -28,6 +28,7 @@ def index(
     modality: ModalityOpt = None,
     json_out: JsonOpt = False,
     catalog: CatalogOpt = None,
+    ray: Annotated[Optional[str], typer.Option("--ray", help='Read, preprocess and embed as a Ray Data pipeline on a cluster: auto (the one on this machine, else a new local one) or its ADDRESS; needs pip install -e ".[ray]".')] = None,
     max_slice_pixels: MaxSlicePixelsOpt = LIMITS.max_slice_pixels,
     max_slices_per_file: MaxSlicesPerFileOpt = LIMITS.max_slices_per_file,
     max_file_mb: MaxFileMbOpt = LIMITS.max_file_mb,
@@ -55,7 +56,7 @@ def index(
     try:
         report = build_index(archive, index_dir, identity, checkpoint=checkpoint, device=device, batch_size=batch_size,
                              workers=workers, kind=index_type, show_progress=not json_out, limits=limits, prune=prune, force=force,
-                             catalog=catalog)
+                             catalog=catalog, ray=ray)
         built = read_manifest(index_dir)
         ensure_model(index_dir, built.checkpoint_path, built.checkpoint_sha256)  # once per checkpoint: searches then run without torch
     except (ValueError, FileNotFoundError, IndexMismatch, IndexUnavailable, SourceUnavailable) as exc:
