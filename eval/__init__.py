@@ -1,1 +1,1 @@
-"""Evaluation: the retrieval benchmark's baselines, metrics and protocol."""
+"""Evaluation: the retrieval benchmark (`retrieval bench`): protocols, baselines, figures, reports and pooling of runs."""

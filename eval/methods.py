@@ -30,8 +30,8 @@ class Method:
     name: str
     direction: str
 
-    def prepare(self, gallery: torch.Tensor) -> None:
-        """Encode the clean gallery, (G, 3, S, S) network inputs."""
+    def prepare(self, gallery: torch.Tensor) -> Any:
+        """Encode a gallery, (G, 3, S, S) network inputs, and search it from now on; returns the encoding."""
         raise NotImplementedError
 
     def encode(self, images: torch.Tensor) -> Any:
@@ -50,6 +50,13 @@ class Method:
         """(B,) tracking distances of row-aligned encoded images."""
         raise NotImplementedError
 
+    def alpha_of(self, encoded: Any) -> np.ndarray | None:
+        """Predicted distortion severity â of encoded images, for methods that predict one (else None)."""
+        return None
+
+    def release(self) -> None:
+        """Drop the prepared gallery (its statistics can be large) once it has been searched."""
+
 
 class BaselineMethod(Method):
     """A registered baseline on channel 0 of the network input, its scores turned into distances."""
@@ -60,8 +67,12 @@ class BaselineMethod(Method):
         self.direction = baseline.direction
         self.gallery: Stats | None = None
 
-    def prepare(self, gallery: torch.Tensor) -> None:
+    def prepare(self, gallery: torch.Tensor) -> Stats:
         self.gallery = self.encode(gallery)
+        return self.gallery
+
+    def release(self) -> None:
+        self.gallery = None
 
     def encode(self, images: torch.Tensor) -> Stats:
         return self.baseline.prepare_gallery(images[:, 0])
@@ -85,10 +96,11 @@ class LearnedMethod(Method):
         self.gallery: Embeddings | None = None
         self.store: VectorStore | None = None
 
-    def prepare(self, gallery: torch.Tensor) -> None:
+    def prepare(self, gallery: torch.Tensor) -> Embeddings:
         self.gallery = self.encode(gallery)
         self.store = VectorStore.empty(self.gallery.anatomy.shape[1])
         self.store.add(np.arange(len(self.gallery)), self.gallery.anatomy)
+        return self.gallery
 
     def encode(self, images: torch.Tensor) -> Embeddings:
         return self.metric.embed_tensor(images, EMBED_BATCH)
@@ -115,6 +127,12 @@ class LearnedMethod(Method):
 
     def paired(self, first: Embeddings, second: Embeddings) -> np.ndarray:
         return self.metric.distance(first, second).astype(np.float64)
+
+    def alpha_of(self, encoded: Embeddings) -> np.ndarray:
+        return encoded.alpha
+
+    def release(self) -> None:
+        self.gallery, self.store = None, None
 
 
 def create_methods(names: Sequence[str], metric: DistortionAwareMetric, dino_weights: Path | None) -> tuple[list[Method], dict[str, str]]:

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
-from sklearn.metrics import roc_auc_score
 
 from retrieval import TAU
 
@@ -97,7 +96,10 @@ def benign_malignant_auc(distances: np.ndarray, alphas: np.ndarray, tau: float =
     malignant = np.asarray(alphas, dtype=np.float64) > tau
     if malignant.all() or not malignant.any():
         raise ValueError(f"need pairs on both sides of τ = {tau} to compute an AUC")
-    return float(roc_auc_score(malignant, np.asarray(distances, dtype=np.float64)))
+    # Mann–Whitney U from average ranks: equal to sklearn's roc_auc_score (ties count half), ~100× faster in the bootstrap
+    ranks = stats.rankdata(np.asarray(distances, dtype=np.float64))
+    positives, negatives = int(malignant.sum()), int((~malignant).sum())
+    return float((ranks[malignant].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""report.md from results.json: the paper's figures beside ours, then mAP, retention and distance per α, all with CIs."""
+"""report.md from results.json (of one run or a pool): both protocols side by side, then every figure per α, variant, dataset and modality."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ PAPER: dict[str, dict[str, float]] = {
 }
 HEADLINE_ALPHA = 0.8
 DASH = "—"
-
+RANKING_TITLES = (("map", "mAP"), ("p1", "P@1"), ("map_r", "MAP@R"), ("r_precision", "R-precision"), ("retention", "retention"))
 
 Format = Callable[[float], str]
 
@@ -44,10 +44,17 @@ def with_ci(value: float | None, bounds: Sequence[float | None] | None, form: Fo
     return f"{form(value)} [{form(bounds[0])}, {form(bounds[1])}]"
 
 
-def alpha_index(alphas: Sequence[float], alpha: float) -> int | None:
-    """Position of α in the grid, None when the grid does not have it."""
-    matches = [i for i, a in enumerate(alphas) if abs(a - alpha) < 1e-9]
-    return matches[0] if matches else None
+def position(values: Sequence[Any], wanted: Any) -> int | None:
+    """Index of a grid value (α as a float, or a level name), None when the grid does not have it."""
+    for i, value in enumerate(values):
+        if value == wanted or (isinstance(value, (int, float)) and isinstance(wanted, (int, float)) and abs(value - wanted) < 1e-9):
+            return i
+    return None
+
+
+def plural(count: int, one: str, many: str | None = None) -> str:
+    """'1 patient', '3 patients'."""
+    return f"{count} {one if count == 1 else (many or one + 's')}"
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -55,74 +62,184 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(row) + " |" for row in rows)]
 
 
-def headline_rows(results: dict[str, Any]) -> list[list[str]]:
-    """One row per paper figure set and per method: Spearman, ratio, AUC, retention at 0.8, mAP(0), time per query."""
-    at = alpha_index(results["alphas"], HEADLINE_ALPHA)
-    rows = [[f"paper: {name}", number(p["spearman"]), number(p["ratio"]), number(p["auc"]), number(p["retention_0.8"], percent), DASH, DASH]
-            for name, p in PAPER.items()]
-    for name, m in results["methods"].items():
+def ran(methods: dict[str, Any]) -> dict[str, Any]:
+    """The methods that produced figures."""
+    return {name: m for name, m in methods.items() if "status" not in m}
+
+
+def cell(block: dict[str, Any], key: str, index: int | None, form: Format = fixed) -> str:
+    """One per-level figure of a protocol block with its interval; a dash where the grid lacks the level."""
+    return DASH if index is None else with_ci(block[key][index], block["ci"][key][index], form)
+
+
+def headline_rows(results: dict[str, Any], methods: dict[str, Any]) -> list[list[str]]:
+    """Per method: clean-query figures, mAP and retention at the headline α in both protocols and the mixed gallery, tracking."""
+    at = position(results["alphas"], HEADLINE_ALPHA)
+    archive_at, mixed = position(results["levels"], f"{HEADLINE_ALPHA:g}"), position(results["levels"], "mixed")
+    rows = []
+    for name, m in methods.items():
         if "status" in m:
-            rows.append([name, m["status"], "", "", "", "", ""])
+            rows.append([name, m["status"], *[""] * 8])
             continue
-        ci = m["ci"]
-        retention = with_ci(m["retention"][at], ci["retention"][at], percent) if at is not None else DASH
-        rows.append([name, with_ci(m["spearman"], ci["spearman"]), with_ci(m["ratio"], ci["ratio"]), with_ci(m["auc"], ci["auc"]),
-                     retention, with_ci(m["map"][0], ci["map"][0]), f"{m['seconds_per_query']:.3f}"])
+        q, a, ci = m["query"], m["archive"], m["ci"]
+        rows.append([name, cell(q, "map", 0), cell(q, "p1", 0), cell(q, "map_r", 0),
+                     f"{cell(q, 'map', at)} ({cell(q, 'retention', at, percent) if at is not None else DASH})",
+                     f"{cell(a, 'map', archive_at)} ({cell(a, 'retention', archive_at, percent) if archive_at is not None else DASH})",
+                     f"{cell(a, 'map', mixed)} ({cell(a, 'retention', mixed, percent) if mixed is not None else DASH})",
+                     with_ci(m["spearman"], ci["spearman"]), with_ci(m["auc"], ci["auc"])])
     return rows
 
 
-def per_alpha_rows(results: dict[str, Any], key: str, form: Format) -> list[list[str]]:
-    """One row per method that ran: the figure `key` at every α with its interval."""
-    return [[name, *(with_ci(v, b, form) for v, b in zip(m[key], m["ci"][key]))] for name, m in results["methods"].items() if "status" not in m]
+HEADLINE_HEADER = ["method", "mAP clean", "P@1 clean", "MAP@R clean", f"query α={HEADLINE_ALPHA:g}: mAP (retained)",
+                   f"archive α={HEADLINE_ALPHA:g}: mAP (retained)", "archive mixed: mAP (retained)", "Spearman(d, α)", "AUC"]
+
+
+def paper_rows(results: dict[str, Any]) -> list[list[str]]:
+    """The paper's figures beside ours: Spearman, ratio, AUC, query-protocol retention at α = 0.8."""
+    at = position(results["alphas"], HEADLINE_ALPHA)
+    rows = [[f"paper: {name}", number(p["spearman"]), number(p["ratio"]), number(p["auc"]), number(p["retention_0.8"], percent)]
+            for name, p in PAPER.items()]
+    for name, m in ran(results["methods"]).items():
+        ci = m["ci"]
+        rows.append([name, with_ci(m["spearman"], ci["spearman"]), with_ci(m["ratio"], ci["ratio"]), with_ci(m["auc"], ci["auc"]),
+                     cell(m["query"], "retention", at, percent)])
+    return rows
+
+
+def level_tables(methods: dict[str, Any], protocol: str, labels: Sequence[str], keys: Sequence[tuple[str, str]]) -> list[str]:
+    """One table per figure: rows = methods, columns = the protocol's levels."""
+    lines: list[str] = []
+    for key, title in keys:
+        form = percent if key == "retention" else (significant if key == "distance" else fixed)
+        rows = [[name, *(cell(m[protocol], key, i, form) for i in range(len(labels)))] for name, m in methods.items()]
+        lines += ["", f"**{title}**", "", *table(["method", *labels], rows)]
+    return lines
+
+
+def variant_rows(results: dict[str, Any], methods: dict[str, Any]) -> list[list[str]]:
+    """Per method: clean queries' mAP, then each variant's mAP and its ratio to it."""
+    return [[name, cell(m["query"], "map", 0),
+             *(f"{cell(m['variants'], 'map', i)} ({cell(m['variants'], 'retention', i, percent)})" for i in range(len(results["variants"])))]
+            for name, m in methods.items()]
+
+
+def group_sections(results: dict[str, Any], key: str) -> list[str]:
+    """The headline table per dataset or modality, then that group's per-level tables folded away."""
+    lines: list[str] = []
+    alphas = [f"α={a:g}" for a in results["alphas"]]
+    levels = [f"gallery α={v}" if v != "mixed" else "mixed" for v in results["levels"]]
+    for group, entry in results["breakdown"][key].items():
+        methods = entry["methods"]
+        lines += ["", f"### {group} ({plural(entry['queries'], 'query', 'queries')} of {plural(entry['patients'], 'patient')})", "",
+                  *table(HEADLINE_HEADER, headline_rows(results, methods)), "",
+                  *table(["method", "original mAP", *(f"{v}: mAP (ratio)" for v in results["variants"])], variant_rows(results, methods)),
+                  "", "<details><summary>every figure per α</summary>", "",
+                  "Query protocol:", *level_tables(methods, "query", alphas, RANKING_TITLES), "",
+                  "Archive protocol:", *level_tables(methods, "archive", levels, RANKING_TITLES), "", "</details>"]
+    return lines
+
+
+def calibration_lines(results: dict[str, Any]) -> list[str]:
+    """The learned metric's â against α per modality and the median â of clean slices per dataset."""
+    calibration = results.get("calibration")
+    if not calibration:
+        return []
+    grid = [f"mean â at α={a:g}" for a in results["alphas"]]
+    rows = [[modality, str(e["queries"]), with_ci(e["spearman"], e["ci"]["spearman"]), number(e.get("spearman_mixed_gallery")),
+             *(with_ci(v, b) for v, b in zip(e["mean_alpha_hat"], e["ci"]["mean_alpha_hat"]))]
+            for modality, e in calibration["by_modality"].items()]
+    clean = [[d, str(e["slices"]), number(e["median_alpha_hat"])] for d, e in calibration["clean_by_dataset"].items()]
+    return ["", "## α calibration of the learned metric", "",
+            "Predicted â against the true α: Spearman over the query protocol's views, and over the mixed archive gallery "
+            "(every slice at its own α ~ U(0, 1)); mean â of the queries at each α.", "",
+            *table(["modality", "queries", "Spearman(â, α) queries", "Spearman(â, α) mixed gallery", *grid], rows), "",
+            "Median â of clean slices (clean gallery and clean queries), per dataset:", "",
+            *table(["dataset", "clean slices", "median â"], clean), "", "![â against α](calibration.png)"]
+
+
+def timing_lines(results: dict[str, Any]) -> list[str]:
+    """Per method: what the query protocol and the archive protocol cost."""
+    timed = {n: m["timing"] for n, m in ran(results["methods"]).items() if "timing" in m}
+    if not timed:
+        return []
+    distortion = results["protocol"]["archive"].get("distortion_seconds", {})
+    rows = [[n, f"{t['gallery_seconds']:.1f}", f"{t['seconds_per_query']:.4f}", f"{t['archive_seconds']:.1f}",
+             f"{t['archive_seconds_per_level']:.1f}", f"{t['archive_gallery_seconds']:.1f}"] for n, t in timed.items()]
+    return ["", "## Time", "",
+            f"Distorting the gallery once per archive level, shared by every method: {sum(distortion.values()):.1f} s in all.", "",
+            *table(["method", "clean gallery, s", "s / query view", "archive protocol, s", "per level, s", "of which re-encoding galleries, s"], rows)]
+
+
+def header_lines(results: dict[str, Any]) -> list[str]:
+    """The honesty line, title, command, machine, checkpoint and data (for a pool: its runs)."""
+    data, protocol = results["data"], results["protocol"]
+    modalities = ", ".join(f"{k} {v}" for k, v in data["by_modality"].items())
+    datasets = ", ".join(f"{k} {v['patients']}" for k, v in data.get("by_dataset", {}).items())
+    checkpoints = results["checkpoint"] if isinstance(results["checkpoint"], list) else [results["checkpoint"]]
+    models = "; ".join(f"`{c['path']}` (sha256 {c['sha256'][:12]}, {c.get('backbone') or '?'}, input {c['size']}×{c['size']}, "
+                       f"invariance {c.get('invariance', 'none')})" for c in checkpoints)
+    return [
+        results["honesty"]["statement"], "", "# Retrieval benchmark", "",
+        f"Command: `{results['command']}`  ",
+        f"Run {results['date']} in {results['seconds'] / 60:.1f} min on {results['machine']['description']}, "
+        f"torch {results['versions']['torch']} with {results['machine']['torch_threads']} thread(s).", "",
+        f"Checkpoint{'s' if len(checkpoints) > 1 else ''}: {models}. Data: {data['slices']} slices of {data['patients']} patients "
+        f"({modalities}; patients per dataset: {datasets or 'no datasets named'}); gallery: {data['gallery']} slices of {data['gallery_patients']} patients"
+        f"{'' if protocol.get('gallery_per_patient') is None else ' (at most ' + str(protocol['gallery_per_patient']) + ' per patient)'}; "
+        f"queries: {data['queries']} slices of {data['query_patients']} patients (run seed {protocol['seed']}{', --quick' if protocol['quick'] else ''}).",
+        "",
+        "Two protocols on the same queries and seeds: **query** (each query distorted at every α, clean gallery; the paper's) and "
+        "**archive** (clean queries; every gallery slice distorted with its own seed at one α of the grid, or at its own α ~ U(0, 1) "
+        "in the *mixed* gallery). At α = 0 both are the same clean run. A gallery slice is relevant iff it belongs to the query's "
+        f"patient. Brackets: 95% bootstrap intervals over patients ({protocol['resamples']} resamples). Retained: mAP over the clean mAP. "
+        "Protocol: docs/benchmark-protocol.md.",
+        *(["", "Pooled runs (each on its own data; figures recomputed from their per-query records):", "",
+           *table(["run", "checkpoint", "queries", "data"], [[r["dir"], r["checkpoint"], str(r["queries"]), r["statement"].strip("*")]
+                                                              for r in results["runs"]])] if "runs" in results else []),
+    ]
 
 
 def render(results: dict[str, Any]) -> str:
     """The whole report as markdown."""
-    data, ckpt, protocol = results["data"], results["checkpoint"], results["protocol"]
-    alphas = results["alphas"]
-    grid = ", ".join(f"{a:g}" for a in alphas)
-    modalities = ", ".join(f"{k} {v}" for k, v in data["by_modality"].items())
-    lines = [
-        "# Retrieval benchmark",
-        "",
-        f"Command: `{results['command']}`  ",
-        f"Run {results['date']} in {results['seconds'] / 60:.1f} min on {results['machine']['description']}, "
-        f"torch {results['versions']['torch']} with {results['machine']['torch_threads']} thread(s).",
-        "",
-        f"Checkpoint `{ckpt['path']}` (sha256 {ckpt['sha256'][:12]}, {ckpt.get('backbone') or '?'}, input {ckpt['size']}×{ckpt['size']}). "
-        f"Data: {data['slices']} slices of {data['patients']} patients ({modalities}); gallery: {data['gallery']} clean slices of "
-        f"{data['gallery_patients']} patients; queries: {data['queries']} slices of {data['query_patients']} patients, each distorted at "
-        f"α ∈ {{{grid}}} with its own seed (run seed {protocol['seed']}{', --quick' if protocol['quick'] else ''}). "
-        f"A gallery slice is relevant iff it belongs to the query's patient. Brackets: 95% bootstrap intervals over patients "
-        f"({protocol['resamples']} resamples). Protocol: docs/benchmark-protocol.md.",
-        "",
-        "## The paper's figures beside ours",
-        "",
-        "Spearman: rank correlation of d(x, D_α(x)) with α (↑). Ratio: mean distortion movement over mean identity movement (↓). "
-        f"AUC: d(x, D_α(x)) separating α > {protocol['tau']:g} from α ≤ {protocol['tau']:g} (↑). Retention: mAP(0.8) / mAP(0) (↑). "
-        "The learned metric's tracking distance is the distortion-aware distance d_anat + β·|Δâ|; it retrieves by anatomy distance.",
-        "",
-        *table(["method", "Spearman ↑", "ratio ↓", "AUC ↑", "retention α=0.8 ↑", "mAP α=0", "s / query"], headline_rows(results)),
-    ]
-    header = ["method", *(f"α={a:g}" for a in alphas)]
-    for title, key, form in (("mAP by α", "map", fixed), ("Retention by α (mAP(α) / mAP(0))", "retention", percent),
-                             ("Mean distance d(x, D_α(x)) by α", "distance", significant)):
-        lines += ["", f"## {title}", "", *table(header, per_alpha_rows(results, key, form))]
-    identity = [[n, with_ci(m["identity_distance"], m["ci"]["identity_distance"], significant)] for n, m in results["methods"].items() if "status" not in m]
-    lines += ["", "Identity movement (mean distance from a clean query to gallery slices of other patients):", "",
-              *table(["method", "identity distance"], identity)]
-    lines += ["", "## Plots", "", "![mAP and retention against α](retrieval.png)", "", "![distance against α](distance.png)", ""]
-    if data["skipped"]:
-        lines += ["## Skipped files", "", *(f"- `{s['path']}`: {s['reason']}" for s in data["skipped"]), ""]
+    methods = ran(results["methods"])
+    alphas = [f"α={a:g}" for a in results["alphas"]]
+    levels = [f"gallery α={v}" if v != "mixed" else "mixed" for v in results["levels"]]
+    lines = [*header_lines(results), "", "## Headline", "", *table(HEADLINE_HEADER, headline_rows(results, results["methods"])),
+             "", "## The paper's figures beside ours", "",
+             "Spearman: rank correlation of d(x, D_α(x)) with α (↑). Ratio: mean distortion movement over mean identity movement (↓). "
+             f"AUC: d(x, D_α(x)) separating α > {results['protocol']['tau']:g} from α ≤ {results['protocol']['tau']:g} (↑). "
+             "Retention: query-protocol mAP(0.8) / mAP(0) (↑). The learned metric's tracking distance is d_anat + β·|Δâ|; it retrieves by anatomy distance.",
+             "", *table(["method", "Spearman ↑", "ratio ↓", "AUC ↑", "retention α=0.8 ↑"], paper_rows(results)),
+             "", "## Query protocol: distorted queries, clean gallery",
+             *level_tables(methods, "query", alphas, (*RANKING_TITLES, ("distance", "mean distance d(x, D_α(x))"))), "",
+             *table(["method", "identity distance (clean query to other patients)"],
+                    [[n, with_ci(m["identity_distance"], m["ci"]["identity_distance"], significant)] for n, m in methods.items()]),
+             "", "## Archive protocol: clean queries, distorted gallery", *level_tables(methods, "archive", levels, RANKING_TITLES),
+             "", "## Query variants", "",
+             "Clean queries (α = 0) " + "; ".join(f"**{k}**: {v}" for k, v in results["protocol"]["variants"].items())
+             + ", against the clean gallery; in brackets the ratio to the original queries' mAP.", "",
+             *table(["method", "original mAP", *(f"{v}: mAP (ratio)" for v in results["variants"])], variant_rows(results, methods)),
+             "", "## By dataset", *group_sections(results, "dataset"), "", "## By modality", *group_sections(results, "modality"),
+             *calibration_lines(results), *timing_lines(results),
+             "", "## Plots", "", "![mAP and retention against α, both protocols](retrieval.png)", "", "![distance against α](distance.png)", ""]
+    if results["data"]["skipped"]:
+        lines += ["## Skipped files", "", *(f"- `{s['path']}`: {s['reason']}" for s in results["data"]["skipped"]), ""]
     return "\n".join(lines)
 
 
 def summary_lines(results: dict[str, Any]) -> list[str]:
-    """One line per method for the terminal: mAP(0), retention at the largest α, Spearman, ratio, AUC, time."""
-    last = results["alphas"][-1]
+    """One line per method for the terminal: clean mAP, mAP at the headline α in both protocols and mixed, Spearman, time."""
+    at = position(results["alphas"], HEADLINE_ALPHA)
+    archive_at, mixed = position(results["levels"], f"{HEADLINE_ALPHA:g}"), position(results["levels"], "mixed")
+
+    def value(block: dict[str, Any], index: int | None) -> str:
+        return DASH if index is None else number(block["map"][index])
+
     return [f"{name:8} {m['status']}" if "status" in m else
-            f"{name:8} mAP(0) {number(m['map'][0])}  retention(α={last:g}) {number(m['retention'][-1], percent)}  Spearman {number(m['spearman'])}  "
-            f"ratio {number(m['ratio'])}  AUC {number(m['auc'])}  {m['seconds_per_query']:.3f} s/query"
+            f"{name:8} mAP clean {number(m['query']['map'][0])}  query α={HEADLINE_ALPHA:g} {value(m['query'], at)}  "
+            f"archive α={HEADLINE_ALPHA:g} {value(m['archive'], archive_at)}  mixed {value(m['archive'], mixed)}  "
+            f"P@1 {number(m['query']['p1'][0])}  Spearman {number(m['spearman'])}"
+            + (f"  {m['timing']['seconds_per_query']:.3f} s/query" if "timing" in m else "")
             for name, m in results["methods"].items()]
 
 

@@ -1,29 +1,20 @@
-"""retrieval bench: the query split and seeds, the learned method's FAISS search, the figures, and --quick on the archive."""
+"""`retrieval bench` end to end on a small real subset: both protocols, held-out data by default, breakdowns, redaction, pooling."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pytest
 import torch
-from scipy import stats
-from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-from eval.figures import MethodRun, summarise
-from eval.methods import METHODS, LearnedMethod
-from eval.protocol import QUICK_ALPHAS, QUICK_MAX_QUERIES, build_workload, check_alphas, split_queries, thin_gallery
-from retrieval.checkpoint import save_checkpoint
+from eval.metrics import RANKING
+from eval.pool import main as pool_main
+from eval.protocol import QUICK_ALPHAS, QUICK_MAX_QUERIES, VARIANTS
 from retrieval.cli import app
-from retrieval.distortions import distort
-from retrieval.metric import DistortionAwareMetric
-from retrieval.model import DisentangledSiamese
-from retrieval.slices import SliceSet
 
 # A small real subset: three cardiac MR patients, one head CT volume, single-slice chest CTs (two patients with two).
 SUBSET = (
@@ -33,164 +24,125 @@ SUBSET = (
     "ct/tcga_lung/dicom_dir/ID_0054_AGE_0082_CONTRAST_0_CT.dcm", "ct/tcga_lung/dicom_dir/ID_0083_AGE_0082_CONTRAST_0_CT.dcm",
     "ct/tcga_lung/dicom_dir/ID_0057_AGE_0049_CONTRAST_0_CT.dcm",
 )
+MYOPS = ("mr/myops/101_C0.nii.gz", "mr/myops/101_T2.nii.gz", "mr/myops/102_C0.nii.gz", "mr/myops/102_T2.nii.gz", "mr/myops/104_C0.nii.gz",
+         "mr/myops/104_DE.nii.gz")
+SMALL = ["--methods", "mse,learned", "--alphas", "0,0.8", "--max-queries", "6"]
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A randomly initialised ResNet18 checkpoint with a 64×64 input (seeded)."""
-    torch.manual_seed(0)
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", DisentangledSiamese("resnet18"), {"backbone": "resnet18", "size": 64})
-
-
-def phantoms(patients: list[str], modality: str, size: int = 64, seed: int = 0) -> SliceSet:
-    """Slices the test makes: a body ellipse with a few random organs, in HU for CT and arbitrary units for MR."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[:size, :size] / size - 0.5
-    images = []
-    for _ in patients:
-        image = np.where((x / 0.42) ** 2 + (y / 0.32) ** 2 < 1, 40.0, -1000.0)
-        for cx, cy, r, value in zip(rng.uniform(-0.2, 0.2, 3), rng.uniform(-0.15, 0.15, 3), rng.uniform(0.04, 0.1, 3), rng.uniform(-100, 300, 3)):
-            image[(x - cx) ** 2 + (y - cy) ** 2 < r**2] = value
-        images.append(image if modality == "CT" else image + 1000.0)
-    names = np.array(patients)
-    return SliceSet(np.stack(images).astype(np.float32), names, np.full(len(names), modality), np.array([f"{p}#{i}" for i, p in enumerate(patients)]))
-
-
-def counts(patients: np.ndarray, rows: np.ndarray) -> dict[str, int]:
-    """Rows per patient."""
-    names, n = np.unique(patients[rows], return_counts=True)
-    return dict(zip(names.tolist(), n.tolist()))
-
-
-def test_split_takes_at_most_half_of_each_patient_and_leaves_single_slices_in_the_gallery() -> None:
-    patients = np.array(["a"] * 20 + ["b"] * 5 + ["c"] * 2 + ["d"])
-    queries = split_queries(patients, seed=0, per_patient=8)
-    assert counts(patients, queries) == {"a": 8, "b": 2, "c": 1}
-    assert np.array_equal(queries, split_queries(patients, seed=0, per_patient=8))
-    assert not np.array_equal(queries, split_queries(patients, seed=1, per_patient=8))
-
-
-def test_max_queries_goes_round_robin_over_patients() -> None:
-    patients = np.array(["a"] * 20 + ["b"] * 6 + ["c"] * 2 + ["e"] * 10)
-    assert counts(patients, split_queries(patients, seed=0, max_queries=4)) == {"a": 1, "b": 1, "c": 1, "e": 1}
-    six = counts(patients, split_queries(patients, seed=0, max_queries=6))
-    assert sum(six.values()) == 6 and set(six) == {"a", "b", "c", "e"} and max(six.values()) == 2
-
-
-def test_thinned_gallery_keeps_every_patient() -> None:
-    patients = np.array(["a"] * 20 + ["b"] * 3 + ["c"])
-    kept = thin_gallery(np.arange(len(patients)), patients, per_patient=4, seed=0)
-    assert counts(patients, kept) == {"a": 4, "b": 3, "c": 1}
-
-
-def test_alpha_grid_must_include_zero_and_stay_in_range() -> None:
-    assert check_alphas([0.5, 0.0, 0.5, 1.0]) == (0.0, 0.5, 1.0)
-    with pytest.raises(ValueError, match="must include 0"):
-        check_alphas([0.2, 0.8])
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        check_alphas([0.0, 1.5])
-
-
-def test_every_query_is_distorted_with_its_own_seed_the_same_way_each_time() -> None:
-    data = phantoms(["p1"] * 4 + ["p2"] * 3 + ["p3"], "CT")
-    workload = build_workload(data, (0.0, 0.5, 1.0), seed=3)
-    again = build_workload(data, (0.0, 0.5, 1.0), seed=3)
-    assert torch.equal(workload.distorted, again.distorted)
-    assert workload.query_sources.tolist() == data.sources[split_queries(data.patients, seed=3)].tolist()
-    assert len(workload.query_patients) == 3 and len(workload.gallery_patients) == 5  # every other slice is gallery
-    clean = workload.distorted[0]
-    assert torch.equal(clean, torch.from_numpy(data.images[np.isin(data.sources, workload.query_sources)]))
-    for step, alpha in ((1, 0.5), (2, 1.0)):
-        expected = distort(clean[1].numpy(), alpha, "CT", int(workload.seeds[1]))
-        np.testing.assert_allclose(workload.distorted[step, 1].numpy(), expected, atol=1e-3)
-        assert not torch.equal(workload.distorted[step], clean)
-    assert workload.relevant.sum(1).tolist() == [int(np.sum(workload.gallery_patients == p)) for p in workload.query_patients]
-
-
-def test_workload_refuses_an_archive_without_queries_or_second_patient() -> None:
-    with pytest.raises(ValueError, match="nothing to query"):
-        build_workload(phantoms(["a", "b", "c"], "MR"), (0.0, 1.0), seed=0)
-    with pytest.raises(ValueError, match="two patients"):
-        build_workload(phantoms(["a"] * 4, "MR"), (0.0, 1.0), seed=0)
-
-
-def test_learned_method_searches_through_faiss_and_tracks_with_the_documented_distance(tiny_checkpoint: Path) -> None:
-    metric = DistortionAwareMetric.load(tiny_checkpoint, device="cpu")
-    generator = torch.Generator().manual_seed(0)
-    gallery, queries = torch.rand(12, 3, 64, 64, generator=generator), torch.rand(5, 3, 64, 64, generator=generator)
-    method = LearnedMethod(metric)
-    method.prepare(gallery)
-    encoded = method.encode(queries)
-    expected_anatomy = np.stack([metric.anatomy_distance(queries[i][None], gallery) for i in range(len(queries))])
-    np.testing.assert_allclose(method.search(encoded), expected_anatomy, atol=1e-5)
-    expected_tracking = np.stack([metric.distance(queries[i][None], gallery) for i in range(len(queries))])
-    np.testing.assert_allclose(method.to_gallery(encoded), expected_tracking, atol=1e-5)
-    np.testing.assert_allclose(method.paired(encoded, method.encode(gallery[:5])), metric.distance(queries, gallery[:5]), atol=1e-5)
-
-
-def test_figures_follow_their_definitions_on_known_measurements() -> None:
-    alphas = (0.0, 0.2, 0.4, 0.8)
-    patients = np.array(["a", "a", "b", "c", "c", "d"])
-    rng = np.random.default_rng(0)
-    ap = np.clip(0.9 - np.outer(alphas, rng.uniform(0.1, 0.5, len(patients))), 0, 1)
-    track = np.outer(alphas, rng.uniform(0.5, 1.5, len(patients)))  # grows with α for every query
-    identity = rng.uniform(2.0, 3.0, len(patients))
-    figures = summarise(MethodRun(ap, track, identity, 0.01, 1.0), alphas, patients, resamples=100, seed=0)
-    assert figures["map"] == pytest.approx(ap.mean(1).tolist())
-    assert figures["retention"] == pytest.approx((ap.mean(1) / ap[0].mean()).tolist())
-    assert figures["retention"][0] == 1.0 and figures["ci"]["retention"][0] == [1.0, 1.0]
-    assert figures["ratio"] == pytest.approx(track.mean() / identity.mean())
-    pair_alpha = np.repeat(alphas, len(patients))
-    assert figures["auc"] == pytest.approx(roc_auc_score(pair_alpha > 0.3, track.ravel()))
-    assert figures["spearman"] == pytest.approx(stats.spearmanr(track.ravel(), pair_alpha).statistic)
-    for name in ("spearman", "ratio", "identity_distance"):
-        low, high = figures["ci"][name]
-        assert low <= figures[name] <= high
-
-
-def run_quick(archive: Path, checkpoint: Path, out: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
-    """`retrieval bench --quick` on the archive subset, in a fresh process, with an empty torch hub cache."""
-    env = {**os.environ, "TORCH_HOME": str(tmp / "torch-home")}
-    args = [*(str(archive / p) for p in SUBSET), "--manifest", str(archive / "manifest.csv"), "--checkpoint", str(checkpoint),
+def quick(archive: Path, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
+    """`retrieval bench --quick` on the subset with an empty torch hub cache: (out folder, results, output)."""
+    tmp = tmp_path_factory.mktemp("quick")
+    out = tmp / "bench"
+    args = ["bench", *(str(archive / p) for p in SUBSET), "--manifest", str(archive / "manifest.csv"), "--checkpoint", str(tiny_checkpoint),
             "--out", str(out), "--quick", "--seed", "0"]
-    return subprocess.run([sys.executable, "-m", "retrieval.cli", "bench", *args], capture_output=True, text=True, env=env, timeout=300)
-
-
-def within(value: float, bounds: list[float]) -> bool:
-    """The estimate lies inside its bootstrap interval."""
-    return bounds[0] <= value <= bounds[1]
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TORCH_HOME", str(tmp / "torch-home"))
+        result = CliRunner().invoke(app, args)
+    torch.set_num_threads(threads)  # bench sets its own
+    assert result.exit_code == 0, result.output
+    return out, json.loads((out / "results.json").read_text()), result.output
 
 
 @pytest.mark.archive
-def test_quick_bench_writes_aligned_figures_with_intervals_report_and_plots(archive: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
-    out = tmp_path / "bench"
-    result = run_quick(archive, tiny_checkpoint, out, tmp_path)
-    assert result.returncode == 0, result.stderr
-    results = json.loads((out / "results.json").read_text())
-    assert results["alphas"] == list(QUICK_ALPHAS)
-    assert results["command"].startswith("retrieval bench ") and "--quick" in results["command"]
-    assert {"torch", "numpy", "faiss", "retrieval"} <= set(results["versions"])
-    assert 0 < results["data"]["queries"] <= QUICK_MAX_QUERIES and results["data"]["patients"] == 7
-    assert list(results["methods"]) == list(METHODS)
-    assert results["methods"]["dino"] == {"status": "not run (no weights)"}
-    for name, m in results["methods"].items():
-        if name == "dino":
-            continue
-        for key in ("map", "retention", "distance"):
-            assert len(m[key]) == len(m["ci"][key]) == len(QUICK_ALPHAS), (name, key)
-            assert all(within(v, b) for v, b in zip(m[key], m["ci"][key])), (name, key, m[key], m["ci"][key])
-        assert m["retention"][0] == 1.0
-        assert all(0.0 <= v <= 1.0 for v in m["map"])
-        assert m["distance"][0] == pytest.approx(0.0, abs=1e-5)  # α = 0 is the identity
-        for key in ("spearman", "ratio", "auc", "identity_distance"):
-            assert within(m[key], m["ci"][key]), (name, key)
-        assert m["seconds_per_query"] > 0
+def test_quick_bench_leaves_training_patients_out_and_reports_both_protocols(quick: tuple[Path, dict[str, Any], str]) -> None:
+    out, results, stdout = quick
     report = (out / "report.md").read_text()
-    assert "dino | not run (no weights)" in report and "| paper: learned | 0.710 | 0.080 | 0.999 | 88.0% |" in report
-    assert all(f"| {name} |" in report for name in METHODS)
-    for plot in ("retrieval.png", "distance.png"):
+    assert report.splitlines()[0] == "Held-out data: 1 training patient of the checkpoint left out (by its digests); 6 patients benchmarked."
+    assert results["honesty"]["left_out"] == 1 and results["data"]["patients"] == 6
+    assert results["alphas"] == list(QUICK_ALPHAS) and results["levels"] == ["0", "0.4", "0.8", "mixed"]
+    assert results["variants"] == list(VARIANTS)
+    assert 0 < results["data"]["queries"] <= QUICK_MAX_QUERIES
+    assert results["methods"]["dino"] == {"status": "not run (no weights)"} and "dino     not run (no weights)" in stdout
+    ran = {name: m for name, m in results["methods"].items() if "status" not in m}
+    assert set(ran) == {"learned", "mse", "ssim", "ncc", "mi", "grad", "cwssim"}
+    for name, m in ran.items():
+        for protocol, length in (("query", 3), ("archive", 4), ("variants", 3)):
+            for key in ("map", "p1", "map_r", "r_precision", "retention"):
+                assert len(m[protocol][key]) == len(m[protocol]["ci"][key]) == length, (name, protocol, key)
+                assert all(v is not None and 0.0 <= v <= (2.0 if key == "retention" else 1.0) for v in m[protocol][key]), (name, key)
+        for key in ("map", "p1", "map_r", "r_precision"):
+            assert m["archive"][key][0] == m["query"][key][0], (name, key)  # gallery α = 0 is the query protocol's α = 0
+        assert m["query"]["retention"][0] == 1.0 and m["query"]["distance"][0] == pytest.approx(0.0, abs=1e-5)
+        assert {"spearman", "ratio", "auc", "identity_distance"} <= set(m) and m["timing"]["archive_seconds"] > 0
+    assert "alpha_spearman" in ran["learned"] and "alpha_spearman" not in ran["mse"]
+    assert "| paper: learned | 0.710 | 0.080 | 0.999 | 88.0% |" in report and "## Archive protocol" in report and "## Query variants" in report
+    for plot in ("retrieval.png", "distance.png", "calibration.png"):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / plot).stat().st_size > 10_000
-    assert "dino     not run (no weights)" in result.stdout
+
+
+@pytest.mark.archive
+def test_per_dataset_and_per_modality_figures_pool_back_to_the_overall_ones(quick: tuple[Path, dict[str, Any], str]) -> None:
+    _, results, _ = quick
+    assert set(results["breakdown"]["dataset"]) == {"myops", "dcm_qa_ct", "tcga_lung"}
+    assert set(results["breakdown"]["modality"]) == {"CT", "MR"}
+    for key in ("dataset", "modality"):
+        groups = results["breakdown"][key].values()
+        assert sum(g["queries"] for g in groups) == results["data"]["queries"]
+        for name, overall in results["methods"].items():
+            if "status" in overall:
+                continue
+            for protocol in ("query", "archive", "variants"):
+                pooled = sum(np.asarray(g["methods"][name][protocol]["map"]) * g["queries"] for g in groups) / results["data"]["queries"]
+                np.testing.assert_allclose(pooled, overall[protocol]["map"], atol=1e-9, err_msg=f"{key} {name} {protocol}")
+    calibration = results["calibration"]
+    assert set(calibration["by_modality"]) == {"CT", "MR"} and set(calibration["clean_by_dataset"]) == {"myops", "dcm_qa_ct", "tcga_lung"}
+
+
+@pytest.mark.archive
+def test_per_query_records_name_sources_relative_to_the_archive_and_pool_back_to_the_run(quick: tuple[Path, dict[str, Any], str],
+                                                                                        tmp_path: Path) -> None:
+    out, results, _ = quick
+    queries = results["per_query"]["queries"]
+    assert len(queries["source"]) == results["data"]["queries"] and all(not s.startswith("/") for s in queries["source"])
+    assert any(s.startswith("mr/myops/10") for s in queries["source"])
+    assert "/work" not in (out / "report.md").read_text() and str(Path.cwd()) not in json.dumps(results["per_query"])
+    mse = results["per_query"]["methods"]["mse"]
+    assert set(mse) == {"query", "archive", "variants", "track", "identity"} and set(mse["archive"]) == set(RANKING)
+    assert np.asarray(mse["archive"]["ap"]).shape == (4, len(queries["source"]))
+    assert pool_main([str(out), "--out", str(tmp_path / "pooled")]) == 0
+    pooled = json.loads((tmp_path / "pooled" / "results.json").read_text())
+    for name, m in pooled["methods"].items():
+        if "status" not in m:
+            for protocol in ("query", "archive", "variants"):
+                np.testing.assert_allclose(m[protocol]["map"], results["methods"][name][protocol]["map"], atol=1e-5)
+    assert (tmp_path / "pooled" / "report.md").read_text().splitlines()[0].startswith("Held-out data: pooled from 1 runs")
+
+
+def small_bench(archive: Path, checkpoint: Path, out: Path, *extra: str) -> Any:
+    """bench in process on six cardiac MR volumes of three patients, two methods, two α."""
+    args = ["bench", *(str(archive / p) for p in MYOPS), "--manifest", str(archive / "manifest.csv"), "--checkpoint", str(checkpoint),
+            "--out", str(out), *SMALL, *extra]
+    return CliRunner().invoke(app, args)
+
+
+@pytest.mark.archive
+def test_include_training_puts_them_back_and_says_so_first(archive: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    result = small_bench(archive, tiny_checkpoint, tmp_path / "out", "--include-training")
+    assert result.exit_code == 0, result.output
+    first = (tmp_path / "out" / "report.md").read_text().splitlines()[0]
+    assert first.startswith("**Includes the checkpoint's training data (--include-training): 1 of these 3 patients")
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["data"]["patients"] == 3
+
+
+@pytest.mark.archive
+def test_a_checkpoint_trained_on_every_patient_stops_with_one_line(archive: Path, make_checkpoint: Callable, tmp_path: Path) -> None:
+    everyone = make_checkpoint("everyone", training=["myops-101", "myops-102", "myops-104"])
+    result = small_bench(archive, everyone, tmp_path / "out")
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "all 3 patients of this archive trained the checkpoint" in result.output and not (tmp_path / "out").exists()
+
+
+@pytest.mark.archive
+def test_redacted_outputs_name_no_file_and_no_patient(archive: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    result = small_bench(archive, tiny_checkpoint, tmp_path / "out", "--redact-paths", "--include-training")
+    assert result.exit_code == 0, result.output
+    for name in ("results.json", "report.md"):
+        text = (tmp_path / "out" / name).read_text()
+        assert not any(word in text for word in ("101_C0", "104_DE", "myops-101", "myops-104", str(archive))), name
+    sources = json.loads((tmp_path / "out" / "results.json").read_text())["per_query"]["queries"]["source"]
+    assert all(s.startswith("series:") for s in sources)
 
 
 @pytest.mark.parametrize(
@@ -200,6 +152,7 @@ def test_quick_bench_writes_aligned_figures_with_intervals_report_and_plots(arch
         (["--alphas", "0,x"], "comma-separated numbers"),
         (["--methods", "learned,psnr"], "unknown method 'psnr'"),
         (["--dino-weights", "missing.pth", "--methods", "dino"], "DINO weights file not found"),
+        (["--group-regex", "("], "group regex '('"),
         ([], "no usable CT/MR slices"),
     ],
 )
@@ -210,8 +163,23 @@ def test_bad_options_fail_with_one_line(tiny_checkpoint: Path, tmp_path: Path, e
     assert message in result.output and len(result.output.strip().splitlines()) == 1
 
 
+@pytest.mark.archive
+def test_unknown_dataset_is_named_with_the_ones_there_are(archive: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    result = small_bench(archive, tiny_checkpoint, tmp_path / "out", "--datasets", "myops,lidc")
+    assert result.exit_code == 2 and "unknown dataset 'lidc'; this archive has myops" in result.output
+
+
 def test_missing_archive_or_checkpoint_is_named(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["bench", str(tmp_path / "nope"), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and f"{tmp_path / 'nope'}: no such file or folder" in result.output
     result = CliRunner().invoke(app, ["bench", str(tmp_path), "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and "none.pt: checkpoint not found" in result.output
+
+
+def test_pool_refuses_folders_without_per_query_records(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "results.json").write_text(json.dumps({"alphas": [0.0], "methods": {}}))
+    assert pool_main([str(tmp_path / "old"), "--out", str(tmp_path / "pooled")]) == 2
+    assert "has no per-query records" in capsys.readouterr().err
+    assert pool_main([str(tmp_path / "none"), "--out", str(tmp_path / "pooled")]) == 2
+    assert "no results.json" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
-from sklearn.metrics import average_precision_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from eval.baselines import create
 from eval.metrics import (
@@ -85,6 +85,9 @@ def test_benign_malignant_auc_counts_pairs_and_puts_tau_on_the_benign_side() -> 
     malignant, benign = distances[alphas > TAU], distances[alphas <= TAU]
     wins = (malignant[:, None] > benign[None]).sum() + 0.5 * (malignant[:, None] == benign[None]).sum()
     assert benign_malignant_auc(distances, alphas) == pytest.approx(wins / (len(malignant) * len(benign)))
+    assert benign_malignant_auc(distances, alphas) == pytest.approx(roc_auc_score(alphas > TAU, distances))
+    tied = np.round(distances, 1)  # many ties: each counts half, as sklearn counts them
+    assert benign_malignant_auc(tied, alphas) == pytest.approx(roc_auc_score(alphas > TAU, tied))
     assert benign_malignant_auc(np.array([0.0, 1.0, 2.0]), np.array([0.2, TAU, 0.4])) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="both sides"):
         benign_malignant_auc(np.array([1.0, 2.0]), np.array([0.5, 0.6]))
