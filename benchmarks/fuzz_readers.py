@@ -3,7 +3,7 @@
 Run: nice -n 15 python benchmarks/fuzz_readers.py [--seconds 240] [--out /tmp/fuzz]
 Seeds: pydicom's and pydicom-data's test files, nibabel's test volumes (cropped to a few KiB with their headers
 kept), small PNG/JPEG/TIFF files and the hostile corpus (retrieval/io/hostile.py). The first input byte picks
-the file kind (.dcm, .nii, .nii.gz gzipped by the harness so mutations reach the header, .png, .jpg, .tif).
+the file kind (.dcm, .nii, .nii.gz gzipped by the harness so mutations reach the header, .png, .jpg, .tif, .nrrd).
 Every input must be read or skipped with a reason (`hostile.read_or_skip`): an escaped exception is a crash,
 so is an input over the per-input time limit (libFuzzer -timeout) or the memory limit (-rss_limit_mb). The
 readers run under tight limits, so memory beyond them means a cost the header check missed. After a crash the
@@ -24,7 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-KINDS = (".dcm", ".nii", ".nii.gz", ".png", ".jpg", ".tif")  # the first input byte picks one
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's packages, whatever the install points at
+KINDS = (".dcm", ".nii", ".nii.gz", ".png", ".jpg", ".tif", ".nrrd")  # the first input byte picks one
 MAX_LEN = 65536
 LIMITS = {"max_slice_pixels": 2048 * 2048, "max_slices_per_file": 512, "max_file_mb": 128}
 
@@ -37,6 +38,8 @@ def _seed_files() -> list[tuple[int, bytes]]:
     import numpy as np
     import pydicom
     from PIL import Image
+
+    import SimpleITK as sitk
 
     from retrieval.io.hostile import SHAPES, build
 
@@ -74,6 +77,11 @@ def _seed_files() -> list[tuple[int, bytes]]:
             extra = {"append_images": [image, image]} if options.get("save_all") else {}
             image.save(Path(tmp) / name, **options, **extra)
             seeds.append((kind, (Path(tmp) / name).read_bytes()))
+        volume = nib.Nifti1Image(rng.integers(0, 4096, (12, 10, 8), np.int16), np.diag([0.8, 0.9, 2.5, 1]))
+        nib.save(volume, Path(tmp) / "volume.nii")  # and as NRRD, raw and gzip-encoded, as SimpleITK writes it
+        for compress in (False, True):
+            sitk.WriteImage(sitk.ReadImage(str(Path(tmp) / "volume.nii")), str(Path(tmp) / "volume.nrrd"), useCompression=compress)
+            seeds.append((6, (Path(tmp) / "volume.nrrd").read_bytes()))
         build(Path(tmp), [n for n in SHAPES if not n.startswith("tiff")])
         for name in sorted(os.listdir(tmp)):
             if name in SHAPES:
@@ -102,7 +110,7 @@ def _worker(argv: list[str]) -> None:
             path.write_bytes(gzip.compress(data[1:], 1) if suffix == ".nii.gz" else data[1:])
             read_or_skip(path, limits)
 
-        for seed in sorted(Path(argv[-1]).glob("seed-*")):
+        for seed in sorted(Path(argv[-1]).glob("seed-*"))[::10]:  # a sample of each kind loads the lazily imported codecs
             one_input(seed.read_bytes())
     atheris.Setup(argv, one_input)
     atheris.Fuzz()

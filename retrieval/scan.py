@@ -7,11 +7,12 @@ from collections import defaultdict
 from typing import Any, Callable, Iterable
 
 from retrieval.io import Identity, Limits, Series, Skipped, read_archive
+from retrieval.io.archive import load_series
 
 Progress = Callable[[str, str], None]  # (event: "file" | "series", path)
 
 
-def _series_entry(series: Series, read_pixels: bool) -> tuple[dict[str, Any], list[Skipped]]:
+def _series_entry(series: Series, read_pixels: bool, limits: Limits | None = None) -> tuple[dict[str, Any], list[Skipped]]:
     """One series' summary; with `read_pixels`, decode it for the value range and real slice count."""
     entry: dict[str, Any] = {
         "series_id": series.series_id, "path": series.path, "modality": series.modality, "study_id": series.study_id,
@@ -20,11 +21,11 @@ def _series_entry(series: Series, read_pixels: bool) -> tuple[dict[str, Any], li
     }
     if not read_pixels:
         return entry, []
-    slices = series.load()
+    slices, skipped = load_series(series, limits)
     entry["n_slices"] = len(slices)
     if slices:
         entry["value_range"] = [float(min(s.pixels.min() for s in slices)), float(max(s.pixels.max() for s in slices))]
-    return entry, series.skipped
+    return entry, skipped
 
 
 def scan_archive(
@@ -50,7 +51,7 @@ def scan_archive(
             continue
         if progress:
             progress("series", item.path)
-        entry, problems = _series_entry(item, read_pixels)
+        entry, problems = _series_entry(item, read_pixels, limits)
         skipped.extend(problems)
         if entry["n_slices"]:
             patients[item.patient_id].append(entry)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from retrieval.cli.common import (
-    LIMITS, JsonOpt, ManifestOpt, MaxFileMbOpt, MaxSlicePixelsOpt, MaxSlicesPerFileOpt, ModalityOpt, PatientRegexOpt, fail,
+    LIMITS, JsonOpt, ManifestOpt, MaxFileMbOpt, MaxSecondsPerFileOpt, MaxSlicePixelsOpt, MaxSlicesPerFileOpt, ModalityOpt, PatientRegexOpt, fail,
     PasswordFileOpt, SinceOpt, StudyOpt, TokenFileOpt, UserOpt, file_path, identity_options, limits_options, sources,
 )
 
@@ -23,6 +23,7 @@ def scan(
     max_slice_pixels: MaxSlicePixelsOpt = LIMITS.max_slice_pixels,
     max_slices_per_file: MaxSlicesPerFileOpt = LIMITS.max_slices_per_file,
     max_file_mb: MaxFileMbOpt = LIMITS.max_file_mb,
+    seconds_per_file: MaxSecondsPerFileOpt = LIMITS.seconds_per_file,
     study: StudyOpt = None,
     since: SinceOpt = None,
     auth_token_file: TokenFileOpt = None,
@@ -37,7 +38,7 @@ def scan(
 
     paths = sources(paths, study, since, auth_token_file, user, password_file)
     identity = identity_options(manifest, patient_regex, modality)
-    limits = limits_options(max_slice_pixels, max_slices_per_file, max_file_mb)
+    limits = limits_options(max_slice_pixels, max_slices_per_file, max_file_mb, seconds_per_file)
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 

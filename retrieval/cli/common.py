@@ -53,6 +53,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object ins
 MaxSlicePixelsOpt = Annotated[int, typer.Option("--max-slice-pixels", min=1, help="Skip files whose slices have more pixels than this (rows × columns).")]
 MaxSlicesPerFileOpt = Annotated[int, typer.Option("--max-slices-per-file", min=1, help="Skip files holding more 2D slices than this (frames, or slices × volumes).")]
 MaxFileMbOpt = Annotated[int, typer.Option("--max-file-mb", min=1, help="Skip files whose decoded pixels and float32 slices take more MiB than this (one volume of a 4D file).")]
+MaxSecondsPerFileOpt = Annotated[float, typer.Option("--max-seconds-per-file", min=0.001, help="Stop reading a file after this long and skip it (index: the reader worker is stopped and the file skipped from then on).")]
 
 
 # DICOMweb options shared by every command that reads an archive; they apply to its `dicomweb:` sources.

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from retrieval.cli.common import (
-    LIMITS, CatalogOpt, IndexDirOpt, JsonOpt, ManifestOpt, MaxFileMbOpt, MaxSlicePixelsOpt, MaxSlicesPerFileOpt, ModalityOpt, PatientRegexOpt, fail,
+    LIMITS, CatalogOpt, IndexDirOpt, JsonOpt, ManifestOpt, MaxFileMbOpt, MaxSecondsPerFileOpt, MaxSlicePixelsOpt, MaxSlicesPerFileOpt, ModalityOpt, PatientRegexOpt, fail,
     PasswordFileOpt, SinceOpt, StudyOpt, TokenFileOpt, UserOpt, file_path, folder_path, identity_options, limits_options, open_index,
     sources,
 )
@@ -32,7 +32,7 @@ def index(
     max_slice_pixels: MaxSlicePixelsOpt = LIMITS.max_slice_pixels,
     max_slices_per_file: MaxSlicesPerFileOpt = LIMITS.max_slices_per_file,
     max_file_mb: MaxFileMbOpt = LIMITS.max_file_mb,
-    seconds_per_file: Annotated[float, typer.Option("--max-seconds-per-file", min=0.001, help="A reader worker decoding one file longer than this is stopped and the file skipped from then on.")] = LIMITS.seconds_per_file,
+    seconds_per_file: MaxSecondsPerFileOpt = LIMITS.seconds_per_file,
     prune: Annotated[bool, typer.Option("--prune", help="Remove indexed series whose files are gone (kept and reported otherwise).")] = False,
     force: Annotated[bool, typer.Option("--force", help="With --prune: remove them even when that empties a whole folder given or indexed.")] = False,
     study: StudyOpt = None,

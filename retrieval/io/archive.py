@@ -11,7 +11,7 @@ from retrieval.io.dicomweb import DicomWeb, is_remote
 from retrieval.io.formats import DICOM, ITK, NIFTI, Unsupported, sniff
 from retrieval.io.identity import Identity
 from retrieval.io.images import read_image
-from retrieval.io.limits import Limits
+from retrieval.io.limits import Limits, ReadTimeout, time_limit
 from retrieval.io.itk import is_detached_data, read_itk
 from retrieval.io.nifti import read_nifti
 from retrieval.io.slices import Series, Skipped, Slice
@@ -82,6 +82,35 @@ def _is_pair_data(path: Path) -> bool:
     return (path.suffix.lower() == ".img" and path.with_suffix(".hdr").is_file()) or is_detached_data(path)
 
 
+def _read_file(path: Path, identity: Identity, slice_axis: int | None, limits: Limits) -> tuple[list[Frame], list[Series | Skipped]]:
+    """One file's headers, under the per-file time limit: DICOM frames (grouped after the walk), or its Series or Skipped."""
+    try:
+        with time_limit(limits.seconds_per_file):
+            try:
+                kind = sniff(path)
+            except Unsupported as exc:
+                return [], [Skipped(str(path), str(exc))]
+            if kind == DICOM:
+                header = read_header(path, identity, limits)
+                return ([], [header]) if isinstance(header, Skipped) else (header, [])
+            if kind in (NIFTI, ITK):
+                volumes = (read_nifti if kind == NIFTI else read_itk)(path, identity, slice_axis, limits)
+                return [], volumes if isinstance(volumes, list) else [volumes]
+            return [], [read_image(path, identity, limits)]
+    except ReadTimeout as exc:
+        return [], [Skipped(str(path), str(exc))]
+
+
+def load_series(series: Series, limits: Limits | None = None) -> tuple[list[Slice], list[Skipped]]:
+    """A series' slices and the files it could not use, read under the per-file time limit (× its files)."""
+    try:
+        with time_limit((limits or Limits()).seconds_per_file * max(1, len(series.files))):
+            slices = series.load()
+    except ReadTimeout as exc:
+        return [], [Skipped(series.path, str(exc))]
+    return slices, list(series.skipped)
+
+
 def read_archive(
     paths: Iterable[Source],
     identity: Identity | None = None,
@@ -116,24 +145,10 @@ def read_archive(
             seen.add(real)
             if on_file is not None:
                 on_file(item)
-            try:
-                kind = sniff(item)
-            except Unsupported as exc:
-                yield Skipped(str(item), str(exc))
-                continue
-            if kind == DICOM:
-                header = read_header(item, identity, limits)
-                if isinstance(header, Skipped):
-                    yield header
-                else:
-                    frames.extend(header)
-            elif kind in (NIFTI, ITK):
-                volumes = (read_nifti if kind == NIFTI else read_itk)(item, identity, slice_axis, limits)
-                volumes = volumes if isinstance(volumes, list) else [volumes]
-                seen.update(os.path.realpath(f) for v in volumes if isinstance(v, Series) for f in v.files)  # data files a header names
-                yield from volumes
-            else:
-                yield read_image(item, identity, limits)
+            found, items = _read_file(item, identity, slice_axis, limits)
+            frames.extend(found)
+            seen.update(os.path.realpath(f) for v in items if isinstance(v, Series) for f in v.files)  # data files a header names
+            yield from items
     yield from group_series(frames)
 
 
@@ -145,8 +160,9 @@ def iter_slices(
         if isinstance(item, Skipped):
             yield item
             continue
-        yield from item.load()
-        yield from item.skipped
+        slices, skipped = load_series(item, limits)
+        yield from slices
+        yield from skipped
 
 
 def read_path(

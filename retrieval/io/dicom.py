@@ -28,6 +28,8 @@ _DICOMDIR = "1.2.840.10008.1.3.10"
 _DEFLATED = "1.2.840.10008.1.2.1.99"
 _RLE = "1.2.840.10008.1.2.5"
 _NATIVE = {"", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+_J2K = {f"1.2.840.10008.1.2.4.{n}" for n in (90, 91, 92, 93, 201, 202, 203)}
+_JP2_SIGNATURE = b"\x00\x00\x00\x0c\x6a\x50\x20\x20"
 _NOT_ANATOMY = {  # image SOP classes whose pixels are labels or dose, not anatomy
     "1.2.840.10008.5.1.4.1.1.481.2",  # RT Dose
     "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation
@@ -255,6 +257,20 @@ def _assume_transfer_syntax(ds: Any) -> None:
     ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
 
 
+def _jp2_problem(ds: Any) -> str | None:
+    """A JP2-wrapped JPEG 2000 frame with a zero-length box before its codestream: pydicom's box walk never ends on it."""
+    from pydicom.encaps import generate_fragments
+
+    for fragment in generate_fragments(ds.PixelData):
+        offset = 12 if fragment.startswith(_JP2_SIGNATURE) else len(fragment)
+        while offset < len(fragment) and fragment[offset + 4 : offset + 8] != b"jp2c":  # the walk of pydicom's get_j2k_parameters
+            length = int.from_bytes(fragment[offset : offset + 4], "big")
+            if length == 0:
+                return f"JPEG 2000 frame with a zero-length JP2 box at byte {offset} (a parser loop, not an image)"
+            offset += length
+    return None
+
+
 def _decode(path: str) -> tuple[Any, np.ndarray]:
     """Read one file with pixels: the dataset and an array of shape (frames, rows, cols[, samples])."""
     import pydicom
@@ -262,6 +278,9 @@ def _decode(path: str) -> tuple[Any, np.ndarray]:
     with quiet():
         ds = pydicom.dcmread(path, force=True)
         _assume_transfer_syntax(ds)
+        problem = _jp2_problem(ds) if ds.file_meta.TransferSyntaxUID in _J2K else None
+        if problem:
+            raise ValueError(problem)
         try:
             pixels = ds.pixel_array
         except BaseException as exc:  # a Rust codec's panic (pylibjpeg-rle on a corrupt segment) is a BaseException

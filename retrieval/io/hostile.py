@@ -41,6 +41,18 @@ def _rle_overrun(name: str, folder: Path) -> None:
     ds.save_as(folder / name, enforce_file_format=True)
 
 
+def _jp2_zero_box(name: str, folder: Path) -> None:
+    """pydicom's JP2-wrapped JPEG 2000 test file with its first box after the signature (ftyp) given length 0."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.encaps import encapsulate, generate_fragments
+
+    ds = pydicom.dcmread(get_testdata_file("GDCMJ2K_TextGBR.dcm"))
+    (frame,) = [f for f in generate_fragments(ds.PixelData) if f]
+    ds.PixelData = encapsulate([frame[:12] + b"\0\0\0\0" + frame[16:]])
+    ds.save_as(folder / name, enforce_file_format=True)
+
+
 def _nifti(name: str, folder: Path, shape: tuple[int, ...], dtype: type, version: int = 1, data: bytes = b"") -> None:
     """A NIfTI header declaring `shape` and `dtype`, followed by `data` (nothing by default), gzipped for .gz names."""
     import nibabel as nib
@@ -56,7 +68,9 @@ def _nrrd(name: str, folder: Path, sizes: tuple[int, int, int]) -> None:
     """A gzip-encoded float NRRD written by SimpleITK (8×9×10 zeros) whose header is edited to declare `sizes`."""
     import re
 
-    import SimpleITK as sitk
+    from retrieval.io.itk import simpleitk
+
+    sitk = simpleitk()  # with its own SWIG type table, so faiss keeps working in this process
 
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((8, 9, 10), np.float32)), str(folder / name), useCompression=True)
     head, body = (folder / name).read_bytes().split(b"\n\n", 1)
@@ -130,6 +144,7 @@ SHAPES: dict[str, tuple[Callable[[str, Path], None], str]] = {
     # found by benchmarks/fuzz_readers.py: a later TIFF page far larger than the first (16,777,224 × 8 took 1.4 s and 0.7 GB)
     "tiff_page_1_of_16777224x8.tif": (lambda n, f: _tiff_chain(n, f, 3, {1: (16_777_224, 8)}), "--max-slice-pixels"),
     "rle_segment_overrun.dcm": (_rle_overrun, "decoder failed on corrupt data"),  # found by the fuzzer: escaped as a panic
+    "jp2_zero_length_box.dcm": (_jp2_zero_box, "zero-length JP2 box"),  # found by the fuzzer: pydicom's box walk never ended
     "tiff_page_1_size_tags_late.tif": (lambda n, f: _tiff_chain(n, f, 2, {1: (16_777_224, 8)}, junk_tags=20), "page 1 of 16777224×8"),
 }
 

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import gzip
 import math
+import signal
+import threading
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 DEFLATE_MAX_RATIO = 1032  # zlib's maximum expansion: a 258-byte match costs at least 2 bits
 _RLE_RUN = 128  # bytes one PackBits replicate run (2 bytes) can produce
@@ -60,6 +64,31 @@ class Cost:
 
 
 FLOAT32 = 4  # bytes a pixel takes in a Slice
+
+
+class ReadTimeout(TimeoutError):
+    """Reading one file (or series) outlived the per-file time limit."""
+
+
+@contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise ReadTimeout in the block after `seconds`, by SIGALRM: main thread only, and only when no one else uses the
+    alarm; a loop in Python code (a parser that never ends) is stopped, a C call first returns."""
+    usable = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, signal.SIG_IGN)
+    if not usable:
+        yield
+        return
+
+    def expire(_signum: int, _frame: object) -> None:
+        raise ReadTimeout(f"reading took longer than the per-file time limit ({seconds:g} s)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def size_text(n: int) -> str:

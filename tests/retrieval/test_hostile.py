@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 
 from indexer.quarantine import Quarantine
-from retrieval.io import Limits, Skipped, read_archive
+from retrieval.io import Limits, Skipped, Slice, iter_slices, read_archive
 from retrieval.io.hostile import SHAPES, build, read_or_skip
 
 SECONDS_PER_FILE = 2.0  # the issue's bound per file, in CPU seconds (wall time on a shared machine measures the neighbours)
@@ -85,6 +85,15 @@ def test_limits_refuse_real_files_above_them_and_name_the_option(tmp_path: Path)
     assert len(read_or_skip(volume, Limits(max_file_mb=32))) == 64
     with pytest.raises(ValueError, match="max-slices-per-file must be positive"):
         Limits(max_slices_per_file=0)
+
+
+def test_reads_in_the_main_thread_stop_at_the_per_file_time_limit(tmp_path: Path) -> None:
+    """A read still running in Python code at the limit (a parser loop that never ends) is stopped and skipped."""
+    volume = tmp_path / "volume.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((256, 256, 64), np.int16), np.eye(4)), volume)
+    (item,) = iter_slices([volume], limits=Limits(seconds_per_file=0.001))
+    assert isinstance(item, Skipped) and "reading took longer than the per-file time limit (0.001 s)" in item.reason
+    assert sum(isinstance(s, Slice) for s in iter_slices([volume])) == 64
 
 
 def test_a_truncated_nii_gz_is_refused_from_its_gzip_length(tmp_path: Path) -> None:
