@@ -301,7 +301,10 @@ class VectorStore:
         else:
             kind = faiss.SearchParametersIVF if "nprobe" in options else faiss.SearchParametersHNSW if "efSearch" in options else faiss.SearchParameters
             params = kind(**options)
-            scores, ids = self.index.search(queries, fetch, params=params)
+            # faiss.contrib.torch_utils (imported by pytorch-metric-learning, among others) replaces `search` with a
+            # wrapper that drops `params`; the numpy original it keeps as `search_numpy` takes them.
+            search = getattr(self.index, "search_numpy", self.index.search)
+            scores, ids = search(queries, fetch, params=params)
         return _rescore(queries, ids, vectors_of, wanted) if refine else (scores, ids)
 
     def save(self, path: str | Path) -> None:

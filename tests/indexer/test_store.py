@@ -43,6 +43,16 @@ def test_allowed_ids_filter_inside_search_still_returns_k(flat) -> None:
     assert (none == -1).all()
 
 
+def test_filtered_search_survives_faiss_torch_utils(flat) -> None:
+    """pytorch-metric-learning imports faiss.contrib.torch_utils, which swaps Index.search for a wrapper without `params`."""
+    import faiss.contrib.torch_utils  # noqa: F401  (patches every faiss index class for the rest of the process)
+
+    store, ids, vectors = flat
+    allowed = ids[:60][::4]
+    _, found = store.search(vectors[100:110], 10, allowed=allowed)
+    assert (found >= 0).all() and set(found.ravel()) <= set(allowed.tolist())
+
+
 def test_remove_and_ids(flat) -> None:
     store, ids, vectors = flat
     assert store.remove(ids[:10]) == 10
