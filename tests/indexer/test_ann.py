@@ -95,7 +95,11 @@ def test_hnsw_index_end_to_end_same_results_as_exact(archive: Path, tmp_path: Pa
     manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())["index"]
     assert report["index"]["kind"] == manifest["kind"] == "hnsw" and manifest["recall_at_10"] >= 0.95 and manifest["ef_search"] >= 16
     assert manifest["tuned_on"] == report["slices_added"] + first["slices_added"]
-    assert cli(*query)["results"] == before["results"]
+    after = cli(*query)["results"]  # approximate: the same patients in the same order, each found by its best slice
+    exact = before["results"]
+    assert [r["patient_id"] for r in after] == [r["patient_id"] for r in exact]
+    assert [r["slices"][0]["path"] for r in after] == [r["slices"][0]["path"] for r in exact]
+    assert [r["distance"] for r in after] == pytest.approx([r["distance"] for r in exact], abs=1e-6)
     removed = cli("remove", "--index", index, "--patient", before["results"][0]["patient_id"])["slices_removed"]
     with IndexDirectory.open(index) as directory:  # reopened: sync marks the removed rows deleted again
         assert directory.store.kind == "hnsw" and len(directory.store.deleted) == removed
