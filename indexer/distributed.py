@@ -15,6 +15,7 @@ once, and a killed driver's rerun redoes the series it had not committed.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import pickle
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -85,13 +86,14 @@ class RaySource:
         import ray
         from ray import cloudpickle
 
-        ray.data.DataContext.get_current().enable_progress_bars = False
+        ray.data.DataContext.get_current().enable_progress_bars = False  # the CLI has its own
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # not a line per dataset execution on stderr
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0)) if self.device != "cpu" else 0
         actors = min(len(jobs), self.actors or gpus or max(1, int(resources.get("CPU", 1))))
         dataset = ray.data.from_items([{"job": cloudpickle.dumps(job)} for job in jobs], override_num_blocks=len(jobs))
         embedded = dataset.map_batches(
-            SeriesEmbedder, batch_size=1, concurrency=actors, num_cpus=1, num_gpus=1 if gpus else 0,
+            SeriesEmbedder, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1, num_gpus=1 if gpus else 0,
             fn_constructor_kwargs={"checkpoint": str(self.checkpoint), "checkpoint_sha256": self.checkpoint_sha256,
                                    "device": "cuda" if gpus else "cpu", "size": size, "chunk": batch_size},
         )  # Ray Data restarts a dead actor and retries its series until they are done (its default for actor pools)
