@@ -2,7 +2,7 @@
 
     python benchmarks/bench_index.py ARCHIVE [--checkpoint PATH] [--batch-size 32] [--workers 1]
            [--sizes 100000 300000 1000000] [--views 6] [--queries 200] [--threads 1] [--build-threads 2]
-           [--skip-indexing] [--skip-search]
+           [--embeddings FILE.npz] [--skip-indexing] [--skip-search]
 
 Part 1 indexes ARCHIVE (files on disk → index on disk: reading, hashing, preprocessing, embedding,
 catalog transactions, FAISS save) into a temporary folder, then times the same model's forward pass
@@ -112,6 +112,29 @@ def bench_indexing(archive: Path, checkpoint: Path | None, batch_size: int, work
     print(f"| {report.slices_added} | {report.seconds:.1f} | {report.slices_per_s:.1f} | {forward:.1f} | {report.slices_per_s / forward:.2f} "
           f"| {report.seconds_embedding / report.seconds:.0%} | {inside:.1f} | {on_disk / 2**20:.1f} MiB |\n")
     print(f"reading 100 vectors from this catalog (what IVF-PQ re-scoring adds to a search): {lookup_ms:.1f} ms p50\n")
+    bench_ray(archive, identity, checkpoint, batch_size, workers, report.slices_per_s, forward)
+
+
+def bench_ray(archive: Path, identity, checkpoint: Path, batch_size: int, workers: int, single: float, forward: float) -> None:  # type: ignore[no-untyped-def]
+    """The same indexing run through a local 2-worker Ray cluster (--ray), against the single-process run and forward-only."""
+    try:
+        import ray
+    except ImportError:
+        print("Ray is not installed: the --ray row is skipped\n")
+        return
+    from indexer.pipeline import build_index
+
+    start = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    started = time.perf_counter() - start
+    with tempfile.TemporaryDirectory(prefix="bench-index-ray-") as scratch:
+        report = build_index([archive], Path(scratch) / "index", identity, checkpoint=checkpoint, batch_size=batch_size, ray="auto", show_progress=False)
+    ray.shutdown()
+    print("| indexing path | slices/s | vs single process | vs forward-only |")
+    print("|---|---|---|---|")
+    print(f"| single process ({workers} reader worker(s), model in the main process) | {single:.1f} | 1 | {single / forward:.2f} |")
+    print(f"| Ray Data, local cluster of 2 CPUs (2 model actors; start-up {started:.1f} s not counted) | {report.slices_per_s:.1f} | "
+          f"{report.slices_per_s / single:.2f} | {report.slices_per_s / forward:.2f} |\n")
 
 
 def archive_embeddings(archive: Path, checkpoint: Path | None, views: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -260,6 +283,7 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.95, help="recall@10 HNSW's efSearch is tuned to")
     parser.add_argument("--threads", type=int, default=1, help="FAISS threads while searching (1: the one-core figures)")
     parser.add_argument("--build-threads", type=int, default=os.cpu_count(), help="FAISS threads while building and for exact ground truth")
+    parser.add_argument("--embeddings", type=Path, help="an .npz keeping part 2's archive embeddings between runs (made when missing)")
     parser.add_argument("--skip-indexing", action="store_true")
     parser.add_argument("--skip-search", action="store_true")
     args = parser.parse_args()
@@ -277,8 +301,14 @@ def main() -> None:
     import faiss
 
     start = time.perf_counter()
-    real, _ = archive_embeddings(archive, args.checkpoint, args.views, seed=0)
-    held_out, _ = archive_embeddings(archive, args.checkpoint, 1, seed=1)
+    if args.embeddings and args.embeddings.is_file():  # a rerun of the search part with the same checkpoint and views
+        with np.load(args.embeddings) as saved:
+            real, held_out = saved["real"], saved["held_out"]
+    else:
+        real, _ = archive_embeddings(archive, args.checkpoint, args.views, seed=0)
+        held_out, _ = archive_embeddings(archive, args.checkpoint, 1, seed=1)
+        if args.embeddings:
+            np.savez(args.embeddings, real=real, held_out=held_out)
     queries = held_out[np.random.default_rng(2).choice(len(held_out), min(args.queries, len(held_out)), replace=False)]
     vectors = synthesise(real, max(args.sizes))
     print(f"search: {len(real):,} real embeddings ({args.views} views of each archive slice) synthesised to {len(vectors):,} "
