@@ -66,29 +66,32 @@ class Cost:
 FLOAT32 = 4  # bytes a pixel takes in a Slice
 
 
-class ReadTimeout(TimeoutError):
-    """Reading one file (or series) outlived the per-file time limit."""
+class ReadTimeout(BaseException):
+    """Reading one file (or series) outlived the per-file time limit.
+
+    A BaseException, like KeyboardInterrupt: readers' `except Exception` (and nibabel's `except OSError` while it
+    sniffs a file's type) must not turn it into a different reason."""
 
 
 @contextmanager
 def time_limit(seconds: float) -> Iterator[None]:
-    """Raise ReadTimeout in the block after `seconds`, by SIGALRM: main thread only, and only when no one else uses the
-    alarm; a loop in Python code (a parser that never ends) is stopped, a C call first returns."""
-    usable = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, signal.SIG_IGN)
+    """Raise ReadTimeout in the block once it has used `seconds` of CPU time (SIGVTALRM): a parser loop that never ends
+    is stopped (a C call first returns). Main thread only, and never over someone else's handler of that signal."""
+    usable = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGVTALRM) in (signal.SIG_DFL, signal.SIG_IGN)
     if not usable:
         yield
         return
 
     def expire(_signum: int, _frame: object) -> None:
-        raise ReadTimeout(f"reading took longer than the per-file time limit ({seconds:g} s)")
+        raise ReadTimeout(f"reading took longer than the per-file time limit ({seconds:g} s of CPU)")
 
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    previous = signal.signal(signal.SIGVTALRM, expire)
+    signal.setitimer(signal.ITIMER_VIRTUAL, seconds)
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        signal.setitimer(signal.ITIMER_VIRTUAL, 0)
+        signal.signal(signal.SIGVTALRM, previous)
 
 
 def size_text(n: int) -> str:
