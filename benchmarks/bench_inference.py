@@ -34,14 +34,16 @@ SAMPLE = ["ct/dcm_qa_ct/GE", "ct/udacity_ct", "mr/myops", "mr/open_ms/patient01"
 
 
 def timed_process(command: list[str]) -> tuple[float, float, float]:
-    """Wall seconds, CPU seconds (user + system) and peak RSS in MiB of one child process."""
-    start = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - start
-    if status:
-        raise RuntimeError(f"{' '.join(command)} failed: {child.stderr.read().decode()[-500:] if child.stderr else ''}")
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+    """Wall seconds, CPU seconds (user + system) and peak RSS in MiB of one fresh process, as GNU time reports them.
+
+    (GNU time execs the command from its own small process; a child forked from this one would count the parent's
+    pages in its peak RSS.)
+    """
+    run = subprocess.run(["/usr/bin/time", "-f", "%e %U %S %M", *command], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if run.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed: {run.stderr[-500:]}")
+    wall, user, system, rss = run.stderr.split()[-4:]
+    return float(wall), float(user) + float(system), int(rss) / 1024
 
 
 def cold_search(archive: Path, checkpoint: Path, runs: int) -> None:

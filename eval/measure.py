@@ -22,7 +22,7 @@ from eval.records import Records
 
 @dataclass
 class Timing:
-    """Seconds one method spent, by part of the run."""
+    """CPU seconds one method spent, by part of the run (CPU, not wall: stable on shared cores; bench is single-threaded)."""
 
     gallery: float = 0.0  # encoding the clean gallery once
     query: float = 0.0  # encoding and ranking every query view of the query protocol and the variants
@@ -49,17 +49,17 @@ class Measured:
 
 def _ranking(method: Method, encoded: Any, relevant: np.ndarray, timing: Timing) -> dict[str, np.ndarray]:
     """Rank the method's current gallery for encoded queries; the search time goes to `timing.query`."""
-    start = time.perf_counter()
+    start = time.process_time()
     distances = method.search(encoded)
-    timing.query += time.perf_counter() - start
+    timing.query += time.process_time() - start
     return ranking_figures(distances, relevant)
 
 
 def _encode(method: Method, inputs: Any, timing: Timing) -> Any:
     """Encode query inputs, timed as query work."""
-    start = time.perf_counter()
+    start = time.process_time()
     encoded = method.encode(inputs)
-    timing.query += time.perf_counter() - start
+    timing.query += time.process_time() - start
     timing.views += len(inputs)
     return encoded
 
@@ -72,9 +72,9 @@ def _stack(rows: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 def clean_pass(method: Method, workload: Workload, timing: Timing, step: Callable[[], None]) -> tuple[dict[str, Any], Any, Any]:
     """Query protocol at every α and the query variants against the clean gallery: (record, clean encodings, gallery encoding)."""
     relevant = workload.relevant
-    start = time.perf_counter()
+    start = time.process_time()
     gallery = method.prepare(workload.gallery_inputs(0.0))
-    timing.gallery = time.perf_counter() - start
+    timing.gallery = time.process_time() - start
     query_rows, track, alpha_hat = [], [], []
     clean = None
     for index in range(len(workload.alphas)):
@@ -111,17 +111,17 @@ def measure(methods: Sequence[Method], workload: Workload, step: Callable[[], No
         method.release()
     distortion: dict[str, float] = {}
     for level in workload.levels[1:]:
-        start = time.perf_counter()
+        start = time.process_time()
         inputs = workload.gallery_inputs(level)
-        distortion[level_name(level)] = round(time.perf_counter() - start, 2)
+        distortion[level_name(level)] = round(time.process_time() - start, 2)
         for method in methods:
             timing = timings[method.name]
-            start = time.perf_counter()
+            start = time.process_time()
             encoded = method.prepare(inputs)
-            timing.archive_gallery += time.perf_counter() - start
-            start = time.perf_counter()
+            timing.archive_gallery += time.process_time() - start
+            start = time.process_time()
             archive_rows[method.name].append(ranking_figures(method.search(clean[method.name]), relevant))
-            timing.archive_search += time.perf_counter() - start
+            timing.archive_search += time.process_time() - start
             if level == MIXED:
                 _calibration(method, encoded, workload, "alpha_hat_mixed", gallery)
             method.release()

@@ -166,6 +166,7 @@ def timing_lines(results: dict[str, Any]) -> list[str]:
     rows = [[n, f"{t['gallery_seconds']:.1f}", f"{t['seconds_per_query']:.4f}", f"{t['archive_seconds']:.1f}",
              f"{t['archive_seconds_per_level']:.1f}", f"{t['archive_gallery_seconds']:.1f}"] for n, t in timed.items()]
     return ["", "## Time", "",
+            "CPU seconds (bench runs single-threaded, so on an idle machine wall time is about the same). "
             f"Distorting the gallery once per archive level, shared by every method: {sum(distortion.values()):.1f} s in all.", "",
             *table(["method", "clean gallery, s", "s / query view", "archive protocol, s", "per level, s", "of which re-encoding galleries, s"], rows)]
 
@@ -181,7 +182,8 @@ def header_lines(results: dict[str, Any]) -> list[str]:
     return [
         results["honesty"]["statement"], "", "# Retrieval benchmark", "",
         f"Command: `{results['command']}`  ",
-        f"Run {results['date']} in {results['seconds'] / 60:.1f} min on {results['machine']['description']}, "
+        f"Run {results['date']} in {results['seconds'] / 60:.1f} min"
+        f"{' (' + format(results['cpu_seconds'] / 60, '.1f') + ' min of CPU)' if 'cpu_seconds' in results else ''} on {results['machine']['description']}, "
         f"torch {results['versions']['torch']} with {results['machine']['torch_threads']} thread(s).", "",
         f"Checkpoint{'s' if len(checkpoints) > 1 else ''}: {models}. Data: {data['slices']} slices of {data['patients']} patients "
         f"({modalities}; patients per dataset: {datasets or 'no datasets named'}); gallery: {data['gallery']} slices of {data['gallery_patients']} patients"

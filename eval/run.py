@@ -130,7 +130,7 @@ def bench(paths: Sequence[Path], identity: Identity, out_dir: Path, config: Benc
     """Run the benchmark and write its outputs; ValueError / FileNotFoundError name bad input before the long part."""
     import faiss
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     torch.set_num_threads(config.threads)  # many times faster on shared cores (docs/benchmarks.md)
     faiss.omp_set_num_threads(config.threads)
     alphas = check_alphas(config.alphas)
@@ -178,5 +178,6 @@ def bench(paths: Sequence[Path], identity: Identity, out_dir: Path, config: Benc
         "per_query": measured.records.to_json(),
     }
     results["seconds"] = round(time.perf_counter() - started, 1)
+    results["cpu_seconds"] = round(time.process_time() - cpu_started, 1)
     write_outputs(results, out_dir)
     return results
