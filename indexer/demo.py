@@ -32,7 +32,8 @@ def demo_sources() -> list[Path]:
 def run_demo(index_dir: str | Path | None = None, checkpoint: str | Path | None = None, device: str = "auto", k: int = 3) -> None:
     """Index the packaged images, then search with a clean and a distorted query; print both rankings."""
     from indexer.directory import IndexDirectory
-    from indexer.pipeline import build_index, print_report
+    from indexer.console import print_report
+    from indexer.pipeline import build_index
     from retrieval.distortions import distort
     from retrieval.io import Identity, read_path
     from retrieval.preprocess import intensity, resize_square

@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from indexer.console import progress_bar
 from indexer.catalog import SeriesRecord, SliceRecord, masked
 from indexer.directory import IndexDirectory
 from indexer.distributed import RaySource
@@ -332,29 +333,6 @@ def index_archive(
     return report
 
 
-@contextmanager
-def progress_bar(enabled: bool = True) -> Iterator[Callable[[int], Progress]]:
-    """A rich progress bar on stderr with slices/s; yields a function that starts it for a total."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn, TimeRemainingColumn
-    from rich.progress import Progress as RichProgress
-    from rich.text import Text
-
-    class Rate(ProgressColumn):
-        def render(self, task: Any) -> Text:
-            return Text(f"{task.speed or 0.0:.1f} slices/s")
-
-    with ExitStack() as stack:  # the bar appears only once work starts: a run refused before it prints nothing else
-
-        def start(total: int) -> Progress:
-            bar = stack.enter_context(RichProgress(TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), Rate(), TimeRemainingColumn(),
-                                                   console=Console(stderr=True), disable=not enabled))
-            task = bar.add_task("indexing", total=total)
-            return lambda n: bar.advance(task, n)
-
-        yield start
-
-
 def build_index(
     paths: Sequence[str | Path],
     index_dir: str | Path,
@@ -412,29 +390,3 @@ def default_workers() -> int:
 def model_threads(workers: int) -> int:
     """CPU threads left to the model once each reader worker has its core (oversubscribed OpenMP threads spin)."""
     return max(1, len(os.sched_getaffinity(0)) - workers)
-
-
-def print_warnings(report: IndexReport) -> None:
-    """What opening the index repaired, and the missing series kept, on stderr."""
-    import sys
-
-    for note in report.notes:
-        print(f"warning: {note}", file=sys.stderr)
-    if report.series_missing:
-        print(f"warning: {len(report.series_missing)} indexed series are missing (first: {report.series_missing[0]}); "
-              "kept in the index: `retrieval index ... --prune` removes them", file=sys.stderr)
-
-
-def print_report(report: IndexReport, shown: int = 10) -> None:
-    """Human summary of a run on stdout, skipped files (first few) with their reasons; warnings on stderr."""
-    print_warnings(report)
-    print(f"indexed {report.series_indexed} series ({report.slices_added} slices, {report.slices_per_s:.1f} slices/s), "
-          f"{report.series_unchanged} unchanged, {report.series_removed} removed ({report.slices_removed} slices); "
-          f"{report.slices_empty} empty slices not indexed; index {report.index.get('kind', '?')}"
-          + (f", recall@10 {report.index['recall_at_10']}" if "recall_at_10" in report.index else ""))
-    if report.skipped:
-        print(f"skipped {len(report.skipped)}:")
-        for item in report.skipped[:shown]:
-            print(f"  {item.path}: {item.reason}")
-        if len(report.skipped) > shown:
-            print(f"  … and {len(report.skipped) - shown} more (--json lists all)")

@@ -46,7 +46,8 @@ def index(
 
     from indexer.directory import IndexUnavailable
     from indexer.manifest import IndexMismatch, read_manifest
-    from indexer.pipeline import build_index, print_report, print_warnings
+    from indexer.console import print_report, print_warnings
+    from indexer.pipeline import build_index
     from retrieval.io import SourceUnavailable
     from retrieval.runtime import ensure_model
 
