@@ -1,0 +1,124 @@
+"""What carries to a dataset the model never saw: anatomy mAP on one held-out dataset from different features.
+
+For a fold model and its held-out dataset (the same validation set `retrieval train` builds), prints the mAP of:
+the model's D4-pooled embedding and its single view; encoder layers 2–4 pooled globally or on a 2×2 grid; an
+untrained ResNet-18's layers; the slice itself as a z-scored 16×16 thumbnail, in the reader's orientation, averaged
+over the 8 flips/turns (what D4 pooling does to a layout) and turned to a canonical orientation chosen from the
+thumbnail; and the model's embedding concatenated with that canonical thumbnail. Also how often the canonical
+orientation of a slice at α = 0.8 is the one of its clean self. All at the cache's working grid (64² by default).
+
+    python benchmarks/bench_transfer.py runs/folds/myops/final.pt --dataset myops --cache cache
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from eval.metrics import average_precision  # noqa: E402
+from retrieval.checkpoint import load_checkpoint  # noqa: E402
+from retrieval.metric import embed_model  # noqa: E402
+from retrieval.model import DisentangledSiamese, dihedral  # noqa: E402
+from retrieval.slices import SliceSet  # noqa: E402
+from training.loop import ValidationSet, query_distances, validation_set  # noqa: E402
+
+THUMB = 16
+_Y, _X = torch.meshgrid(torch.linspace(-1, 1, THUMB), torch.linspace(-1, 1, THUMB), indexing="ij")
+TEMPLATE = _X * (1 + 0.3 * _Y) + 0.5 * _Y**2 + 0.21 * _X * _Y  # no symmetry of D4 maps it onto itself
+
+
+def load_cache(cache: Path, size: int) -> SliceSet:
+    """The newest slices cache `retrieval train --cache` wrote at this working grid."""
+    for path in sorted(cache.glob("slices-v2-*.npz"), key=lambda p: p.stat().st_mtime, reverse=True):
+        with np.load(path) as blob:
+            if blob["images"].shape[-1] == size:
+                return SliceSet(blob["images"], blob["patients"], blob["modalities"], blob["sources"], blob["datasets"], blob["series"])
+    raise SystemExit(f"{cache}: no slices cache at {size}×{size}; run `retrieval train ... --size {size} --cache {cache}` first")
+
+
+def mean_ap(vset: ValidationSet, gallery: np.ndarray, queries: np.ndarray | None = None) -> float:
+    """Anatomy mAP of unit-norm features (queries: the gallery's own query rows unless given)."""
+    gallery = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
+    queries = gallery[vset.queries] if queries is None else queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    return float(np.nanmean(average_precision(query_distances(queries, gallery, vset.queries), vset.relevant)))
+
+
+def thumbnails(x: torch.Tensor) -> torch.Tensor:
+    """(N, 1, 16, 16) z-scored thumbnails of network inputs."""
+    t = F.adaptive_avg_pool2d(x[:, :1].float(), THUMB)
+    return (t - t.mean((-2, -1), keepdim=True)) / (t.std((-2, -1), keepdim=True) + 1e-6)
+
+
+def canonical(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each thumbnail turned to the flip/turn that scores highest on a fixed asymmetric template (exactly D4-invariant
+    up to ties), with the chosen element."""
+    views = torch.stack([dihedral(t, k) for k in range(8)], 1)
+    k = (views * TEMPLATE).sum((-2, -1)).squeeze(-1).argmax(1)
+    return views[torch.arange(len(t)), k], k
+
+
+def layer_features(model: DisentangledSiamese, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Encoder layers 2–4 of one view, pooled globally and on a 2×2 grid."""
+    enc = model.encoder
+    out = {}
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+        h = enc.maxpool(enc.relu(enc.bn1(enc.conv1((x - model.mean) / model.std))))
+        h2 = enc.layer2(enc.layer1(h))
+        h3 = enc.layer3(h2)
+        h4 = enc.layer4(h3)
+    for name, t in (("layer2", h2), ("layer3", h3), ("layer4", h4)):
+        out[f"{name}, global average"] = t.float().mean((2, 3))
+        out[f"{name}, 2×2 grid"] = F.adaptive_avg_pool2d(t.float(), 2).flatten(1)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path, help="a fold model (final.pt) that never saw --dataset")
+    parser.add_argument("--dataset", required=True, help="the held-out dataset(s), '+'-joined as in the fold's name")
+    parser.add_argument("--cache", type=Path, default=Path("cache"), help="the folder `retrieval train --cache` filled")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    model, config = load_checkpoint(args.checkpoint)
+    data = load_cache(args.cache, config["size"])
+    vset = validation_set(data.subset(np.isin(data.datasets, args.dataset.split("+"))), 0)
+    cpu = torch.device("cpu")
+    rows: list[tuple[str, float, float | None]] = []
+    pooled, pooled_08 = embed_model(model, vset.gallery, cpu).anatomy, embed_model(model, vset.at_08, cpu).anatomy
+    rows.append(("model: embedding (D4-pooled when the model says so)", mean_ap(vset, pooled), mean_ap(vset, pooled, pooled_08)))
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+        single = model.forward_once(vset.gallery)[0].float().numpy()
+    rows.append(("model: embedding, one view", mean_ap(vset, single), None))
+    rows += [(f"model: {name}", mean_ap(vset, f.numpy()), None) for name, f in layer_features(model, vset.gallery).items()]
+    torch.manual_seed(0)
+    rows += [(f"untrained ResNet-18: {name}", mean_ap(vset, f.numpy()), None)
+             for name, f in layer_features(DisentangledSiamese("resnet18").eval(), vset.gallery).items()]
+    thumbs, thumbs_08 = thumbnails(vset.gallery), thumbnails(vset.at_08)
+    rows.append(("thumbnail, reader orientation", mean_ap(vset, thumbs.flatten(1).numpy()), mean_ap(vset, thumbs.flatten(1).numpy(), thumbs_08.flatten(1).numpy())))
+    symmetric = torch.stack([dihedral(thumbs, k) for k in range(8)]).mean(0)
+    rows.append(("thumbnail, mean over the 8 flips/turns", mean_ap(vset, symmetric.flatten(1).numpy()), None))
+    (canon, k_clean), (canon_08, k_08) = canonical(thumbs), canonical(thumbs_08)
+    canon, canon_08 = canon.flatten(1).numpy(), canon_08.flatten(1).numpy()
+    rows.append(("thumbnail, canonical orientation", mean_ap(vset, canon), mean_ap(vset, canon, canon_08)))
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    for weight in (0.7, 0.5, 0.3):
+        both = np.concatenate([np.sqrt(weight) * unit(pooled), np.sqrt(1 - weight) * unit(canon)], 1)
+        both_08 = np.concatenate([np.sqrt(weight) * unit(pooled_08), np.sqrt(1 - weight) * unit(canon_08)], 1)
+        rows.append((f"model embedding ⊕ canonical thumbnail, model weight {weight}", mean_ap(vset, both), mean_ap(vset, both, both_08)))
+    print(f"{args.dataset}: {len(vset.queries)} queries, {len(vset.gallery)} gallery slices, checkpoint {args.checkpoint}")
+    print("| features | mAP α=0 | mAP α=0.8 |\n|---|---|---|")
+    for name, clean, noisy in rows:
+        print(f"| {name} | {clean:.3f} | {'' if noisy is None else format(noisy, '.3f')} |")
+    same = float((k_clean[vset.queries] == k_08).float().mean())
+    print(f"canonical orientation unchanged at α = 0.8: {same:.1%} of queries")
+
+
+if __name__ == "__main__":
+    main()
