@@ -17,6 +17,7 @@ BACKBONES: dict[str, tuple[Callable[..., nn.Module], int, str]] = {
     "resnet50": (models.resnet50, 2048, "ResNet50_Weights"),
 }
 INVARIANCES = ("none", "d4")  # inference-time pooling over the 8 flips and 90° rotations of the input
+POOLINGS = {"avg": 1, "grid": 2}  # encoder map → head input: global average, or a 2×2 grid that keeps coarse layout
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -45,20 +46,25 @@ class DisentangledSiamese(nn.Module):
         noise_dim: int = 64,
         pretrained: str | Path | None = None,
         invariance: str = "none",
+        pooling: str = "avg",
     ) -> None:
         super().__init__()
         if backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
         if invariance not in INVARIANCES:
             raise ValueError(f"unknown invariance {invariance!r}; choose one of {INVARIANCES}")
-        self.invariance = invariance
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; choose one of {sorted(POOLINGS)}")
+        self.invariance, self.pooling = invariance, pooling
         constructor, features, _ = BACKBONES[backbone]
+        features *= POOLINGS[pooling] ** 2
         self.backbone_name = backbone
         self.encoder = constructor(weights=None)
         if pretrained is not None:
             state = _imagenet_state(backbone) if str(pretrained) == "imagenet" else torch.load(pretrained, map_location="cpu", weights_only=True)
             self.encoder.load_state_dict(state)
         self.encoder.fc = nn.Identity()
+        self.encoder.avgpool = nn.AdaptiveAvgPool2d(POOLINGS[pooling])  # torchvision flattens what it returns
         self.anatomy_head = _head(features, 512, anatomy_dim)
         self.noise_head = _head(features, 256, noise_dim)
         self.alpha_head = nn.Linear(noise_dim, 1)
@@ -101,8 +107,10 @@ class DisentangledSiamese(nn.Module):
         if "state_dict" in state_dict and "config" in state_dict:
             config = state_dict["config"]
             self.invariance = config.get("invariance", "none")
-            if config.get("backbone", self.backbone_name) != self.backbone_name:
-                rebuilt = DisentangledSiamese(config["backbone"], config.get("anatomy_dim", 128), config.get("noise_dim", 64))
+            if (config.get("backbone", self.backbone_name), config.get("pooling", "avg")) != (self.backbone_name, self.pooling):
+                rebuilt = DisentangledSiamese(config["backbone"], config.get("anatomy_dim", 128), config.get("noise_dim", 64),
+                                              pooling=config.get("pooling", "avg"))
+                self.pooling = rebuilt.pooling
                 self.backbone_name = rebuilt.backbone_name
                 self.encoder, self.anatomy_head = rebuilt.encoder, rebuilt.anatomy_head
                 self.noise_head, self.alpha_head = rebuilt.noise_head, rebuilt.alpha_head

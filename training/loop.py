@@ -53,6 +53,7 @@ class TrainConfig:
     balance: float = 0.0  # dataset balance of the patient draws (training/sampler.py); 0.5 did not help on the folds
     instance: float = 0.0  # share of anchors that are the positive slice under another augmentation; 0.5 did not help
     invariance: str = "d4"  # inference pooling over flips and 90° turns (retrieval/model.py)
+    pooling: str = "avg"  # encoder map → heads: global average or a 2×2 grid (retrieval/model.py)
     held_out_datasets: tuple[str, ...] = ()  # whole datasets that validate and never train (leave-one-dataset-out)
     validate_every: int = 1  # epochs between validations (the last epoch always validates)
 
@@ -239,7 +240,7 @@ def train(
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = DisentangledSiamese(config.backbone, pretrained=config.pretrained, invariance=config.invariance)
+    model = DisentangledSiamese(config.backbone, pretrained=config.pretrained, invariance=config.invariance, pooling=config.pooling)
     model = model.to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     total_steps = config.epochs * config.steps_per_epoch

@@ -88,3 +88,22 @@ def test_load_checkpoint_rejects_missing_and_foreign_files(tmp_path: Path) -> No
         load_checkpoint(foreign)
     with pytest.raises(TypeError):
         save_checkpoint(tmp_path / "bad.pt", DisentangledSiamese("resnet18"), {"path": Path("x")})
+
+
+def test_grid_pooling_keeps_the_layout_and_survives_both_loading_paths(tmp_path: Path) -> None:
+    """`pooling="grid"` feeds the heads the last map on a 2×2 grid; the checkpoint config rebuilds it on either
+    loading path (load_checkpoint, and the quickstart's load_state_dict into a default model)."""
+    torch.manual_seed(0)
+    grid = DisentangledSiamese("resnet18", pooling="grid").eval()
+    assert grid.anatomy_head[0].in_features == 4 * 512
+    path = save_checkpoint(tmp_path / "g.pt", grid, {"backbone": "resnet18", "pooling": "grid", "size": 32})
+    loaded, _ = load_checkpoint(path)
+    quick = DisentangledSiamese()
+    quick.load_state_dict(torch.load(path, weights_only=True))
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = grid.forward_once(x)[0]
+        for other in (loaded, quick.eval()):
+            assert other.pooling == "grid" and torch.allclose(other.forward_once(x)[0], expected, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown pooling 'max'"):
+        DisentangledSiamese("resnet18", pooling="max")
