@@ -5,7 +5,9 @@ the model's D4-pooled embedding and its single view; encoder layers 2–4 pooled
 untrained ResNet-18's layers; the slice itself as a z-scored 16×16 thumbnail, in the reader's orientation, averaged
 over the 8 flips/turns (what D4 pooling does to a layout) and turned to a canonical orientation chosen from the
 thumbnail; and the model's embedding concatenated with that canonical thumbnail. Also how often the canonical
-orientation of a slice at α = 0.8 is the one of its clean self. All at the cache's working grid (64² by default).
+orientation of a slice at α = 0.8 is the one of its clean self, and how well â separates α > TAU from α ≤ TAU on the
+held-out slices: as it is, and relative to the median â of the same patient's other clean slices (what
+`qc --relative` does per series). All at the cache's working grid (64² by default).
 
     python benchmarks/bench_transfer.py runs/folds/myops/final.pt --dataset myops --cache cache
 """
@@ -22,7 +24,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from scipy.stats import spearmanr  # noqa: E402
+from sklearn.metrics import roc_auc_score  # noqa: E402
+
 from eval.metrics import average_precision  # noqa: E402
+from retrieval import TAU  # noqa: E402
 from retrieval.checkpoint import load_checkpoint  # noqa: E402
 from retrieval.metric import embed_model  # noqa: E402
 from retrieval.model import DisentangledSiamese, dihedral  # noqa: E402
@@ -118,6 +124,17 @@ def main() -> None:
         print(f"| {name} | {clean:.3f} | {'' if noisy is None else format(noisy, '.3f')} |")
     same = float((k_clean[vset.queries] == k_08).float().mean())
     print(f"canonical orientation unchanged at α = 0.8: {same:.1%} of queries")
+    clean_alpha = embed_model(model, vset.gallery, cpu).alpha
+    spread_alpha = embed_model(model, vset.spread, cpu).alpha
+    own = np.array([np.median(clean_alpha[row]) if row.any() else np.median(clean_alpha) for row in vset.relevant])  # the patient's other slices
+    worse = vset.spread_alpha > TAU
+    print(f"â of clean held-out slices: median {np.median(clean_alpha):.3f}; Spearman(â, α) {spearmanr(vset.spread_alpha, spread_alpha).statistic:.3f}")
+    print(f"AUC of α > {TAU} against α ≤ {TAU}: â {roc_auc_score(worse, spread_alpha):.3f}, "
+          f"â − median â of the patient's clean slices {roc_auc_score(worse, spread_alpha - own):.3f}")
+    rules = [(f"â > {TAU}", spread_alpha > TAU)] + [(f"â − patient median > {m}", spread_alpha - own > m) for m in (0.05, 0.1, 0.2)]
+    print("| rule | flags α > TAU (TPR) | flags α ≤ TAU (FPR) |\n|---|---|---|")
+    for name, flagged in rules:
+        print(f"| {name} | {flagged[worse].mean():.2f} | {flagged[~worse].mean():.2f} |")
 
 
 if __name__ == "__main__":

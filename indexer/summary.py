@@ -34,23 +34,47 @@ def info(directory: IndexDirectory) -> dict[str, Any]:
     }
 
 
-def quality_control(directory: IndexDirectory, above: float) -> dict[str, Any]:
-    """Series and slices whose predicted α exceeds `above` (worst series first): a list for archive teams."""
+def quality_control(directory: IndexDirectory, above: float, relative: bool = False) -> dict[str, Any]:
+    """Series and slices whose predicted α exceeds `above` (worst series first): a list for archive teams.
+
+    `relative`: a slice is flagged when its α exceeds its own series' median α by more than `above`, so a scanner or
+    protocol the model reads as noisier than it is does not flag every slice (docs/training.md, â on unseen data).
+    """
     columns = ["patient_id", "series_id", "modality", "path", "slice_index", "alpha"]
     sizes = directory.catalog.counts("series_id")
+    rows = directory.catalog.table(columns, above=None if relative else above)
+    medians = _series_medians(rows) if relative else {}
     flagged: dict[str, dict[str, Any]] = {}
-    for patient, series_id, modality, path, index, alpha in directory.catalog.table(columns, above=above):
+    for patient, series_id, modality, path, index, alpha in rows:
+        excess = float(alpha) - medians.get(series_id, 0.0)
+        if relative and excess <= above:
+            continue
         entry = flagged.setdefault(series_id, {"patient_id": patient, "series_id": series_id, "modality": modality,
                                                "n_slices": sizes.get(series_id, 0), "slices": []})
-        entry["slices"].append({"path": path, "slice_index": index, "alpha": round(float(alpha), 4)})
+        if relative:
+            entry["median_alpha"] = round(medians[series_id], 4)
+        entry["slices"].append({"path": path, "slice_index": index, "alpha": round(float(alpha), 4)}
+                               | ({"excess": round(excess, 4)} if relative else {}))
     for entry in flagged.values():
         entry["n_above"] = len(entry["slices"])
         entry["max_alpha"] = max(s["alpha"] for s in entry["slices"])
-    series = sorted(flagged.values(), key=lambda e: (-e["max_alpha"], e["series_id"]))
+    key = "max_excess" if relative else "max_alpha"
+    if relative:
+        for entry in flagged.values():
+            entry[key] = max(s["excess"] for s in entry["slices"])
+    series = sorted(flagged.values(), key=lambda e: (-e[key], e["series_id"]))
     patients: dict[str, int] = defaultdict(int)
     for entry in series:
         patients[entry["patient_id"]] += entry["n_above"]
-    return {"above": above, "slices": sum(e["n_above"] for e in series), "series": series, "patients": dict(patients)}
+    return {"above": above, "relative": relative, "slices": sum(e["n_above"] for e in series), "series": series, "patients": dict(patients)}
+
+
+def _series_medians(rows: list[tuple]) -> dict[str, float]:
+    """Median predicted α of each series, from (…, series_id, …, alpha) catalog rows."""
+    by_series: dict[str, list[float]] = defaultdict(list)
+    for row in rows:
+        by_series[row[1]].append(float(row[-1]))
+    return {series_id: float(np.median(values)) for series_id, values in by_series.items()}
 
 
 def print_info(summary: dict[str, Any]) -> None:
@@ -68,8 +92,11 @@ def print_info(summary: dict[str, Any]) -> None:
 
 def print_qc(report: dict[str, Any]) -> None:
     """Human-readable `qc`: one line per flagged series, then its slices."""
-    print(f"{report['slices']} slices in {len(report['series'])} series have predicted α above {report['above']}")
+    relative = report.get("relative", False)
+    where = f"more than {report['above']} above their series' median" if relative else f"above {report['above']}"
+    print(f"{report['slices']} slices in {len(report['series'])} series have predicted α {where}")
     for entry in report["series"]:
-        print(f"{entry['patient_id']}  {entry['modality']}  {entry['series_id']}: {entry['n_above']}/{entry['n_slices']} slices, max α {entry['max_alpha']:.3f}")
+        median = f", series median α {entry['median_alpha']:.3f}" if relative else ""
+        print(f"{entry['patient_id']}  {entry['modality']}  {entry['series_id']}: {entry['n_above']}/{entry['n_slices']} slices, max α {entry['max_alpha']:.3f}{median}")
         for s in entry["slices"]:
             print(f"    α {s['alpha']:.3f}  {s['path']} [slice {s['slice_index']}]")

@@ -100,17 +100,18 @@ def info(index_dir: IndexDirOpt, json_out: JsonOpt = False, catalog: CatalogOpt 
 
 def qc(
     index_dir: IndexDirOpt,
-    above: Annotated[float, typer.Option("--above", min=0.0, max=1.0, help="Flag slices whose predicted α exceeds this.")] = 0.3,
+    above: Annotated[float, typer.Option("--above", min=0.0, max=1.0, help="Flag slices whose predicted α exceeds this (with --relative: exceeds their series' median by this).")] = 0.3,
+    relative: Annotated[bool, typer.Option("--relative", help="Compare each slice with its own series' median α: for scanners the model reads as noisier than they are.")] = False,
     json_out: JsonOpt = False,
     catalog: CatalogOpt = None,
 ) -> None:
-    """Quality control: series and slices whose predicted distortion α exceeds a threshold."""
+    """Quality control: series and slices whose predicted distortion α exceeds a threshold (or their series' median)."""
     import json
 
     from indexer.summary import print_qc, quality_control
 
     with open_index(index_dir, catalog=catalog) as directory:
-        report = quality_control(directory, above)
+        report = quality_control(directory, above, relative)
     typer.echo(json.dumps(report, indent=2)) if json_out else print_qc(report)
 
 

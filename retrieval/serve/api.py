@@ -51,9 +51,10 @@ def info(state: Server) -> dict[str, Any]:
 
 
 @router.get("/qc")
-def qc(state: Server, above: Annotated[float, Query(ge=0.0, le=1.0)] = TAU) -> dict[str, Any]:
-    """`retrieval qc --above A --json`: series with slices whose predicted α exceeds A, worst first."""
-    return state.qc(above)
+def qc(state: Server, above: Annotated[float, Query(ge=0.0, le=1.0)] = TAU, relative: bool = False) -> dict[str, Any]:
+    """`retrieval qc --above A [--relative] --json`: series with slices whose predicted α exceeds A (or their
+    series' median by A), worst first."""
+    return state.qc(above, relative)
 
 
 @router.get("/patients/{patient_id}")

@@ -190,12 +190,12 @@ class ServerState:
                              "max_upload_mb": self.config.max_upload_mb, "reloads": self.live.reloads}
         return summary
 
-    def qc(self, above: float) -> dict[str, Any]:
+    def qc(self, above: float, relative: bool = False) -> dict[str, Any]:
         """`retrieval qc --json`, worst series first, with slice ids and thumbnail URLs."""
         from indexer.summary import quality_control
 
         with self.live.use() as directory:
-            report = quality_control(directory, above)
+            report = quality_control(directory, above, relative)
             ids = slice_ids(directory, ((s["path"], s["slice_index"]) for entry in report["series"] for s in entry["slices"]))
         for entry in report["series"]:
             entry.update(self.pseudonyms.slice({k: v for k, v in entry.items() if k != "slices"}))

@@ -182,6 +182,25 @@ def test_qc_lists_exactly_the_slices_above_the_threshold(directory, index_dir) -
     assert [s["max_alpha"] for s in report["series"]] == sorted((s["max_alpha"] for s in report["series"]), reverse=True)
 
 
+def test_relative_qc_flags_slices_above_their_own_series_median(directory, index_dir) -> None:
+    """--relative compares each slice with the median α of its series (recomputed here from the catalog)."""
+    rows = directory.catalog.table(["series_id", "alpha"])
+    by_series: dict[str, list[float]] = {}
+    for series_id, alpha in rows:
+        by_series.setdefault(series_id, []).append(alpha)
+    excess = sorted(a - np.median(values) for values in by_series.values() for a in values)
+    cut = len(excess) * 3 // 4  # about a quarter of the slices lie further above their series' median
+    margin = float(excess[cut - 1] + excess[cut]) / 2
+    expected = sorted((sid, round(a, 4)) for sid, values in by_series.items() for a in values if a - np.median(values) > margin)
+    report = cli("qc", "--index", str(index_dir), "--above", str(margin), "--relative")
+    got = sorted((series["series_id"], s["alpha"]) for series in report["series"] for s in series["slices"])
+    assert report["relative"] and got == expected and 0 < report["slices"] == len(expected) < len(rows)
+    for series in report["series"]:
+        assert series["median_alpha"] == pytest.approx(np.median(by_series[series["series_id"]]), abs=1e-4)
+        assert all(s["excess"] > margin for s in series["slices"])
+    assert [s["max_excess"] for s in report["series"]] == sorted((s["max_excess"] for s in report["series"]), reverse=True)
+
+
 def test_a_mismatched_checkpoint_is_refused_in_one_line(archive, index_dir, tmp_path) -> None:
     torch.manual_seed(1)
     other = save_checkpoint(tmp_path / "other.pt", DisentangledSiamese("resnet18"), {"backbone": "resnet18", "size": 64})

@@ -165,6 +165,10 @@ def test_info_qc_and_patients_match_the_cli(served_index, client) -> None:
     assert [s["series_id"] for s in qc["series"]] == [s["series_id"] for s in expected_qc["series"]]
     assert [s["max_alpha"] for s in qc["series"]] == sorted((s["max_alpha"] for s in qc["series"]), reverse=True)
     assert qc["slices"] == expected_qc["slices"] > 0 and all(s["thumbnail"] for e in qc["series"] for s in e["slices"])
+    relative = client.get("/api/qc", params={"above": 0.01, "relative": "true"}).json()
+    expected_relative = cli("qc", "--index", str(served_index), "--above", "0.01", "--relative")
+    assert relative["relative"] and relative["slices"] == expected_relative["slices"]
+    assert [s["series_id"] for s in relative["series"]] == [s["series_id"] for s in expected_relative["series"]]
     assert client.get("/api/qc", params={"above": "x"}).json()["error"].startswith("above:")
     for patient, n in info["by_patient"].items():
         detail = client.get(f"/api/patients/{patient}").json()
