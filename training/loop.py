@@ -52,6 +52,7 @@ class TrainConfig:
     augment: str = "d4"  # none | d4 | geometric | intensity | all (training/augment.py); d4 won on the folds
     balance: float = 0.0  # dataset balance of the patient draws (training/sampler.py); 0.5 did not help on the folds
     instance: float = 0.0  # share of anchors that are the positive slice under another augmentation; 0.5 did not help
+    neighbour: float = 0.0  # share of positives drawn within two slices of the anchor in its series (training/sampler.py)
     invariance: str = "d4"  # inference pooling over flips and 90° turns (retrieval/model.py)
     pooling: str = "avg"  # encoder map → heads: global average or a 2×2 grid (retrieval/model.py)
     held_out_datasets: tuple[str, ...] = ()  # whole datasets that validate and never train (leave-one-dataset-out)
@@ -246,7 +247,7 @@ def train(
     total_steps = config.epochs * config.steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total_steps))
     sampler = TripletSampler(train_data.patients, config.batch_patients, config.seed, train_data.datasets, config.balance,
-                             config.augment_config(), config.instance)
+                             config.augment_config(), config.instance, train_data.series, config.neighbour)
     saved = json.loads(json.dumps(asdict(config) | {"device": None}))  # as it reads back from last.pt
     state: dict[str, Any] = {"epoch": 0, "history": [], "patient_key": new_patient_key()}
     last = out_dir / "last.pt"

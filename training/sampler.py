@@ -5,7 +5,9 @@ patient's dataset: balance 0 is uniform over patients, 1 gives every dataset the
 one large dataset does not decide what the network learns. The anchor and positive are any two slices
 of the patient (other sequences and series of the same patient included); with probability `instance`
 the anchor is the positive slice itself under another augmentation (SimCLR-style instance positives),
-which teaches invariance to how a slice is shown rather than memorising the training patients.
+which teaches invariance to how a slice is shown rather than memorising the training patients. With probability
+`neighbour` the positive is instead a slice at most two positions from the anchor in the same series (reader order):
+nearby anatomy of one volume, the similarity pixel metrics find on any body part.
 """
 
 from __future__ import annotations
@@ -37,11 +39,12 @@ class TripletSampler:
     """Draws `batch_patients` distinct patients per step; batch k is a pure function of (seed, k)."""
 
     def __init__(self, patients: np.ndarray, batch_patients: int, seed: int, datasets: np.ndarray | None = None,
-                 balance: float = 0.0, augment: AugmentConfig | None = None, instance: float = 0.0) -> None:
+                 balance: float = 0.0, augment: AugmentConfig | None = None, instance: float = 0.0,
+                 series: np.ndarray | None = None, neighbour: float = 0.0) -> None:
         names, inverse = np.unique(patients, return_inverse=True)
         if len(names) < 2:
             raise ValueError(f"training needs slices of at least 2 patients, got {len(names)}")
-        for name, value in (("balance", balance), ("instance", instance)):
+        for name, value in (("balance", balance), ("instance", instance), ("neighbour", neighbour)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
         self.by_patient = [np.flatnonzero(inverse == i) for i in range(len(names))]
@@ -49,6 +52,8 @@ class TripletSampler:
         self.seed = seed
         self.augment = augment
         self.instance = instance
+        self.neighbour = neighbour
+        self.neighbours = _neighbours(patients, series) if neighbour > 0 and series is not None else None
         groups = np.zeros(len(names), dtype=np.int64)
         if datasets is not None:
             _, groups = np.unique(np.asarray(datasets)[[rows[0] for rows in self.by_patient]], return_inverse=True)
@@ -64,6 +69,8 @@ class TripletSampler:
         for p in chosen:
             slices = self.by_patient[p]
             a, b = rng.choice(slices, size=2, replace=len(slices) < 2)
+            if self.neighbours is not None and rng.random() < self.neighbour and len(self.neighbours[a]):
+                b = rng.choice(self.neighbours[a])
             if rng.random() < self.instance:
                 a = b
             other = (p + rng.integers(1, n)) % n
@@ -75,3 +82,16 @@ class TripletSampler:
         seeds = rng.integers(0, 2**31 - 1, size=(size, 3))
         augment = [sample_params(rng, size, self.augment) for _ in range(3)]
         return TripletBatch(np.array(anchor), np.array(positive), np.array(negative), alphas[0], alphas[1], alphas[2], seeds, *augment)
+
+
+def _neighbours(patients: np.ndarray, series: np.ndarray) -> list[np.ndarray]:
+    """Per slice, the rows at most two positions away in its series (reader order); none where the series is unknown."""
+    rows_of: dict[tuple[str, str], list[int]] = {}
+    for row, key in enumerate(zip(patients.tolist(), series.tolist())):
+        rows_of.setdefault(key, []).append(row)
+    out = [np.zeros(0, np.int64)] * len(patients)
+    for (_, series_id), rows in rows_of.items():
+        if series_id:
+            for i, row in enumerate(rows):
+                out[row] = np.array(rows[max(0, i - 2) : i] + rows[i + 1 : i + 3], np.int64)
+    return out

@@ -26,6 +26,7 @@ def train(
     augment: Annotated[str, typer.Option(help="Training augmentation: all, geometric (D4, rotation, zoom, shift), d4 (flips and 90° turns only), intensity or none.")] = "d4",
     balance: Annotated[float, typer.Option(min=0.0, max=1.0, help="Dataset balance of patient draws: 0 uniform over patients, 1 equal per dataset.")] = 0.0,
     instance: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of anchors that are the positive slice itself under another augmentation.")] = 0.0,
+    neighbour: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of positives drawn within two slices of the anchor in its series.")] = 0.0,
     structure_weight: Annotated[float, typer.Option("--structure-weight", min=0.0, max=100.0, help="Weight of the structural distillation term (0: off).")] = 0.0,
     invariance: Annotated[str, typer.Option(help="d4: embeddings pooled over flips and 90° turns (orientation-free search); none: one view.")] = "d4",
     pooling: Annotated[str, typer.Option(help="Encoder map to the heads: avg (global average) or grid (2×2, keeps coarse layout).")] = "avg",
@@ -51,7 +52,7 @@ def train(
     identity = identity_options(manifest, patient_regex, modality, group_regex)
     config = TrainConfig(backbone=backbone, size=size, epochs=epochs, steps_per_epoch=steps_per_epoch, batch_patients=batch_patients,
                          lr=lr, seed=seed, val_fraction=val_fraction, device=device, pretrained=str(pretrained) if pretrained else None,
-                         augment=augment, balance=balance, instance=instance, invariance=invariance, pooling=pooling, held_out_datasets=tuple(hold_out_dataset or ()),
+                         augment=augment, balance=balance, instance=instance, neighbour=neighbour, invariance=invariance, pooling=pooling, held_out_datasets=tuple(hold_out_dataset or ()),
                          validate_every=validate_every)
     config.weights["structure"] = structure_weight
     try:

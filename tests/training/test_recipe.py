@@ -88,6 +88,20 @@ def test_instance_share_makes_anchor_the_positive_slice(mixed: SliceSet) -> None
     assert any(not np.array_equal(b.anchor, b.positive) for b in never)
 
 
+def test_neighbour_positives_lie_within_two_slices_of_the_anchor_in_its_series() -> None:
+    """Two patients, each with two series of 6 slices (reader order = row order): neighbour positives stay in the
+    anchor's series, at most two rows away; a slice of an unknown series keeps the ordinary draw."""
+    patients = np.repeat(["p0", "p1"], 12)
+    series = np.tile(np.repeat(["a", "b"], 6), 2)
+    series[-1] = ""
+    sampler = TripletSampler(patients, 2, seed=0, series=series, neighbour=1.0)
+    pairs = [(a, b) for step in range(200) for a, b in zip(sampler.batch(step).anchor, sampler.batch(step).positive) if series[a]]
+    assert pairs and all(series[a] == series[b] and patients[a] == patients[b] and 1 <= abs(int(a) - int(b)) <= 2 for a, b in pairs)
+    off = TripletSampler(patients, 2, seed=0, series=series, neighbour=0.0)
+    assert any(abs(int(a) - int(b)) > 2 for step in range(50) for a, b in zip(off.batch(step).anchor, off.batch(step).positive))
+    assert np.array_equal(off.batch(3).positive, TripletSampler(patients, 2, seed=0).batch(3).positive)  # off: the old draws
+
+
 def test_alpha_zero_views_equal_the_clean_slice(mixed: SliceSet) -> None:
     """With identity augmentation the clean views are the network input of the slice; a distorted view at α = 0 equals its clean view."""
     batch = TripletSampler(mixed.patients, 3, seed=2, augment=None).batch(0)
