@@ -58,10 +58,9 @@ def quality_control(directory: IndexDirectory, above: float, relative: bool = Fa
     for entry in flagged.values():
         entry["n_above"] = len(entry["slices"])
         entry["max_alpha"] = max(s["alpha"] for s in entry["slices"])
+        if relative:
+            entry["max_excess"] = max(s["excess"] for s in entry["slices"])
     key = "max_excess" if relative else "max_alpha"
-    if relative:
-        for entry in flagged.values():
-            entry[key] = max(s["excess"] for s in entry["slices"])
     series = sorted(flagged.values(), key=lambda e: (-e[key], e["series_id"]))
     patients: dict[str, int] = defaultdict(int)
     for entry in series:
