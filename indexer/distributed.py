@@ -55,11 +55,11 @@ class SeriesEmbedder:
         """Pickled Jobs in, pickled embedded Chunks out (pixels replaced by [anatomy | α] rows), in series order."""
         import torch
 
-        from indexer.pipeline import _series_chunks
+        from indexer.chunks import series_chunks
 
         out = []
         for blob in batch["job"]:
-            for chunk in _series_chunks(pickle.loads(blob), self.size, self.chunk):
+            for chunk in series_chunks(pickle.loads(blob), self.size, self.chunk):
                 values = np.zeros((0, 0), np.float32)
                 if chunk.indices:
                     embedded = self.metric.embed_tensor(chunk.pixels)

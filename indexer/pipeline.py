@@ -14,9 +14,8 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -25,8 +24,9 @@ from typing import Any
 import faiss
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader
 
+from indexer.chunks import Batcher, Job, SeriesDataset, drop_inherited_lock, keep
 from indexer.console import progress_bar
 from indexer.catalog import SeriesRecord, SliceRecord, masked
 from indexer.directory import IndexDirectory
@@ -38,39 +38,12 @@ from indexer.ann import INDEX_TYPES
 from retrieval import __version__
 from retrieval.checkpoint import file_sha256
 from retrieval.io import Identity, Limits, Series, Skipped, SourceUnavailable, read_archive
-from retrieval.io.pixels import one_line
 from retrieval.metric import DistortionAwareMetric
-from retrieval.preprocess import is_empty, prepare
 
 INDEXED_MODALITIES = ("CT", "MR")
 SAVE_EVERY_S = 60.0  # the FAISS cache is rewritten at least this often during a run (and at its end)
 
 Progress = Callable[[int], None]  # called with the number of slices just finished
-
-
-@dataclass(frozen=True)
-class Job:
-    """A series to (re)index, with its catalog record and the SHA-256 of each of its files."""
-
-    series: Series
-    record: SeriesRecord
-    file_checksums: dict[str, str]
-
-
-@dataclass
-class Chunk:
-    """Up to one batch of preprocessed slices of one series, made in a worker process."""
-
-    key: str
-    pixels: torch.Tensor
-    indices: list[int]
-    paths: list[str]
-    last: bool
-    n_empty: int = 0
-    problems: list[Skipped] = field(default_factory=list)
-    failed: str | None = None
-    fatal: bool = False  # the source is unreachable (a DICOMweb server went away): the run stops, a rerun resumes
-    embedded: bool = False  # pixels already replaced by [anatomy | α] rows (made by a Ray actor, indexer/distributed.py)
 
 
 @dataclass
@@ -160,117 +133,6 @@ def plan(paths: Sequence[str | Path], identity: Identity, states: dict[str, tupl
     return Plan(jobs, len(seen) - len(todo), [key for key in states if key in todo or key in held_keys], skipped, missing)
 
 
-def _series_chunks(job: Job, size: int, chunk: int, watchdog: Watchdog | None = None) -> Iterator[Chunk]:
-    """Load one series (under the watchdog's time limit), drop empty slices, preprocess the rest into chunks of at most `chunk` slices."""
-    key = job.record.key
-    try:
-        with watchdog.reading(job.series.files) if watchdog else nullcontext():
-            slices = job.series.load()
-    except SourceUnavailable as exc:
-        yield Chunk(key, torch.zeros(0), [], [], True, failed=str(exc), fatal=True)
-        return
-    except Exception as exc:  # noqa: BLE001 - a broken series is reported, the run goes on
-        yield Chunk(key, torch.zeros(0), [], [], True, failed=one_line(exc))
-        return
-    if not slices:
-        reason = job.series.skipped[0].reason if job.series.skipped else "no slices could be read"
-        yield Chunk(key, torch.zeros(0), [], [], True, failed=reason)
-        return
-    kept = [s for s in slices if not is_empty(s.pixels, s.modality)]
-    for start in range(0, max(1, len(kept)), chunk):
-        part = kept[start : start + chunk]
-        pixels = torch.from_numpy(np.stack([prepare(s.pixels, s.modality, size, s.spacing) for s in part])) if part else torch.zeros(0, 3, size, size)
-        first = start == 0
-        yield Chunk(key, pixels, [s.index for s in part], [s.path for s in part], start + chunk >= len(kept),
-                    n_empty=len(slices) - len(kept) if first else 0, problems=list(job.series.skipped) if first else [])
-
-
-class SeriesDataset(IterableDataset):
-    """Series split across DataLoader workers (round robin); each worker yields preprocessed chunks."""
-
-    def __init__(self, jobs: Sequence[Job], size: int, chunk: int, watchdog: Watchdog | None = None) -> None:
-        self.jobs, self.size, self.chunk, self.watchdog = list(jobs), size, chunk, watchdog
-
-    def __iter__(self) -> Iterator[list[Chunk]]:
-        info = get_worker_info()
-        mine = self.jobs if info is None else self.jobs[info.id :: info.num_workers]
-        chunks = (chunk for job in mine for chunk in _series_chunks(job, self.size, self.chunk, self.watchdog))
-        return _grouped(chunks, self.chunk)
-
-
-def _grouped(chunks: Iterator[Chunk], size: int) -> Iterator[list[Chunk]]:
-    """Consecutive chunks sent as one message of about `size` slices, their pixels in one tensor: a worker-to-model
-    transfer costs ~3 ms whatever its size, and most series of a DICOM archive are a slice or a few."""
-    group: list[Chunk] = []
-    rows = 0
-    for chunk in chunks:
-        group.append(chunk)
-        rows += len(chunk.indices)
-        if rows >= size or chunk.failed:
-            yield _one_tensor(group)
-            group, rows = [], 0
-    if group:
-        yield _one_tensor(group)
-
-
-def _one_tensor(group: list[Chunk]) -> list[Chunk]:
-    """The group with its chunks' pixels as views of one tensor."""
-    filled = [chunk for chunk in group if len(chunk.indices)]
-    if len(filled) > 1:
-        merged = torch.cat([chunk.pixels for chunk in filled])
-        start = 0
-        for chunk in filled:
-            chunk.pixels, start = merged[start : start + len(chunk.indices)], start + len(chunk.indices)
-    return group
-
-
-def _drop_inherited_lock(fd: int | None, _worker_id: int) -> None:
-    """Close the writer-lock fd a forked worker inherited, so a killed run's orphans never hold the lock."""
-    if fd is not None:
-        os.close(fd)
-
-
-def _keep(group: list[Chunk]) -> list[Chunk]:
-    """DataLoader collate function: chunks are already batched."""
-    return group
-
-
-class _Batcher:
-    """Re-cuts worker chunks into model batches; a series completes with the batch holding its last slice."""
-
-    def __init__(self) -> None:
-        self.pixels: list[torch.Tensor] = []
-        self.meta: list[tuple[str, int, str]] = []  # (series key, slice index, path)
-        self.completions: list[tuple[int, str]] = []  # (slices queued before it completed, key)
-        self.queued = 0
-
-    def put(self, chunk: Chunk) -> None:
-        """Queue a chunk's slices (and its series' completion when it is the last chunk)."""
-        if len(chunk.indices):
-            self.pixels.append(chunk.pixels)
-            self.meta.extend((chunk.key, i, p) for i, p in zip(chunk.indices, chunk.paths))
-            self.queued += len(chunk.indices)
-        if chunk.last:
-            self.completions.append((self.queued, chunk.key))
-
-    def take(self, n: int) -> tuple[torch.Tensor, list[tuple[str, int, str]], list[str]]:
-        """The first n queued slices and the series completed by them."""
-        parts, rows = [], 0
-        while self.pixels and rows < n:  # concatenate only the chunks this batch needs
-            part = self.pixels.pop(0)
-            if rows + len(part) > n:
-                self.pixels.insert(0, part[n - rows :])
-                part = part[: n - rows]
-            parts.append(part)
-            rows += len(part)
-        head = parts[0] if len(parts) == 1 else torch.cat(parts) if parts else torch.zeros(0)
-        meta, self.meta = self.meta[:n], self.meta[n:]
-        self.queued -= len(meta)
-        done = [key for before, key in self.completions if before <= len(meta)]
-        self.completions = [(before - len(meta), key) for before, key in self.completions if before > len(meta)]
-        return head, meta, done
-
-
 def index_archive(
     paths: Sequence[str | Path],
     directory: IndexDirectory,
@@ -309,8 +171,8 @@ def index_archive(
     advance = progress(sum(job.series.n_slices for job in work.jobs)) if progress else (lambda n: None)
     loader = source.chunks(work.jobs, metric.size, batch_size) if source else DataLoader(
         SeriesDataset(work.jobs, metric.size, batch_size, Watchdog(directory.path, limits.seconds_per_file)), batch_size=None, num_workers=workers,
-        collate_fn=_keep, prefetch_factor=4 if workers else None, worker_init_fn=partial(_drop_inherited_lock, directory.lock_fd))
-    batcher, last_save = _Batcher(), time.monotonic()
+        collate_fn=keep, prefetch_factor=4 if workers else None, worker_init_fn=partial(drop_inherited_lock, directory.lock_fd))
+    batcher, last_save = Batcher(), time.monotonic()
 
     def commit(n: int) -> None:
         nonlocal last_save

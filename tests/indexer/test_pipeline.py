@@ -182,14 +182,14 @@ def test_kill_9_at_a_faiss_save_then_rerun_ends_with_exactly_the_archive(archive
 def test_worker_messages_group_small_series_into_one_tensor_and_flush_at_a_failure() -> None:
     """Chunks of one-slice series travel together (about a batch per message, pixels in one storage); a failed
     series ends its message, so a dead source is reported at once; nothing is reordered or lost."""
-    from indexer.pipeline import Chunk, _grouped
+    from indexer.chunks import Chunk, grouped
 
     def chunk(key: str, n: int, failed: str | None = None) -> Chunk:
         return Chunk(key, torch.rand(n, 3, 4, 4), list(range(n)), [key] * n, True, failed=failed)
 
     chunks = [chunk(f"s{i}", 1) for i in range(5)] + [chunk("bad", 0, failed="unreadable")] + [chunk("big", 3), chunk("t", 1)]
     sent = [c.pixels.clone() for c in chunks]
-    groups = list(_grouped(iter(chunks), 3))
+    groups = list(grouped(iter(chunks), 3))
     assert [[c.key for c in g] for g in groups] == [["s0", "s1", "s2"], ["s3", "s4", "bad"], ["big"], ["t"]]
     first = groups[0]
     assert len({c.pixels.untyped_storage().data_ptr() for c in first}) == 1  # one tensor per message
