@@ -55,6 +55,11 @@ def train(
                          augment=augment, balance=balance, instance=instance, neighbour=neighbour, invariance=invariance, pooling=pooling, held_out_datasets=tuple(hold_out_dataset or ()),
                          validate_every=validate_every)
     config.weights["structure"] = structure_weight
+    from retrieval.model import INVARIANCES, POOLINGS
+
+    for name, value, choices in (("--invariance", invariance, INVARIANCES), ("--pooling", pooling, tuple(POOLINGS))):
+        if value not in choices:
+            fail(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     try:
         config.augment_config()
         summary = (fit_folds if folds else fit)(archive, identity, out, config, cache, quiet=json_out)

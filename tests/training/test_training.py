@@ -125,3 +125,18 @@ def test_a_fold_never_trains_on_its_held_out_dataset(archive: Path, tmp_path: Pa
     assert trained_on(saved, sorted(set(val_set.patients))) == set()
     assert trained_on(saved, sorted(set(train_set.patients))) == set(train_set.patients)
     assert not any(p in (tmp_path / "final.pt").read_bytes().decode("latin-1") for p in set(data.patients))  # ids never stored
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--pooling", "max", "--pooling must be one of avg, grid, got 'max'"),
+    ("--invariance", "c8", "--invariance must be one of none, d4, got 'c8'"),
+    ("--augment", "mixup", "augment must be one of none, d4, geometric, intensity, all, got 'mixup'"),
+])
+def test_train_refuses_unknown_recipe_choices_in_one_line_before_reading(tmp_path: Path, option: str, value: str, message: str) -> None:
+    from typer.testing import CliRunner
+
+    from retrieval.cli import app
+
+    result = CliRunner().invoke(app, ["train", str(tmp_path), "--out", str(tmp_path / "run"), option, value])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()
