@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer.ann import PROBE_RECALL
 from retrieval.checkpoint import DEFAULT_CHECKPOINT
 
 
@@ -280,7 +281,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="*", default=[100_000, 300_000, 1_000_000])
     parser.add_argument("--views", type=int, default=6, help="augmented views of each archive slice embedded for part 2")
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--target", type=float, default=0.999, help="probe recall@10 HNSW's efSearch is tuned to (indexer.ann.PROBE_RECALL)")
+    parser.add_argument("--target", type=float, default=PROBE_RECALL, help="probe recall@10 HNSW's efSearch is tuned to")
     parser.add_argument("--threads", type=int, default=1, help="FAISS threads while searching (1: the one-core figures)")
     parser.add_argument("--build-threads", type=int, default=os.cpu_count(), help="FAISS threads while building and for exact ground truth")
     parser.add_argument("--embeddings", type=Path, help="an .npz keeping part 2's archive embeddings between runs (made when missing)")

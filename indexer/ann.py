@@ -4,7 +4,7 @@ HNSW (FAISS IndexHNSWFlat, inner product, M links per node) is a graph over the 
 vectors, so the distances it returns are exact and its only losses are graph misses. efSearch (the
 candidates a query keeps) is raised along a ladder until recall@10 against exact search reaches
 PROBE_RECALL on `RecallProbe` queries (stored vectors moved by a typical neighbour distance), which is what
-it takes for new scans of indexed slices to reach TARGET_RECALL: the probe overstates them. FAISS cannot delete from an HNSW graph: removed ids
+it takes for new scans of indexed slices to reach 0.95: the probe overstates them. FAISS cannot delete from an HNSW graph: removed ids
 become tombstones that searches filter out (indexer.store), `IndexDirectory.sync` re-derives them
 from the catalog on open, and the graph is rebuilt once they pass REBUILD_TOMBSTONES of it.
 
@@ -28,9 +28,9 @@ INDEX_TYPES = ("auto", *KINDS)  # what --index-type accepts
 HNSW_M = 32  # links per node (64 on the bottom layer): recall ≥ 0.95 at small efSearch on 128-d embeddings
 EF_CONSTRUCTION = 40  # build-time candidate list (FAISS default); efSearch, tuned per index, buys the recall
 EF_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
-TARGET_RECALL = 0.95  # recall@10 of new scans (held-out views of archive slices in bench_index.py)
-# What the probe must show for that: at 1M vectors (bench_index.py, 2026-12-02) the probe read 0.993 at efSearch 16
-# where held-out views got 0.931, 0.997 at 32 (0.952) and 0.999 at 64 (0.977); at 100k, 1.000 at 16 (0.975).
+# The probe recall@10 that gives new scans (held-out views of archive slices) 0.95: at 1M vectors (bench_index.py,
+# 2026-12-02) the probe read 0.993 at efSearch 16 where held-out views got 0.931, 0.997 at 32 (0.952) and 0.999 at
+# 64 (0.977); at 100k, 1.000 at 16 (0.975).
 PROBE_RECALL = 0.999
 RECALL_QUERIES = 500
 FLAT_MAX = 200_000  # exact search up to here keeps a one-core p50 of about 5 ms
