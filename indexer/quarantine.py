@@ -99,13 +99,13 @@ class Watchdog:
     @contextmanager
     def reading(self, files: list[str]) -> Iterator[None]:
         """Journal `files` while they are decoded, under a deadline of the per-file limit × their number."""
-        if _WATCHED["pid"] != os.getpid():  # a forked worker does not inherit the parent's thread
-            _WATCHED.update(pid=os.getpid(), read=None)
-            threading.Thread(target=_watch, daemon=True, name="read-watchdog").start()
         limit = self.seconds * max(1, len(files))
         journal = self.folder / f"{_JOURNAL}{os.getpid()}.json"
         journal.write_text(json.dumps({"files": files, "limit_s": limit}))
-        _WATCHED["read"] = (time.monotonic() + limit, limit, files, journal)
+        first = _WATCHED["pid"] != os.getpid()  # a forked worker does not inherit the parent's thread
+        _WATCHED.update(pid=os.getpid(), read=(time.monotonic() + limit, limit, files, journal), tick=min(0.2, limit / 4))
+        if first:  # after the read is set, so the first check already keeps this read's deadline
+            threading.Thread(target=_watch, daemon=True, name="read-watchdog").start()
         try:
             yield
         finally:
@@ -117,7 +117,7 @@ def _watch() -> None:
     """Kill this process once a read outlives its deadline (C code in a codec cannot be interrupted any other way)."""
     while True:
         read = _WATCHED.get("read")
-        time.sleep(min(0.2, read[1] / 4) if read else 0.2)  # a quarter of the limit: a short limit is kept closely
+        time.sleep(_WATCHED["tick"])  # a quarter of the limit (at most 0.2 s): a short limit is kept closely, between reads too
         if read is None or _WATCHED.get("read") is not read or time.monotonic() <= read[0]:
             continue
         _, limit, files, journal = read

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 
-from indexer.quarantine import Quarantine
+from indexer.quarantine import Quarantine, Watchdog
 from retrieval.io import Limits, Skipped, Slice, iter_slices, read_archive
 from retrieval.io.hostile import SHAPES, build, read_or_skip
 
@@ -192,6 +192,26 @@ def test_index_skips_hostile_files_and_records_files_that_kill_or_stall_a_reader
     assert quarantine.reason([str(slow)]) and quarantine.reason([str(archive / "ct.dcm")]) is None
     os.utime(slow, ns=(0, 0))
     assert quarantine.reason([str(slow)]) is None  # a changed file is tried again
+
+
+def _read_for(folder: str, seconds: float) -> None:
+    """A reader worker's first read under a 1 ms limit that takes `seconds` (the watchdog must stop the process)."""
+    with Watchdog(folder, 0.001).reading(["slow.dcm"]):
+        time.sleep(seconds)
+    os._exit(0)
+
+
+def test_the_watchdog_keeps_a_short_limit_from_a_workers_first_read(tmp_path: Path) -> None:
+    """The watchdog thread starts with the worker's first read; its first check must already keep that read's
+    deadline (it used to sleep 0.2 s first, so a 50 ms read under a 1 ms limit went through)."""
+    import multiprocessing
+
+    for _ in range(3):
+        worker = multiprocessing.get_context("fork").Process(target=_read_for, args=(str(tmp_path), 0.05))
+        worker.start()
+        worker.join()
+        assert worker.exitcode == -9
+    assert "reading took longer than the per-file time limit (0.001 s" in (tmp_path / f".reading-{worker.pid}.json").read_text()
 
 
 # Structure-aware fuzzing of header numbers (hypothesis), next to the byte-level fuzzing of benchmarks/fuzz_readers.py.
