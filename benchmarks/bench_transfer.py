@@ -2,19 +2,20 @@
 
 For a fold model and its held-out dataset (the same validation set `retrieval train` builds), prints the mAP of:
 the model's D4-pooled embedding and its single view; encoder layers 2–4 pooled globally or on a 2×2 grid; an
-untrained ResNet-18's layers; the slice itself as a z-scored 16×16 thumbnail, in the reader's orientation, averaged
+untrained ResNet-18's layers; the slice itself as a mean-centred 16×16 thumbnail (by cosine, the same as z-scored), in the reader's orientation, averaged
 over the 8 flips/turns (what D4 pooling does to a layout) and turned to a canonical orientation chosen from the
 thumbnail; and the model's embedding concatenated with that canonical thumbnail. Also how often the canonical
 orientation of a slice at α = 0.8 is the one of its clean self, and how well â separates α > TAU from α ≤ TAU on the
 held-out slices: as it is, and relative to the median â of the same patient's other clean slices (what
 `qc --relative` does per series). All at the cache's working grid (64² by default).
 
-    python benchmarks/bench_transfer.py runs/folds/myops/final.pt --dataset myops --cache cache
+    python benchmarks/bench_transfer.py runs/folds/myops/final.pt --dataset myops --archive ../shared/data --cache cache
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -32,21 +33,13 @@ from retrieval import TAU  # noqa: E402
 from retrieval.checkpoint import load_checkpoint  # noqa: E402
 from retrieval.metric import embed_model  # noqa: E402
 from retrieval.model import DisentangledSiamese, dihedral  # noqa: E402
-from retrieval.slices import SliceSet  # noqa: E402
+from retrieval.io import Identity  # noqa: E402
+from retrieval.slices import cached_slices  # noqa: E402
 from training.loop import ValidationSet, query_distances, validation_set  # noqa: E402
+from training.losses import STRUCTURE_GRID, structure_thumbnails  # noqa: E402
 
-THUMB = 16
-_Y, _X = torch.meshgrid(torch.linspace(-1, 1, THUMB), torch.linspace(-1, 1, THUMB), indexing="ij")
+_Y, _X = torch.meshgrid(torch.linspace(-1, 1, STRUCTURE_GRID), torch.linspace(-1, 1, STRUCTURE_GRID), indexing="ij")
 TEMPLATE = _X * (1 + 0.3 * _Y) + 0.5 * _Y**2 + 0.21 * _X * _Y  # no symmetry of D4 maps it onto itself
-
-
-def load_cache(cache: Path, size: int) -> SliceSet:
-    """The newest slices cache `retrieval train --cache` wrote at this working grid."""
-    for path in sorted(cache.glob("slices-v2-*.npz"), key=lambda p: p.stat().st_mtime, reverse=True):
-        with np.load(path) as blob:
-            if blob["images"].shape[-1] == size:
-                return SliceSet(blob["images"], blob["patients"], blob["modalities"], blob["sources"], blob["datasets"], blob["series"])
-    raise SystemExit(f"{cache}: no slices cache at {size}×{size}; run `retrieval train ... --size {size} --cache {cache}` first")
 
 
 def mean_ap(vset: ValidationSet, gallery: np.ndarray, queries: np.ndarray | None = None) -> float:
@@ -54,12 +47,6 @@ def mean_ap(vset: ValidationSet, gallery: np.ndarray, queries: np.ndarray | None
     gallery = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
     queries = gallery[vset.queries] if queries is None else queries / np.linalg.norm(queries, axis=1, keepdims=True)
     return float(np.nanmean(average_precision(query_distances(queries, gallery, vset.queries), vset.relevant)))
-
-
-def thumbnails(x: torch.Tensor) -> torch.Tensor:
-    """(N, 1, 16, 16) z-scored thumbnails of network inputs."""
-    t = F.adaptive_avg_pool2d(x[:, :1].float(), THUMB)
-    return (t - t.mean((-2, -1), keepdim=True)) / (t.std((-2, -1), keepdim=True) + 1e-6)
 
 
 def canonical(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,15 +58,14 @@ def canonical(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def layer_features(model: DisentangledSiamese, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Encoder layers 2–4 of one view, pooled globally and on a 2×2 grid."""
-    enc = model.encoder
-    out = {}
+    """Encoder layers 2–4 of one view (torchvision's feature extractor), pooled globally and on a 2×2 grid."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    taps = create_feature_extractor(model.encoder, return_nodes=["layer2", "layer3", "layer4"])
     with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
-        h = enc.maxpool(enc.relu(enc.bn1(enc.conv1((x - model.mean) / model.std))))
-        h2 = enc.layer2(enc.layer1(h))
-        h3 = enc.layer3(h2)
-        h4 = enc.layer4(h3)
-    for name, t in (("layer2", h2), ("layer3", h3), ("layer4", h4)):
+        maps = taps((x - model.mean) / model.std)
+    out = {}
+    for name, t in maps.items():
         out[f"{name}, global average"] = t.float().mean((2, 3))
         out[f"{name}, 2×2 grid"] = F.adaptive_avg_pool2d(t.float(), 2).flatten(1)
     return out
@@ -89,15 +75,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path, help="a fold model (final.pt) that never saw --dataset")
     parser.add_argument("--dataset", required=True, help="the held-out dataset(s), '+'-joined as in the fold's name")
-    parser.add_argument("--cache", type=Path, default=Path("cache"), help="the folder `retrieval train --cache` filled")
+    parser.add_argument("--archive", type=Path, default=os.environ.get("RETRIEVAL_SAMPLE_ARCHIVE"), help="the archive the fold trained on")
+    parser.add_argument("--manifest", type=Path, help="its manifest (default: ARCHIVE/manifest.csv)")
+    parser.add_argument("--cache", type=Path, default=Path("cache"), help="the folder `retrieval train --cache` filled (reused when its key matches)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, config = load_checkpoint(args.checkpoint)
-    data = load_cache(args.cache, config["size"])
+    if args.archive is None:
+        parser.error("--archive (or RETRIEVAL_SAMPLE_ARCHIVE) is required")
+    data = cached_slices([args.archive], Identity(manifest=args.manifest or args.archive / "manifest.csv"), config["size"], args.cache)
     vset = validation_set(data.subset(np.isin(data.datasets, args.dataset.split("+"))), 0)
     cpu = torch.device("cpu")
     rows: list[tuple[str, float, float | None]] = []
-    pooled, pooled_08 = embed_model(model, vset.gallery, cpu).anatomy, embed_model(model, vset.at_08, cpu).anatomy
+    gallery = embed_model(model, vset.gallery, cpu)
+    pooled, pooled_08 = gallery.anatomy, embed_model(model, vset.at_08, cpu).anatomy
     rows.append(("model: embedding (D4-pooled when the model says so)", mean_ap(vset, pooled), mean_ap(vset, pooled, pooled_08)))
     with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
         single = model.forward_once(vset.gallery)[0].float().numpy()
@@ -106,7 +97,7 @@ def main() -> None:
     torch.manual_seed(0)
     rows += [(f"untrained ResNet-18: {name}", mean_ap(vset, f.numpy()), None)
              for name, f in layer_features(DisentangledSiamese("resnet18").eval(), vset.gallery).items()]
-    thumbs, thumbs_08 = thumbnails(vset.gallery), thumbnails(vset.at_08)
+    thumbs, thumbs_08 = structure_thumbnails(vset.gallery)[:, None], structure_thumbnails(vset.at_08)[:, None]
     rows.append(("thumbnail, reader orientation", mean_ap(vset, thumbs.flatten(1).numpy()), mean_ap(vset, thumbs.flatten(1).numpy(), thumbs_08.flatten(1).numpy())))
     symmetric = torch.stack([dihedral(thumbs, k) for k in range(8)]).mean(0)
     rows.append(("thumbnail, mean over the 8 flips/turns", mean_ap(vset, symmetric.flatten(1).numpy()), None))
@@ -124,7 +115,7 @@ def main() -> None:
         print(f"| {name} | {clean:.3f} | {'' if noisy is None else format(noisy, '.3f')} |")
     same = float((k_clean[vset.queries] == k_08).float().mean())
     print(f"canonical orientation unchanged at α = 0.8: {same:.1%} of queries")
-    clean_alpha = embed_model(model, vset.gallery, cpu).alpha
+    clean_alpha = gallery.alpha
     spread_alpha = embed_model(model, vset.spread, cpu).alpha
     own = np.array([np.median(clean_alpha[row]) if row.any() else np.median(clean_alpha) for row in vset.relevant])  # the patient's other slices
     worse = vset.spread_alpha > TAU

@@ -169,9 +169,9 @@ def index_archive(
     report.series_removed, report.slices_removed = len(pruned), len(removed)
     records = {job.record.key: job for job in work.jobs}
     advance = progress(sum(job.series.n_slices for job in work.jobs)) if progress else (lambda n: None)
-    loader = source.chunks(work.jobs, metric.size, batch_size) if source else DataLoader(
+    chunks = source.chunks(work.jobs, metric.size, batch_size) if source else (chunk for group in DataLoader(
         SeriesDataset(work.jobs, metric.size, batch_size, Watchdog(directory.path, limits.seconds_per_file)), batch_size=None, num_workers=workers,
-        collate_fn=keep, prefetch_factor=4 if workers else None, worker_init_fn=partial(drop_inherited_lock, directory.lock_fd))
+        collate_fn=keep, prefetch_factor=4 if workers else None, worker_init_fn=partial(drop_inherited_lock, directory.lock_fd)) for chunk in group)
     batcher, last_save = Batcher(), time.monotonic()
 
     def commit(n: int) -> None:
@@ -198,7 +198,7 @@ def index_archive(
             directory.save()
             last_save = time.monotonic()
 
-    for chunk in (chunk for item in loader for chunk in (item if isinstance(item, list) else [item])):
+    for chunk in chunks:
         if chunk.fatal:  # what is committed stays consistent; the rerun redoes the unfinished series
             directory.save()
             raise SourceUnavailable(chunk.failed)
