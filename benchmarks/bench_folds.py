@@ -4,6 +4,8 @@ Run: python benchmarks/bench_folds.py runs/folds/* --archive ../shared/data --ou
 Each fold model (FOLD/final.pt) is benchmarked on the datasets its config held out (the bench leaves the
 model's training patients out by their digests anyway), then `python -m eval.pool` pools the per-query
 records into one report: every figure there comes from models that never saw the data they are measured on.
+`--layout W` benchmarks each fold model with that layout weight (a copy with only its config changed: the weight
+acts at inference, training never sees it), e.g. 0 for the learned code alone.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from retrieval.checkpoint import load_checkpoint
+from retrieval.checkpoint import load_checkpoint, save_checkpoint
 
 
 def main() -> None:
@@ -25,14 +27,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--redact-paths", action="store_true")
+    parser.add_argument("--layout", type=float, help="layout weight to benchmark the fold models with (default: their own)")
     args = parser.parse_args()
     runs = []
     for fold in args.folds:
         checkpoint = fold / "final.pt"
-        held_out = load_checkpoint(checkpoint)[1].get("held_out_datasets") or []
+        model, config = load_checkpoint(checkpoint)
+        held_out = config.get("held_out_datasets") or []
         if not held_out:
             sys.exit(f"{checkpoint}: not a fold model (its config holds out no dataset)")
         run_dir = args.out / "folds" / fold.name
+        if args.layout is not None:
+            checkpoint = save_checkpoint(fold / f"layout-{args.layout}.pt", model, config | {"layout": args.layout}, half=True)
         command = [sys.executable, "-m", "retrieval.cli", "bench", str(args.archive), "--manifest", str(args.archive / "manifest.csv"),
                    "--checkpoint", str(checkpoint), "--datasets", ",".join(held_out), "--out", str(run_dir)]
         command += ["--quick"] * args.quick + ["--redact-paths"] * args.redact_paths

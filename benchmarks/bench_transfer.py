@@ -32,13 +32,13 @@ from eval.metrics import average_precision  # noqa: E402
 from retrieval import TAU  # noqa: E402
 from retrieval.checkpoint import load_checkpoint  # noqa: E402
 from retrieval.metric import embed_model  # noqa: E402
-from retrieval.model import DisentangledSiamese, dihedral  # noqa: E402
+from retrieval.embeddings import LAYOUT_SIDE  # noqa: E402
+from retrieval.model import DisentangledSiamese, dihedral, thumbnails  # noqa: E402
 from retrieval.io import Identity  # noqa: E402
 from retrieval.slices import cached_slices  # noqa: E402
 from training.loop import ValidationSet, query_distances, validation_set  # noqa: E402
-from training.losses import STRUCTURE_GRID, structure_thumbnails  # noqa: E402
 
-_Y, _X = torch.meshgrid(torch.linspace(-1, 1, STRUCTURE_GRID), torch.linspace(-1, 1, STRUCTURE_GRID), indexing="ij")
+_Y, _X = torch.meshgrid(torch.linspace(-1, 1, LAYOUT_SIDE), torch.linspace(-1, 1, LAYOUT_SIDE), indexing="ij")
 TEMPLATE = _X * (1 + 0.3 * _Y) + 0.5 * _Y**2 + 0.21 * _X * _Y  # no symmetry of D4 maps it onto itself
 
 
@@ -97,7 +97,7 @@ def main() -> None:
     torch.manual_seed(0)
     rows += [(f"untrained ResNet-18: {name}", mean_ap(vset, f.numpy()), None)
              for name, f in layer_features(DisentangledSiamese("resnet18").eval(), vset.gallery).items()]
-    thumbs, thumbs_08 = structure_thumbnails(vset.gallery)[:, None], structure_thumbnails(vset.at_08)[:, None]
+    thumbs, thumbs_08 = thumbnails(vset.gallery)[:, None], thumbnails(vset.at_08)[:, None]
     rows.append(("thumbnail, reader orientation", mean_ap(vset, thumbs.flatten(1).numpy()), mean_ap(vset, thumbs.flatten(1).numpy(), thumbs_08.flatten(1).numpy())))
     symmetric = torch.stack([dihedral(thumbs, k) for k in range(8)]).mean(0)
     rows.append(("thumbnail, mean over the 8 flips/turns", mean_ap(vset, symmetric.flatten(1).numpy()), None))

@@ -106,22 +106,24 @@ class LearnedMethod(Method):
         return self.metric.embed_tensor(images, EMBED_BATCH)
 
     def search(self, queries: Embeddings) -> np.ndarray:
-        """Anatomy distance 0.5 · (1 − inner product) of every gallery slice, from an exact FAISS search of all of them."""
+        """Anatomy distance 0.5 · (1 − inner product) of every gallery slice, from an exact FAISS search of all of them
+        with each of the query's views (its layout's flips/turns), the best view counting, as `retrieval search` does."""
         assert self.store is not None, "prepare() the gallery first"
-        inner, ids = self.store.search(queries.anatomy, len(self.store))
-        distances = np.empty(ids.shape, dtype=np.float64)
-        np.put_along_axis(distances, ids, 0.5 * (1.0 - inner.astype(np.float64)), axis=1)
-        return distances
+        views = queries.views()
+        inner, ids = self.store.search(views.reshape(-1, views.shape[-1]), len(self.store))
+        similarity = np.empty(ids.shape, dtype=np.float64)
+        np.put_along_axis(similarity, ids, inner.astype(np.float64), axis=1)
+        return 0.5 * (1.0 - similarity.reshape(len(views), len(queries), -1).max(axis=0))
 
     def to_gallery(self, queries: Embeddings) -> np.ndarray:
         """DistortionAwareMetric.distance of each query to every gallery slice (broadcast one block of rows at a time)."""
         assert self.gallery is not None, "prepare() the gallery first"
         g = self.gallery
-        wide = Embeddings(g.anatomy[None], g.noise[None], g.alpha[None])
+        wide = Embeddings(g.anatomy[None], g.noise[None], g.alpha[None], g.layout)
         blocks = []
         for i in range(0, len(queries), ROW_BLOCK):
             rows = slice(i, i + ROW_BLOCK)
-            tall = Embeddings(queries.anatomy[rows, None], queries.noise[rows, None], queries.alpha[rows, None])
+            tall = Embeddings(queries.anatomy[rows, None], queries.noise[rows, None], queries.alpha[rows, None], queries.layout)
             blocks.append(self.metric.distance(tall, wide))
         return np.concatenate(blocks).astype(np.float64)
 

@@ -178,7 +178,7 @@ def header_lines(results: dict[str, Any]) -> list[str]:
     datasets = ", ".join(f"{k} {v['patients']}" for k, v in data.get("by_dataset", {}).items())
     checkpoints = results["checkpoint"] if isinstance(results["checkpoint"], list) else [results["checkpoint"]]
     models = "; ".join(f"`{c['path']}` (sha256 {c['sha256'][:12]}, {c.get('backbone') or '?'}, input {c['size']}×{c['size']}, "
-                       f"invariance {c.get('invariance', 'none')})" for c in checkpoints)
+                       f"invariance {c.get('invariance', 'none')}, layout weight {c.get('layout', 0.0):g})" for c in checkpoints)
     return [
         results["honesty"]["statement"], "", "# Retrieval benchmark", "",
         f"Command: `{results['command']}`  ",

@@ -164,7 +164,7 @@ def bench(paths: Sequence[Path], identity: Identity, out_dir: Path, config: Benc
                     "device": str(metric.device)},
         "checkpoint": {"path": checkpoint_name(config.checkpoint), "sha256": metric.checkpoint_hash, "size": metric.size,
                        "backbone": metric.config.get("backbone"), "epoch": metric.config.get("epoch"),
-                       "invariance": metric.config.get("invariance", "none")},
+                       "invariance": metric.config.get("invariance", "none"), "layout": float(metric.config.get("layout", 0.0))},
         "protocol": protocol_settings(config, workload, measured.distortion_seconds),
         "data": data_summary(data, workload, skipped, names),
         "alphas": list(alphas),

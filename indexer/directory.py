@@ -170,6 +170,13 @@ class IndexDirectory:
             self.store = build_hnsw(ids, vectors)
         self.manifest.index = {"tuned_on": len(ids), **(tune_hnsw(self.store, RecallProbe(ids, vectors)) if len(ids) > 1 else {})}
 
+    @property
+    def layout(self) -> int:
+        """Trailing columns of the stored vectors that are a layout thumbnail (0: none), from the checkpoint's config."""
+        from retrieval.embeddings import layout_columns
+
+        return layout_columns(self.manifest.checkpoint_config)
+
     def metric(self, checkpoint: str | Path | None = None, device: str = "auto"):  # type: ignore[no-untyped-def]
         """Load the checkpoint this index was built with (or `checkpoint`, which must be the same file content)."""
         from indexer.manifest import preprocessing

@@ -15,6 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from retrieval.embeddings import layout_columns
+
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 RAW_PATIENT_KEYS = ("validation_patients",)  # legacy checkpoint config entries that list raw patient ids
@@ -92,7 +94,7 @@ def new_manifest(checkpoint_sha256: str, checkpoint_path: str | Path, config: di
     """The manifest a new index built with this checkpoint gets."""
     return Manifest(
         checkpoint_sha256=checkpoint_sha256, checkpoint_path=str(Path(checkpoint_path).resolve()), checkpoint_config=config,
-        embedding_size=int(config.get("anatomy_dim", 128)), preprocessing=preprocessing(size), index={"requested": kind, "kind": "flat"},
+        embedding_size=int(config.get("anatomy_dim", 128)) + layout_columns(config), preprocessing=preprocessing(size), index={"requested": kind, "kind": "flat"},
         catalog=catalog,
     )
 

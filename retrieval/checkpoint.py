@@ -75,7 +75,8 @@ def load_checkpoint(path: str | Path | None = None) -> tuple[DisentangledSiamese
         raise ValueError(f"{path}: not a checkpoint of this project (expected keys 'state_dict' and 'config')")
     config = blob["config"]
     model = DisentangledSiamese(config.get("backbone", "resnet50"), config.get("anatomy_dim", 128), config.get("noise_dim", 64),
-                                invariance=config.get("invariance", "none"), pooling=config.get("pooling", "avg"))
+                                invariance=config.get("invariance", "none"), pooling=config.get("pooling", "avg"),
+                                layout=float(config.get("layout", 0.0)))
     model.load_state_dict(blob["state_dict"])
     return model.eval(), config
 

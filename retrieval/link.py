@@ -38,6 +38,7 @@ class Side:
     rows: list[Any]  # catalog SliceInfo, one per slice
     vectors: np.ndarray
     checksums: list[str]
+    layout: int  # trailing vector columns that are a layout thumbnail (compared under its flips/turns)
     series: list[tuple[str, str, str]] = field(default_factory=list)  # (patient id, series id, modality) per series
     members: list[np.ndarray] = field(default_factory=list)  # slice rows of each series
 
@@ -48,7 +49,8 @@ class Side:
         ids = catalog.ids()
         info = catalog.slices(ids.tolist())
         checksum = dict(catalog.table(["id", "file_checksum"]))
-        side = cls(name, [info[int(i)] for i in ids], catalog.vectors(ids, directory.store.dim), [checksum[int(i)] for i in ids])
+        side = cls(name, [info[int(i)] for i in ids], catalog.vectors(ids, directory.store.dim), [checksum[int(i)] for i in ids],
+                   directory.layout)
         groups: dict[tuple[str, str, str], list[int]] = {}
         for row, item in enumerate(side.rows):
             groups.setdefault((item.patient_id, item.series_id, item.modality), []).append(row)
@@ -60,7 +62,7 @@ def chamfer(a: Side, b: Side) -> np.ndarray:
     """Series × series symmetric Chamfer distances (inf across modalities)."""
 
     def one_way(x: Side, y: Side) -> np.ndarray:
-        best = np.concatenate([best_in_groups(x.vectors[start:start + BLOCK], y.vectors, y.members)[0] for start in range(0, len(x.rows), BLOCK)])
+        best = np.concatenate([best_in_groups(x.vectors[start:start + BLOCK], y.vectors, y.members, x.layout)[0] for start in range(0, len(x.rows), BLOCK)])
         return np.stack([best[rows].mean(axis=0) for rows in x.members])
 
     distance = 0.5 * (one_way(a, b) + one_way(b, a).T)

@@ -2,7 +2,8 @@
 
 distance(a, b) = d_anat(a, b) + BETA · |â(a) − â(b)|, with d_anat = 0.5 · (1 − cos(z_a, z_b)).
 d_anat tells who (it stays near 0 for benign distortion α ≤ TAU); the second term tells how
-differently the two images were acquired, so the sum also tracks distortion severity.
+differently the two images were acquired, so the sum also tracks distortion severity. With a layout
+in the anatomy vector, cos is the best over a's flips/turns (`retrieval.embeddings.aligned_cosine`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import numpy as np
 import torch
 
 from retrieval.checkpoint import DEFAULT_CHECKPOINT, file_sha256, load_checkpoint
-from retrieval.embeddings import Embeddings
-from retrieval.model import DisentangledSiamese, anatomical_distance
+from retrieval.embeddings import LAYOUT_COLUMNS, Embeddings, aligned_cosine
+from retrieval.model import DisentangledSiamese
 from retrieval.preprocess import DEFAULT_SIZE, intensity, resize_square
 
 BETA = 0.1  # weight of the α difference in the distortion-aware distance
@@ -48,7 +49,8 @@ def embed_model(model: DisentangledSiamese, batch: torch.Tensor, device: torch.d
         x = batch[start : start + batch_size].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with autocast(device):
             z_anat, z_noise, a_hat = model.embed(x)
-        parts.append(Embeddings(z_anat.float().cpu().numpy(), z_noise.float().cpu().numpy(), a_hat.float().cpu().numpy()))
+        parts.append(Embeddings(z_anat.float().cpu().numpy(), z_noise.float().cpu().numpy(), a_hat.float().cpu().numpy(),
+                                LAYOUT_COLUMNS if model.layout else 0))
     return Embeddings.concat(parts)
 
 
@@ -137,10 +139,9 @@ class DistortionAwareMetric:
     def anatomy_distance(self, a: Any, b: Any, modality: str | None = None) -> np.ndarray:
         """Row-aligned (or one-to-many) anatomical distance 0.5 · (1 − cos) between images or Embeddings."""
         ea, eb = self._embeddings(a, modality), self._embeddings(b, modality)
-        return anatomical_distance(torch.from_numpy(ea.anatomy), torch.from_numpy(eb.anatomy)).numpy()
+        return np.clip(0.5 * (1.0 - aligned_cosine(ea.anatomy, eb.anatomy, ea.layout)), 0.0, 1.0)
 
     def distance(self, a: Any, b: Any, modality: str | None = None) -> np.ndarray:
         """Distortion-aware distance d_anat + BETA · |â_a − â_b| (see the module docstring)."""
         ea, eb = self._embeddings(a, modality), self._embeddings(b, modality)
-        d_anat = anatomical_distance(torch.from_numpy(ea.anatomy), torch.from_numpy(eb.anatomy)).numpy()
-        return d_anat + BETA * np.abs(ea.alpha - eb.alpha)
+        return self.anatomy_distance(ea, eb) + BETA * np.abs(ea.alpha - eb.alpha)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -9,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision import models
+
+from retrieval.embeddings import LAYOUT_SIDE
 
 # name → (torchvision constructor, feature size, torchvision weights enum name)
 BACKBONES: dict[str, tuple[Callable[..., nn.Module], int, str]] = {
@@ -47,6 +50,7 @@ class DisentangledSiamese(nn.Module):
         pretrained: str | Path | None = None,
         invariance: str = "none",
         pooling: str = "avg",
+        layout: float = 0.0,
     ) -> None:
         super().__init__()
         if backbone not in BACKBONES:
@@ -55,7 +59,9 @@ class DisentangledSiamese(nn.Module):
             raise ValueError(f"unknown invariance {invariance!r}; choose one of {INVARIANCES}")
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; choose one of {sorted(POOLINGS)}")
-        self.invariance, self.pooling = invariance, pooling
+        if not 0.0 <= layout < 1.0:
+            raise ValueError(f"layout weight must be in [0, 1), got {layout}")
+        self.invariance, self.pooling, self.layout = invariance, pooling, layout
         constructor, features, _ = BACKBONES[backbone]
         features *= POOLINGS[pooling] ** 2
         self.backbone_name = backbone
@@ -80,18 +86,25 @@ class DisentangledSiamese(nn.Module):
         return z_anat, z_noise.float(), a_hat
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Inference embedding: forward_once, averaged over the 8 flips/90° rotations when invariance is 'd4'.
+        """Inference embedding: forward_once, averaged over the 8 flips/90° rotations when invariance is 'd4', and
+        with the slice's layout appended to z_anat when the layout weight w > 0.
 
-        With 'd4' a flipped or rotated slice gets the same embedding as the original (the mean over the group
-        orbit is the same set of views), so search does not depend on how a reader orients its arrays.
+        With 'd4' a flipped or rotated slice gets the same learned code as the original (the mean over the group
+        orbit is the same set of views). The layout (a 16×16 picture of the slice, `layout`) keeps where things
+        are, which the pooled code loses; the anatomy vector is then [√(1−w)·z_anat, √w·layout], unit norm, so its
+        cosine is (1−w)·cos(z_anat) + w·cos(layout). Search compares a query's layout under all 8 flips/turns
+        (`retrieval.embeddings.orientations`), which keeps the whole comparison orientation-free.
         """
         if self.invariance == "none":
-            return self.forward_once(x)
-        views = torch.cat([dihedral(x, k) for k in range(8)])
-        z_anat, z_noise, a_hat = self.forward_once(views)
-        n = x.shape[0]
-        z_anat = F.normalize(z_anat.view(8, n, -1).mean(0), dim=1)
-        return z_anat, z_noise.view(8, n, -1).mean(0), a_hat.view(8, n).mean(0)
+            z_anat, z_noise, a_hat = self.forward_once(x)
+        else:
+            views = torch.cat([dihedral(x, k) for k in range(8)])
+            z_anat, z_noise, a_hat = self.forward_once(views)
+            n = x.shape[0]
+            z_anat, z_noise, a_hat = F.normalize(z_anat.view(8, n, -1).mean(0), dim=1), z_noise.view(8, n, -1).mean(0), a_hat.view(8, n).mean(0)
+        if self.layout:
+            z_anat = torch.cat([math.sqrt(1.0 - self.layout) * z_anat, math.sqrt(self.layout) * layout(x)], dim=1)
+        return z_anat, z_noise, a_hat
 
     def forward(
         self, anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor
@@ -106,7 +119,7 @@ class DisentangledSiamese(nn.Module):
         """Load a state_dict or a whole checkpoint ({"state_dict", "config"}), rebuilding for its backbone."""
         if "state_dict" in state_dict and "config" in state_dict:
             config = state_dict["config"]
-            self.invariance = config.get("invariance", "none")
+            self.invariance, self.layout = config.get("invariance", "none"), float(config.get("layout", 0.0))
             if (config.get("backbone", self.backbone_name), config.get("pooling", "avg")) != (self.backbone_name, self.pooling):
                 rebuilt = DisentangledSiamese(config["backbone"], config.get("anatomy_dim", 128), config.get("noise_dim", 64),
                                               pooling=config.get("pooling", "avg"))
@@ -123,6 +136,22 @@ class DisentangledSiamese(nn.Module):
 def anatomical_distance(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
     """Row-wise anatomical distance 0.5 · (1 − cos(z1, z2)) ∈ [0, 1]."""
     return 0.5 * (1.0 - F.cosine_similarity(z1, z2, dim=-1))
+
+
+def thumbnails(x: torch.Tensor, side: int = LAYOUT_SIDE) -> torch.Tensor:
+    """(N, side, side) mean-centred thumbnails of channel 1 of network inputs (CT: the wide −600/1500 HU window, which
+    shows lung and soft tissue — on the held-out CT folds it beat the soft-tissue window; MR: its one channel)."""
+    thumbs = F.adaptive_avg_pool2d(x[:, 1:2].float(), side)[:, 0]
+    return thumbs - thumbs.mean(dim=(1, 2), keepdim=True)
+
+
+def layout(x: torch.Tensor) -> torch.Tensor:
+    """(N, LAYOUT_SIDE²) unit-norm thumbnails: what a slice looks like at 16×16, in the orientation it was read.
+
+    On body parts the network never trained on this finds a patient's other slices far better than the learned
+    code does (docs/training.md); averaging and flipping commute, so a flipped slice has the flipped layout.
+    """
+    return F.normalize(thumbnails(x).flatten(1), dim=1)
 
 
 def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:

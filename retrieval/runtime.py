@@ -17,10 +17,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from retrieval.embeddings import Embeddings
+from retrieval.embeddings import Embeddings, layout_columns
 from retrieval.preprocess import DEFAULT_SIZE, prepare
 
-EXPORT_VERSION = 1  # bump when the exported graph changes, so cached exports are redone
+EXPORT_VERSION = 2  # bump when the exported graph changes, so cached exports are redone
 BACKENDS = ("auto", "onnx", "torch")
 OUTPUTS = ("anatomy", "noise", "alpha")
 
@@ -109,7 +109,7 @@ class OnnxMetric:
         parts = []
         for start in range(0, len(batch), batch_size):
             outputs = self.session.run(list(OUTPUTS), {"pixels": np.ascontiguousarray(batch[start : start + batch_size])})
-            parts.append(Embeddings(*outputs))
+            parts.append(Embeddings(*outputs, layout=layout_columns(self.config)))
         return Embeddings.concat(parts)
 
     def embed(self, images: Sequence[np.ndarray], batch_size: int = 32) -> Embeddings:

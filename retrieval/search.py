@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from retrieval import TAU
+from retrieval.embeddings import best_cosine, orientations
 
 if TYPE_CHECKING:
     from indexer.catalog import SliceInfo
@@ -112,7 +113,11 @@ def rank(
     modality: str | None = None,
     exclude_patients: Sequence[str] = (),
 ) -> list[PatientMatch]:
-    """Rank catalog patients (or slices) for one or more query anatomy vectors, filters applied inside FAISS."""
+    """Rank catalog patients (or slices) for one or more query anatomy vectors, filters applied inside FAISS.
+
+    Each query vector searches under the flips/turns of its layout (when the index's checkpoint has one) and every
+    catalog slice keeps its best distance, so a flipped or turned query finds what the original finds.
+    """
     if by not in BY:
         raise ValueError(f"by must be one of {', '.join(BY)} (series and study: rank_groups), got {by!r}")
     if k < 1:
@@ -123,8 +128,9 @@ def rank(
     if not eligible:
         return []
     fetch = min(eligible, k * (WIDEN if by == "patient" else 1))
+    views = orientations(anatomy, directory.layout).reshape(-1, anatomy.shape[-1])
     while True:
-        scores, ids = directory.store.search(anatomy, fetch, allowed, vectors_of=lambda wanted: directory.catalog.vectors(wanted, directory.store.dim))
+        scores, ids = directory.store.search(views, fetch, allowed, vectors_of=lambda wanted: directory.catalog.vectors(wanted, directory.store.dim))
         best: dict[int, float] = {}
         for score, i in zip(scores.ravel().tolist(), ids.ravel().tolist()):
             if i >= 0:
@@ -156,9 +162,10 @@ def group_key(row: "SliceInfo", by: str) -> tuple[str, str]:
     return row.patient_id, "series:" + row.series_id
 
 
-def best_in_groups(query: np.ndarray, vectors: np.ndarray, groups: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """For each query row and group (column indices into `vectors`): the smallest distance d = 0.5 · (1 − cos) and its column."""
-    distances = np.clip(0.5 * (1.0 - query @ vectors.T), 0.0, 1.0)
+def best_in_groups(query: np.ndarray, vectors: np.ndarray, groups: Sequence[np.ndarray], layout: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each query row and group (column indices into `vectors`): the smallest distance d = 0.5 · (1 − cos) and its
+    column (cos the best over the query's flips/turns when the vectors end in a `layout`)."""
+    distances = np.clip(0.5 * (1.0 - best_cosine(query, vectors, layout)), 0.0, 1.0)
     best = np.empty((len(query), len(groups)), dtype=np.float32)
     where = np.empty((len(query), len(groups)), dtype=np.int64)
     for g, columns in enumerate(groups):
@@ -172,8 +179,9 @@ def _candidates(directory: "IndexDirectory", anatomy: np.ndarray, k: int, by: st
     catalog = directory.catalog
     eligible = len(allowed) if allowed is not None else len(directory.store)
     fetch = min(eligible, max(CANDIDATES, k * WIDEN))
+    views = orientations(anatomy, directory.layout).reshape(-1, anatomy.shape[-1])
     while True:
-        _, ids = directory.store.search(anatomy, fetch, allowed, vectors_of=lambda wanted: catalog.vectors(wanted, directory.store.dim))
+        _, ids = directory.store.search(views, fetch, allowed, vectors_of=lambda wanted: catalog.vectors(wanted, directory.store.dim))
         hits = [row for row in catalog.slices({int(i) for i in ids.ravel() if i >= 0}).values() if keep(row)]
         keys = {group_key(row, by) for row in hits}
         if len(keys) >= k or fetch >= eligible:
@@ -219,7 +227,7 @@ def rank_groups(
     for column, row in enumerate(rows):
         members.setdefault(group_key(row, by), []).append(column)
     groups = [np.asarray(columns) for columns in members.values()]
-    best, where = best_in_groups(anatomy, catalog.vectors([r.id for r in rows], directory.store.dim), groups)
+    best, where = best_in_groups(anatomy, catalog.vectors([r.id for r in rows], directory.store.dim), groups, directory.layout)
     results = []
     for g, columns in enumerate(groups):
         inside = [rows[c] for c in columns]

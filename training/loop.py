@@ -18,6 +18,7 @@ from scipy.stats import spearmanr
 from retrieval import TAU
 from retrieval.checkpoint import new_patient_key, save_checkpoint
 from retrieval.distortions import distort_mixed
+from retrieval.embeddings import best_cosine
 from retrieval.metric import autocast, embed_model, resolve_device
 from retrieval.model import DisentangledSiamese, anatomical_distance
 from retrieval.preprocess import network_input
@@ -55,6 +56,7 @@ class TrainConfig:
     neighbour: float = 0.0  # share of positives drawn within two slices of the anchor in its series (training/sampler.py)
     invariance: str = "d4"  # inference pooling over flips and 90° turns (retrieval/model.py)
     pooling: str = "avg"  # encoder map → heads: global average or a 2×2 grid (retrieval/model.py)
+    layout: float = 0.5  # weight of the slice's 16×16 layout in the anatomy cosine (retrieval/model.py; chosen on the folds)
     held_out_datasets: tuple[str, ...] = ()  # whole datasets that validate and never train (leave-one-dataset-out)
     validate_every: int = 1  # epochs between validations (the last epoch always validates)
 
@@ -181,9 +183,10 @@ def validation_set(data: SliceSet, seed: int) -> ValidationSet:
     )
 
 
-def query_distances(queries: np.ndarray, gallery: np.ndarray, own: np.ndarray) -> np.ndarray:
-    """Anatomical distances (Q, N) of unit embeddings; each query's own clean slice is ranked last (as if removed)."""
-    distances = 0.5 * (1.0 - queries @ gallery.T)
+def query_distances(queries: np.ndarray, gallery: np.ndarray, own: np.ndarray, layout: int = 0) -> np.ndarray:
+    """Anatomical distances (Q, N) of unit embeddings (the best over a query's layout flips/turns, as search does);
+    each query's own clean slice is ranked last (as if removed)."""
+    distances = 0.5 * (1.0 - best_cosine(queries, gallery, layout))
     distances[np.arange(len(own)), own] = 10.0
     return distances
 
@@ -203,7 +206,7 @@ def validate(model: DisentangledSiamese, vset: ValidationSet, datasets: np.ndarr
     predicted = np.concatenate([gallery.alpha[vset.queries], spread.alpha])
 
     def precision(queries: np.ndarray) -> np.ndarray:
-        return average_precision(query_distances(queries, gallery.anatomy, vset.queries), vset.relevant)
+        return average_precision(query_distances(queries, gallery.anatomy, vset.queries, gallery.layout), vset.relevant)
 
     ap_0 = precision(gallery.anatomy[vset.queries])
     figures = {
@@ -241,7 +244,8 @@ def train(
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = DisentangledSiamese(config.backbone, pretrained=config.pretrained, invariance=config.invariance, pooling=config.pooling)
+    model = DisentangledSiamese(config.backbone, pretrained=config.pretrained, invariance=config.invariance, pooling=config.pooling,
+                                layout=config.layout)
     model = model.to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     total_steps = config.epochs * config.steps_per_epoch

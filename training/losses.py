@@ -96,21 +96,12 @@ def orthogonality(z_anat: torch.Tensor, z_noise: torch.Tensor) -> torch.Tensor:
     return (a.T @ b).pow(2).sum() / z_anat.shape[0] ** 2
 
 
-STRUCTURE_GRID = 16  # side of the low-resolution image the structural teacher compares
-
-
-def structure_thumbnails(x: torch.Tensor, grid: int = STRUCTURE_GRID) -> torch.Tensor:
-    """(N, grid, grid) mean-centred thumbnails of channel 0 of network inputs: the layout pixel metrics compare."""
-    thumbs = F.adaptive_avg_pool2d(x[:, :1].float(), grid)[:, 0]
-    return thumbs - thumbs.mean(dim=(1, 2), keepdim=True)
-
-
-def structure_similarity(x: torch.Tensor, grid: int = STRUCTURE_GRID) -> torch.Tensor:
-    """Teacher similarity (N, N) of network inputs: cosine of their structure_thumbnails, maximised over the 8 flips
+def structure_similarity(x: torch.Tensor) -> torch.Tensor:
+    """Teacher similarity (N, N) of network inputs: cosine of their layout thumbnails, maximised over the 8 flips
     and 90° turns of the second image (so it is as orientation-free as the embedding)."""
-    from retrieval.model import dihedral
+    from retrieval.model import dihedral, thumbnails
 
-    thumbs = structure_thumbnails(x, grid)
+    thumbs = thumbnails(x)
     flat = F.normalize(thumbs.flatten(1), dim=1)
     turned = torch.stack([F.normalize(dihedral(thumbs, k).flatten(1), dim=1) for k in range(8)])  # (8, N, D)
     return torch.einsum("nd,kmd->knm", flat, turned).amax(dim=0)

@@ -63,9 +63,15 @@ def catalog_rows(index: Path) -> dict[tuple[str, int], tuple]:
 
 
 def same_catalog(index: Path, reference: Path) -> bool:
-    """The same rows with bit-identical anatomy vectors; α may differ in its last bit (D4 pooling sums in batch order)."""
+    """The same rows with the same anatomy vectors and α, to bf16 noise: the single process sends small series to the
+    model together, Ray one series a call, and oneDNN's bf16 convolutions may round a slice differently in another batch."""
     ours, theirs = catalog_rows(index), catalog_rows(reference)
-    return ours.keys() == theirs.keys() and all(ours[k][:-1] == theirs[k][:-1] and abs(ours[k][-1] - theirs[k][-1]) < 1e-6 for k in ours)
+
+    def close(a: tuple, b: tuple) -> bool:
+        vectors = np.frombuffer(a[3], np.float32), np.frombuffer(b[3], np.float32)
+        return a[:3] == b[:3] and np.abs(vectors[0] - vectors[1]).max() < 1e-3 and abs(a[-1] - b[-1]) < 1e-3
+
+    return ours.keys() == theirs.keys() and all(close(ours[k], theirs[k]) for k in ours)
 
 
 def test_ray_gives_the_single_process_catalog_and_results(cluster, archive: Path, archive_subset, single: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -78,8 +84,9 @@ def test_ray_gives_the_single_process_catalog_and_results(cluster, archive: Path
         for index in (single, tmp_path / "idx"):
             with IndexDirectory.open(index) as directory:
                 found = search_path(directory, directory.embedder(), archive / query, identity, slice_index=slice_index, k=5)
-            results.append([(r.patient_id, r.distance, [(s.path, s.slice_index) for s in r.slices]) for r in found.results])
-        assert results[0] == results[1]
+            results.append([(r.patient_id, [(s.path, s.slice_index) for s in r.slices], r.distance) for r in found.results])
+        assert [r[:2] for r in results[0]] == [r[:2] for r in results[1]]
+        assert np.allclose([r[2] for r in results[0]], [r[2] for r in results[1]], atol=1e-3)
     again = build_index([root], tmp_path / "idx", identity, ray="auto", show_progress=False)
     assert again.slices_added == 0 and again.series_unchanged == report.series_indexed
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -107,3 +108,33 @@ def test_grid_pooling_keeps_the_layout_and_survives_both_loading_paths(tmp_path:
             assert other.pooling == "grid" and torch.allclose(other.forward_once(x)[0], expected, atol=1e-5)
     with pytest.raises(ValueError, match="unknown pooling 'max'"):
         DisentangledSiamese("resnet18", pooling="max")
+
+
+def test_layout_views_are_the_embeddings_of_the_flipped_and_turned_slice(tmp_path: Path) -> None:
+    """With a layout weight w the anatomy vector is [√(1−w)·z_anat, √w·layout]: unit norm, its cosine splits by w, and
+    `Embeddings.views()` of a slice are exactly the embeddings of its 8 flips/turns (what search compares a query by).
+    The weight travels in the checkpoint config."""
+    from retrieval.embeddings import LAYOUT_COLUMNS
+    from retrieval.metric import embed_model
+    from retrieval.model import dihedral, layout
+
+    torch.manual_seed(0)
+    model = DisentangledSiamese("resnet18", invariance="d4", layout=0.3).eval()
+    x = torch.rand(3, 3, 64, 64)
+    cpu = torch.device("cpu")
+    embedded = embed_model(model, x, cpu)
+    assert embedded.anatomy.shape == (3, 128 + LAYOUT_COLUMNS) and embedded.layout == LAYOUT_COLUMNS
+    assert np.allclose(np.linalg.norm(embedded.anatomy, axis=1), 1.0, atol=1e-5)
+    learned, thumbs = embedded.anatomy[:, :128] / np.sqrt(0.7), layout(x).numpy()
+    assert np.allclose(thumbs, embedded.anatomy[:, 128:] / np.sqrt(0.3), atol=1e-5)
+    assert embedded.anatomy[0] @ embedded.anatomy[1] == pytest.approx(0.7 * learned[0] @ learned[1] + 0.3 * thumbs[0] @ thumbs[1], abs=1e-5)
+    views = embedded.views()
+    for k in range(8):
+        np.testing.assert_allclose(embed_model(model, dihedral(x, k), cpu).anatomy, views[k], atol=1e-5)
+    assert np.abs(views[1] - views[0]).max() > 0.01  # the layout part does move
+    loaded, _ = load_checkpoint(save_checkpoint(tmp_path / "l.pt", model, {"backbone": "resnet18", "invariance": "d4", "layout": 0.3, "size": 64}))
+    assert loaded.layout == 0.3
+    np.testing.assert_allclose(embed_model(loaded, x, cpu).anatomy, embedded.anatomy, atol=2e-2)  # fp16 weights
+    for weight in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="layout weight must be in"):
+            DisentangledSiamese("resnet18", layout=weight)

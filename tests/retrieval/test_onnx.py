@@ -15,6 +15,7 @@ import torch
 from indexer.directory import IndexDirectory
 from indexer.pipeline import build_index
 from retrieval.checkpoint import DEFAULT_CHECKPOINT, file_sha256, load_checkpoint, save_checkpoint
+from retrieval.embeddings import LAYOUT_COLUMNS
 from retrieval.io import Identity, read_path
 from retrieval.metric import embed_model
 from retrieval.model import dihedral
@@ -77,9 +78,10 @@ def test_export_gives_the_torch_fp32_embeddings(slices: np.ndarray, shipped, tmp
         assert np.abs(ours - theirs).max() < 1e-4
     bf16 = embed_model(model, torch.from_numpy(slices), torch.device("cpu"))
     assert np.abs(bf16.anatomy - onnx.anatomy).max() > np.abs(reference[0] - onnx.anatomy).max()  # bf16 is the looser of the two
-    if invariance == "d4":  # the pooling is in the graph: a turned and flipped slice embeds the same
+    if invariance == "d4":  # pooling and layout are in the graph: a turned and flipped slice embeds as that view
         turned = dihedral(torch.from_numpy(slices), 5).numpy()
-        np.testing.assert_allclose(metric.embed(list(turned)).anatomy, onnx.anatomy, atol=1e-4)
+        assert onnx.layout == LAYOUT_COLUMNS and config["layout"] > 0  # the shipped recipe has a layout
+        np.testing.assert_allclose(metric.embed(list(turned)).anatomy, onnx.views()[5], atol=1e-4)
 
 
 @pytest.mark.parametrize(("relative", "slice_index"), QUERIES)
@@ -89,10 +91,11 @@ def test_onnx_and_torch_backends_find_the_same_neighbours(archive: Path, backend
     identity = Identity(manifest=archive / "manifest.csv")
     results = [search_path(directory, embedders[backend], archive / relative, identity, slice_index=slice_index, k=5, by=by) for backend in ("onnx", "torch")]
     onnx, torch_ = ([(r.patient_id, [(s.path, s.slice_index) for s in r.slices]) for r in result.results] for result in results)
+    # Adjacent slices of one series can tie to within the two backends' difference (bf16 against fp32), so the order
+    # is compared for patients, the best slice (the query itself), and every rank's distance.
+    assert [p for p, _ in onnx] == [p for p, _ in torch_] and len(onnx) == 5
     if Path(relative).suffix:
-        assert onnx == torch_ and len(onnx) == 5
-    else:  # a whole indexed series: every query slice finds itself at distance ~0, so only the patients' order is defined
-        assert [p for p, _ in onnx] == [p for p, _ in torch_] and len(onnx) == 5
+        assert onnx[0][1][0] == torch_[0][1][0]
     distances = [[r.distance for r in result.results] for result in results]
     np.testing.assert_allclose(distances[0], distances[1], atol=5e-3)
 

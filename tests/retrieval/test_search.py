@@ -88,6 +88,34 @@ def test_slice_distorted_at_alpha_02_finds_its_patient_first(archive, shipped_in
             assert rank(directory, anatomy, k=3)[0].patient_id == query.patient_id, relative
 
 
+def test_a_flipped_or_turned_query_ranks_what_the_original_ranks(archive, shipped_index) -> None:
+    """The shipped vectors end in a layout that moves with the slice; search compares a query under its flips/turns,
+    so slices, patients and series come back in the same order at the same distances."""
+    from retrieval.search import rank_groups
+
+    identity = Identity(manifest=archive / "manifest.csv")
+    with IndexDirectory.open(shipped_index) as directory:
+        assert directory.layout > 0 and directory.store.dim == 128 + directory.layout
+        metric = directory.metric()
+        for relative, position in [(MYOPS[2], 3), (TCGA[1], 0)]:
+            query = read_path(archive / relative, identity)[position]
+
+            def found(pixels: np.ndarray) -> tuple[list, list]:
+                anatomy = metric.embed([metric.preprocess(np.ascontiguousarray(pixels), query.modality, query.spacing)]).anatomy
+                slices = [(s.path, s.slice_index, s.distance) for m in rank(directory, anatomy, k=8, by="slice") for s in m.slices]
+                series = [(m.series_id, m.distance) for m in rank_groups(directory, anatomy, k=4, by="series")]
+                return slices, series
+
+            (slices, series) = found(query.pixels)
+            assert slices[0][2] < 1e-3  # itself
+            for turned in (np.fliplr(query.pixels), np.rot90(query.pixels), np.rot90(query.pixels, 2).T):
+                other_slices, other_series = found(turned)
+                assert [s[:2] for s in other_slices] == [s[:2] for s in slices], relative
+                assert np.allclose([s[2] for s in other_slices], [s[2] for s in slices], atol=2e-3)
+                assert [s[0] for s in other_series] == [s[0] for s in series]
+                assert np.allclose([s[1] for s in other_series], [s[1] for s in series], atol=2e-3)
+
+
 def exact_top(directory: IndexDirectory, query: np.ndarray, eligible: np.ndarray, k: int) -> list[int]:
     """Brute-force top-k catalog ids among eligible rows (the reference for the filtered search)."""
     vectors = directory.catalog.vectors(eligible, 128)
