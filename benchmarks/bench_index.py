@@ -14,8 +14,9 @@ Part 2 embeds every archive slice under --views seeded augmentations (geometry +
 (`synthesise`), and for each size builds exact, IVF-PQ (shortlist re-scored with exact vectors, as
 `retrieval search` does with the catalog's) and HNSW (efSearch tuned to --target recall as `retrieval
 index` does); it times single-query searches (after warm-up; also with half the ids filtered out, what
---max-alpha does) with queries that are held-out views of archive slices, not stored vectors, and
-reports recall@10 against exact search, build time and bytes per vector, then extrapolates to 10M and
+--max-alpha does) with queries that are held-out views of archive slices, not stored vectors, each
+searched as `retrieval search` does (under its layout's 8 flips/turns when the checkpoint has one, the best view
+of each id counting), and reports recall@10 against exact search, build time and bytes per vector, then extrapolates to 10M and
 100M from the measured sizes. Prints markdown tables.
 """
 
@@ -203,12 +204,15 @@ def stored_bytes(store) -> int:  # type: ignore[no-untyped-def]
         return (Path(scratch) / "store.faiss").stat().st_size
 
 
-def bench_search(vectors: np.ndarray, queries: np.ndarray, sizes: list[int], target: float, threads: int, build_threads: int) -> list[dict]:
-    """For each size: build exact, IVF-PQ (re-scored) and HNSW (efSearch tuned to the target); time, memory, recall on held-out queries."""
+def bench_search(vectors: np.ndarray, queries: np.ndarray, sizes: list[int], target: float, threads: int, build_threads: int,
+                 layout: int) -> list[dict]:
+    """For each size: build exact, IVF-PQ (re-scored) and HNSW (efSearch tuned to the target); time, memory, recall on
+    held-out queries searched under their views (`layout`: the vectors' trailing layout columns)."""
     import faiss
 
     from indexer.ann import RecallProbe, build_hnsw, overlap, tune_hnsw
     from indexer.store import VectorStore, build_ivfpq, lookup
+    from retrieval.embeddings import orientations
 
     print("| slices | index | build s | bytes / vector | p50 ms | p99 ms | p50 ms, half filtered | recall@10 (held-out queries) | recall@10 (manifest) |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -218,8 +222,11 @@ def bench_search(vectors: np.ndarray, queries: np.ndarray, sizes: list[int], tar
         ids = np.arange(1, n + 1, dtype=np.int64)
         faiss.omp_set_num_threads(build_threads)
         allowed = ids[np.random.default_rng(1).random(n) < 0.5]
-        _, exact_rows = faiss.knn(queries, base, 10, metric=faiss.METRIC_INNER_PRODUCT)
-        truth = ids[exact_rows]
+        views = orientations(queries, layout)
+        exact = VectorStore.empty(base.shape[1])
+        exact.add(ids, base)
+        truth = exact.search_views(views, 10)[1]
+        exact = None
         full = lookup(ids, base)
         probe = RecallProbe(ids, base, n_queries=200)
         builders = {
@@ -241,10 +248,10 @@ def bench_search(vectors: np.ndarray, queries: np.ndarray, sizes: list[int], tar
             elif name == "IVF-PQ":
                 setting, manifest = f" (nprobe {store.nprobe}, ×10 re-scored)", f"{probe.recall(store, vectors_of=full):.3f}"
             faiss.omp_set_num_threads(threads)
-            _, found = store.search(queries, 10, vectors_of=full)
+            _, found = store.search_views(views, 10, vectors_of=full)
             recall = overlap(found, truth)
-            p50, p99 = latency_ms(lambda q: store.search(q, 10, vectors_of=full), queries)
-            filtered, _ = latency_ms(lambda q: store.search(q, 10, allowed=allowed, vectors_of=full), queries[: len(queries) // 2])
+            p50, p99 = latency_ms(lambda q: store.search_views(orientations(q, layout), 10, vectors_of=full), queries)
+            filtered, _ = latency_ms(lambda q: store.search_views(orientations(q, layout), 10, allowed=allowed, vectors_of=full), queries[: len(queries) // 2])
             row = {"n": n, "index": name, "build_s": built, "bytes": stored_bytes(store) / n, "p50": p50, "p99": p99, "recall": recall}
             rows.append(row)
             print(f"| {n:,} | {name}{setting} | {built:.1f} | {row['bytes']:.0f} | {p50:.2f} | {p99:.2f} | {filtered:.2f} | {recall:.3f} | {manifest} |", flush=True)
@@ -315,7 +322,12 @@ def main() -> None:
     print(f"search: {len(real):,} real embeddings ({args.views} views of each archive slice) synthesised to {len(vectors):,} "
           f"in {time.perf_counter() - start:.0f} s; {len(queries)} held-out views as queries; FAISS {faiss.__version__}, "
           f"{args.threads} thread(s) searching, {args.build_threads} building\n")
-    rows = bench_search(vectors, queries, args.sizes, args.target, args.threads, args.build_threads)
+    from retrieval.checkpoint import load_checkpoint
+    from retrieval.embeddings import layout_columns
+
+    layout = layout_columns(load_checkpoint(args.checkpoint)[1]) if args.checkpoint else 0
+    print(f"vectors: {vectors.shape[1]}-d ({layout} layout columns: each query searches {8 if layout else 1} view(s))\n")
+    rows = bench_search(vectors, queries, args.sizes, args.target, args.threads, args.build_threads, layout)
     estimates(rows)
 
 

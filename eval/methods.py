@@ -109,11 +109,10 @@ class LearnedMethod(Method):
         """Anatomy distance 0.5 · (1 − inner product) of every gallery slice, from an exact FAISS search of all of them
         with each of the query's views (its layout's flips/turns), the best view counting, as `retrieval search` does."""
         assert self.store is not None, "prepare() the gallery first"
-        views = queries.views()
-        inner, ids = self.store.search(views.reshape(-1, views.shape[-1]), len(self.store))
-        similarity = np.empty(ids.shape, dtype=np.float64)
-        np.put_along_axis(similarity, ids, inner.astype(np.float64), axis=1)
-        return 0.5 * (1.0 - similarity.reshape(len(views), len(queries), -1).max(axis=0))
+        inner, ids = self.store.search_views(queries.views(), len(self.store))
+        distances = np.empty(ids.shape, dtype=np.float64)
+        np.put_along_axis(distances, ids, 0.5 * (1.0 - inner.astype(np.float64)), axis=1)
+        return distances
 
     def to_gallery(self, queries: Embeddings) -> np.ndarray:
         """DistortionAwareMetric.distance of each query to every gallery slice (broadcast one block of rows at a time)."""

@@ -307,6 +307,23 @@ class VectorStore:
             scores, ids = search(queries, fetch, params=params)
         return _rescore(queries, ids, vectors_of, wanted) if refine else (scores, ids)
 
+    def search_views(
+        self, views: np.ndarray, k: int, allowed: np.ndarray | None = None, vectors_of: VectorLookup | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k per query of (V, Q, D) views (a query under its flips/turns), each id scored by its best view."""
+        n_views, n_queries, dim = views.shape
+        scores, ids = self.search(views.reshape(-1, dim), k, allowed, vectors_of)
+        scores = scores.reshape(n_views, n_queries, -1).transpose(1, 0, 2).reshape(n_queries, -1)
+        ids = ids.reshape(n_views, n_queries, -1).transpose(1, 0, 2).reshape(n_queries, -1)
+        best_scores = np.zeros((n_queries, scores.shape[1] // n_views), np.float32)
+        best_ids = np.full(best_scores.shape, -1, np.int64)
+        for row in range(n_queries):
+            order = np.argsort(-scores[row], kind="stable")
+            found, first = np.unique(ids[row, order], return_index=True)  # each id's first (best) place
+            keep = np.sort(first[found >= 0])[: best_ids.shape[1]]
+            best_scores[row, : len(keep)], best_ids[row, : len(keep)] = scores[row, order[keep]], ids[row, order[keep]]
+        return best_scores, best_ids
+
     def save(self, path: str | Path) -> None:
         """Write to a temp file, fsync, then rename over `path`: a reader sees the old or the new index, never half."""
         path = Path(path)

@@ -128,9 +128,9 @@ def rank(
     if not eligible:
         return []
     fetch = min(eligible, k * (WIDEN if by == "patient" else 1))
-    views = orientations(anatomy, directory.layout).reshape(-1, anatomy.shape[-1])
+    views = orientations(anatomy, directory.layout)
     while True:
-        scores, ids = directory.store.search(views, fetch, allowed, vectors_of=lambda wanted: directory.catalog.vectors(wanted, directory.store.dim))
+        scores, ids = directory.store.search_views(views, fetch, allowed, vectors_of=lambda wanted: directory.catalog.vectors(wanted, directory.store.dim))
         best: dict[int, float] = {}
         for score, i in zip(scores.ravel().tolist(), ids.ravel().tolist()):
             if i >= 0:
@@ -179,9 +179,9 @@ def _candidates(directory: "IndexDirectory", anatomy: np.ndarray, k: int, by: st
     catalog = directory.catalog
     eligible = len(allowed) if allowed is not None else len(directory.store)
     fetch = min(eligible, max(CANDIDATES, k * WIDEN))
-    views = orientations(anatomy, directory.layout).reshape(-1, anatomy.shape[-1])
+    views = orientations(anatomy, directory.layout)
     while True:
-        _, ids = directory.store.search(views, fetch, allowed, vectors_of=lambda wanted: catalog.vectors(wanted, directory.store.dim))
+        _, ids = directory.store.search_views(views, fetch, allowed, vectors_of=lambda wanted: catalog.vectors(wanted, directory.store.dim))
         hits = [row for row in catalog.slices({int(i) for i in ids.ravel() if i >= 0}).values() if keep(row)]
         keys = {group_key(row, by) for row in hits}
         if len(keys) >= k or fetch >= eligible:

@@ -33,6 +33,20 @@ def test_exact_search_finds_itself_under_its_catalog_id(flat) -> None:
     assert (np.diff(scores, axis=1) <= 1e-6).all()
 
 
+def test_search_views_keeps_each_ids_best_view(flat) -> None:
+    """A query searched under several views: the exact top-k of max-over-views similarity, each id once."""
+    store, ids, vectors = flat
+    views = np.stack([vectors[:6], vectors[200:206], unit_vectors(6, seed=3)])  # (3 views, 6 queries, D)
+    scores, found = store.search_views(views, 12)
+    best = (views @ vectors.T).max(axis=0)  # (6, 500) brute force
+    for row in range(6):
+        assert len(set(found[row].tolist())) == 12
+        expected = np.argsort(-best[row], kind="stable")[:12]
+        assert np.allclose(scores[row], best[row, expected], atol=1e-5)
+        assert set(found[row].tolist()) == set(ids[expected].tolist())
+    assert np.allclose(scores[:, :2], 1.0, atol=1e-5)  # two views are stored vectors: both come first
+
+
 def test_allowed_ids_filter_inside_search_still_returns_k(flat) -> None:
     store, ids, vectors = flat
     allowed = ids[:60][::4]  # the lowest ids: every other id lies past the selector's bitmap
