@@ -2,7 +2,7 @@
 
     python benchmarks/bench_index.py ARCHIVE [--checkpoint PATH] [--batch-size 32] [--workers 1]
            [--sizes 100000 300000 1000000] [--views 6] [--queries 200] [--threads 1] [--build-threads 2]
-           [--embeddings FILE.npz] [--skip-indexing] [--skip-search]
+           [--embeddings FILE.npz] [--skip-indexing] [--skip-search] [--ef-sweep]
 
 Part 1 indexes ARCHIVE (files on disk → index on disk: reading, hashing, preprocessing, embedding,
 catalog transactions, FAISS save) into a temporary folder, then times the same model's forward pass
@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.ann import PROBE_RECALL
 from retrieval.checkpoint import DEFAULT_CHECKPOINT
 
 
@@ -205,7 +204,7 @@ def stored_bytes(store) -> int:  # type: ignore[no-untyped-def]
 
 
 def bench_search(vectors: np.ndarray, queries: np.ndarray, sizes: list[int], target: float, threads: int, build_threads: int,
-                 layout: int) -> list[dict]:
+                 layout: int, ef_sweep: bool = False) -> list[dict]:
     """For each size: build exact, IVF-PQ (re-scored) and HNSW (efSearch tuned to the target); time, memory, recall on
     held-out queries searched under their views (`layout`: the vectors' trailing layout columns)."""
     import faiss
@@ -255,8 +254,23 @@ def bench_search(vectors: np.ndarray, queries: np.ndarray, sizes: list[int], tar
             row = {"n": n, "index": name, "build_s": built, "bytes": stored_bytes(store) / n, "p50": p50, "p99": p99, "recall": recall}
             rows.append(row)
             print(f"| {n:,} | {name}{setting} | {built:.1f} | {row['bytes']:.0f} | {p50:.2f} | {p99:.2f} | {filtered:.2f} | {recall:.3f} | {manifest} |", flush=True)
+            if name == "HNSW" and ef_sweep:
+                sweep_ef(store, views, truth, queries, layout, probe)
             store = None  # free it before the next build
     return rows
+
+
+def sweep_ef(store, views: np.ndarray, truth: np.ndarray, queries: np.ndarray, layout: int, probe) -> None:  # type: ignore[no-untyped-def]
+    """Recall@10 of the held-out queries, p50 and the manifest probe's recall at every efSearch of the ladder (then the tuned one again)."""
+    from indexer.ann import EF_LADDER, overlap
+    from retrieval.embeddings import orientations
+
+    tuned = store.ef_search
+    for ef in EF_LADDER:
+        store.ef_search = ef
+        p50, _ = latency_ms(lambda q: store.search_views(orientations(q, layout), 10), queries)
+        print(f"|   | efSearch {ef} |  |  | {p50:.2f} |  |  | {overlap(store.search_views(views, 10)[1], truth):.3f} | {probe.recall(store):.3f} |", flush=True)
+    store.ef_search = tuned
 
 
 def estimates(rows: list[dict], targets: tuple[int, ...] = (10_000_000, 100_000_000)) -> None:
@@ -288,11 +302,12 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="*", default=[100_000, 300_000, 1_000_000])
     parser.add_argument("--views", type=int, default=6, help="augmented views of each archive slice embedded for part 2")
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--target", type=float, default=PROBE_RECALL, help="probe recall@10 HNSW's efSearch is tuned to")
+    parser.add_argument("--target", type=float, help="probe recall@10 HNSW's efSearch is tuned to (default: as `retrieval index` tunes)")
     parser.add_argument("--threads", type=int, default=1, help="FAISS threads while searching (1: the one-core figures)")
     parser.add_argument("--build-threads", type=int, default=os.cpu_count(), help="FAISS threads while building and for exact ground truth")
     parser.add_argument("--embeddings", type=Path, help="an .npz keeping part 2's archive embeddings between runs (made when missing)")
     parser.add_argument("--skip-indexing", action="store_true")
+    parser.add_argument("--ef-sweep", action="store_true", help="also print HNSW recall, p50 and probe recall at every efSearch of the ladder")
     parser.add_argument("--skip-search", action="store_true")
     args = parser.parse_args()
     if args.archive is None:
@@ -325,9 +340,12 @@ def main() -> None:
     from retrieval.checkpoint import load_checkpoint
     from retrieval.embeddings import layout_columns
 
+    from indexer.ann import probe_target
+
     layout = layout_columns(load_checkpoint(args.checkpoint)[1]) if args.checkpoint else 0
+    args.target = args.target or probe_target(8 if layout else 1)
     print(f"vectors: {vectors.shape[1]}-d ({layout} layout columns: each query searches {8 if layout else 1} view(s))\n")
-    rows = bench_search(vectors, queries, args.sizes, args.target, args.threads, args.build_threads, layout)
+    rows = bench_search(vectors, queries, args.sizes, args.target, args.threads, args.build_threads, layout, args.ef_sweep)
     estimates(rows)
 
 

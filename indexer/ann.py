@@ -32,10 +32,19 @@ EF_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 # 2026-12-02) the probe read 0.993 at efSearch 16 where held-out views got 0.931, 0.997 at 32 (0.952) and 0.999 at
 # 64 (0.977); at 100k, 1.000 at 16 (0.975).
 PROBE_RECALL = 0.999
+# A query of 8 views (vectors that end in a layout, retrieval.embeddings) finds more at a given efSearch: at 1M 384-d
+# vectors (2026-12-02) the probe read 0.998 at efSearch 128, where held-out 8-view queries got 0.956 at 3.1 ms p50
+# (256: 0.983, 5.4 ms; 512: probe 0.999, 0.999, 9.6 ms); at 100k, 1.000 at 16 (0.958).
+PROBE_RECALL_VIEWS = 0.998
 RECALL_QUERIES = 500
-FLAT_MAX = 200_000  # exact search up to here keeps a one-core p50 of about 5 ms
+FLAT_MAX = 200_000  # 128-d vectors searched by one query vector: exact search up to here keeps a one-core p50 of about 5 ms
 HNSW_BYTES_OVER_VECTORS = 8 * HNSW_M + 80  # bottom-layer links (4 B each), upper layers, id map (measured, bench_index.py)
 REBUILD_TOMBSTONES = 0.1  # rebuild the graph when this fraction of its nodes are deleted ids
+
+
+def probe_target(views: int) -> float:
+    """The probe recall efSearch is tuned to for queries of `views` vectors each."""
+    return PROBE_RECALL if views == 1 else PROBE_RECALL_VIEWS
 
 
 def hnsw_bytes(n: int, dim: int) -> int:
@@ -48,9 +57,15 @@ def memory_budget() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
 
 
-def choose_kind(n: int, dim: int, budget: int | None = None) -> str:
-    """'flat' while exact search is fast enough, 'hnsw' while it fits the memory budget, else 'ivfpq'."""
-    if n <= FLAT_MAX:
+def flat_max(dim: int, views: int = 1) -> int:
+    """Most vectors exact search keeps at FLAT_MAX's latency: its cost grows with the dimension and the query's views."""
+    return FLAT_MAX * 128 // (dim * views)
+
+
+def choose_kind(n: int, dim: int, budget: int | None = None, views: int = 1) -> str:
+    """'flat' while exact search is fast enough (for queries of `views` vectors), 'hnsw' while it fits the memory
+    budget, else 'ivfpq'."""
+    if n <= flat_max(dim, views):
         return "flat"
     return "hnsw" if hnsw_bytes(n, dim) <= (budget or memory_budget()) else "ivfpq"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.ann import REBUILD_TOMBSTONES, RecallProbe, build_hnsw, choose_kind, tune_hnsw
+from indexer.ann import REBUILD_TOMBSTONES, RecallProbe, build_hnsw, choose_kind, probe_target, tune_hnsw
 from indexer.catalog import Catalog, masked
 from indexer.integrity import load_store, open_catalog
 from indexer.manifest import MANIFEST_NAME, IndexMismatch, Manifest, read_manifest, write_manifest
@@ -139,7 +139,7 @@ class IndexDirectory:
         or when deleted ids pass REBUILD_TOMBSTONES of its graph, and its efSearch re-tuned then and whenever
         the archive doubled.
         """
-        kind = choose_kind(len(self.store), self.store.dim) if requested == "auto" else requested
+        kind = choose_kind(len(self.store), self.store.dim, views=self.query_views) if requested == "auto" else requested
         trained_on = int(self.manifest.index.get("trained_on", 0))
         if kind == "hnsw":
             self._reshape_hnsw()
@@ -168,7 +168,8 @@ class IndexDirectory:
         vectors = self.catalog.vectors(ids, self.store.dim)
         if rebuild:
             self.store = build_hnsw(ids, vectors)
-        self.manifest.index = {"tuned_on": len(ids), **(tune_hnsw(self.store, RecallProbe(ids, vectors)) if len(ids) > 1 else {})}
+        tuned = tune_hnsw(self.store, RecallProbe(ids, vectors), probe_target(self.query_views)) if len(ids) > 1 else {}
+        self.manifest.index = {"tuned_on": len(ids), **tuned}
 
     @property
     def layout(self) -> int:
@@ -176,6 +177,11 @@ class IndexDirectory:
         from retrieval.embeddings import layout_columns
 
         return layout_columns(self.manifest.checkpoint_config)
+
+    @property
+    def query_views(self) -> int:
+        """Vectors a query searches with: its 8 flips/turns when the vectors end in a layout, else 1."""
+        return 8 if self.layout else 1
 
     def metric(self, checkpoint: str | Path | None = None, device: str = "auto"):  # type: ignore[no-untyped-def]
         """Load the checkpoint this index was built with (or `checkpoint`, which must be the same file content)."""

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from indexer.ann import FLAT_MAX, RecallProbe, build_hnsw, choose_kind, hnsw_bytes, tune_hnsw
+from indexer.ann import FLAT_MAX, RecallProbe, build_hnsw, choose_kind, flat_max, hnsw_bytes, probe_target, tune_hnsw
 from indexer.directory import IndexDirectory
 from indexer.store import FILTERED_EXACT, VectorStore
 from retrieval.cli import app
@@ -73,6 +73,9 @@ def test_automatic_index_type_follows_size_and_memory() -> None:
     assert choose_kind(FLAT_MAX, 128) == "flat"
     assert choose_kind(FLAT_MAX + 1, 128, budget=hnsw_bytes(FLAT_MAX + 1, 128)) == "hnsw"
     assert choose_kind(10_000_000, 128, budget=2**30) == "ivfpq"
+    # 384-d vectors searched under 8 views cost 24× a 128-d single vector: exact search stops 24× sooner
+    assert flat_max(384, views=8) == FLAT_MAX // 24
+    assert choose_kind(FLAT_MAX // 24, 384, views=8) == "flat" and choose_kind(FLAT_MAX // 24 + 1, 384, views=8, budget=2**40) == "hnsw"
 
 
 def cli(*args: str) -> dict:
@@ -94,6 +97,7 @@ def test_hnsw_index_end_to_end_same_results_as_exact(archive: Path, tmp_path: Pa
     report = cli("index", str(tmp_path / "archive"), "--index", index, "--workers", "0", "--index-type", "hnsw", *identity)
     manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())["index"]
     assert report["index"]["kind"] == manifest["kind"] == "hnsw" and manifest["recall_at_10"] >= 0.95 and manifest["ef_search"] >= 16
+    assert manifest["target_recall"] == probe_target(8) < probe_target(1)  # the shipped vectors end in a layout: 8-view queries
     assert manifest["tuned_on"] == report["slices_added"] + first["slices_added"]
     after = cli(*query)["results"]  # approximate: the same patients in the same order, each found by its best slice
     exact = before["results"]
