@@ -57,6 +57,7 @@ class TrainConfig:
     invariance: str = "d4"  # inference pooling over flips and 90° turns (retrieval/model.py)
     pooling: str = "avg"  # encoder map → heads: global average or a 2×2 grid (retrieval/model.py)
     layout: float = 0.5  # weight of the slice's 16×16 layout in the anatomy cosine (retrieval/model.py; chosen on the folds)
+    fused_infonce: bool = False  # InfoNCE on the fused similarity (code and layout at that weight): the code learns the rest
     held_out_datasets: tuple[str, ...] = ()  # whole datasets that validate and never train (leave-one-dataset-out)
     validate_every: int = 1  # epochs between validations (the last epoch always validates)
 
@@ -118,6 +119,13 @@ def views(data: SliceSet, batch: TripletBatch) -> tuple[torch.Tensor, np.ndarray
     return torch.cat(tensors), data.patients[index_all], np.concatenate(alphas).astype(np.float32)
 
 
+def layout_prior(inputs: torch.Tensor | None, config: TrainConfig) -> tuple[torch.Tensor | None, float]:
+    """The layout similarity (best over flips/turns) and its weight, when InfoNCE should score what search scores."""
+    if not config.fused_infonce or not config.layout or inputs is None:
+        return None, 0.0
+    return losses.structure_similarity(inputs), config.layout
+
+
 def loss_terms(
     outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], patients: np.ndarray, alphas: np.ndarray, config: TrainConfig,
     inputs: torch.Tensor | None = None,
@@ -131,7 +139,7 @@ def loss_terms(
     clean, d1, d2 = z_anat[b : 2 * b], z_anat[2 * b : 3 * b], z_anat[3 * b : 4 * b]
     a1, a2 = alpha_t[2 * b : 3 * b], alpha_t[3 * b : 4 * b]
     terms = {
-        "infonce": losses.info_nce(z_anat, labels_t, config.temperature),
+        "infonce": losses.info_nce(z_anat, labels_t, config.temperature, *layout_prior(None if inputs is None else inputs.to(z_anat.device), config)),
         "distortion": 0.5 * (losses.distortion_regression(clean, d1, a1, config.d_max, config.k) + losses.distortion_regression(clean, d2, a2, config.d_max, config.k)),
         "ordering": losses.ordering(anatomical_distance(clean, d1), anatomical_distance(clean, d2), a1, a2),
         "alpha": losses.alpha_regression(a_hat, alpha_t),

@@ -46,14 +46,17 @@ def shape_a(alpha: torch.Tensor, tau: float = TAU, k: float = K) -> torch.Tensor
     return torch.where(alpha > tau, rising, torch.zeros_like(alpha))
 
 
-def info_nce(z: torch.Tensor, labels: torch.Tensor, temperature: float = TEMPERATURE) -> torch.Tensor:
+def info_nce(z: torch.Tensor, labels: torch.Tensor, temperature: float = TEMPERATURE, prior: torch.Tensor | None = None,
+             prior_weight: float = 0.0) -> torch.Tensor:
     """Multi-positive InfoNCE: every embedding is pulled to all others of its patient, pushed from the rest.
 
-    For anchor i with positives P(i): −mean_{p∈P(i)} log(exp(s_ip/t) / Σ_{j≠i} exp(s_ij/t)), averaged over anchors
-    that have a positive. z is (N, D) and L2-normalised; labels are (N,) patient indices.
+    For anchor i with positives P(i): −mean_{p∈P(i)} log(exp(s_ij/t) / Σ_{j≠i} exp(s_ij/t)), averaged over anchors
+    that have a positive. z is (N, D) and L2-normalised; labels are (N,) patient indices. With a fixed `prior`
+    similarity (N, N) of weight w, s = (1 − w)·z zᵀ + w·prior: the code learns what the prior does not already tell.
     """
     n = z.shape[0]
-    logits = (z @ z.T) / temperature
+    similarity = z @ z.T if prior is None else (1.0 - prior_weight) * (z @ z.T) + prior_weight * prior
+    logits = similarity / temperature
     self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
     logits = logits.masked_fill(self_mask, float("-inf"))
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)

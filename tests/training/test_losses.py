@@ -46,6 +46,23 @@ def test_info_nce_prefers_patient_clusters_and_has_gradients() -> None:
     assert z.grad is not None and z.grad.abs().sum() > 0
 
 
+def test_info_nce_with_a_prior_scores_the_fused_similarity() -> None:
+    """s = (1 − w)·z zᵀ + w·prior: the known value with a prior, weight 0 is the plain loss, and a prior that already
+    separates the patients leaves less for the code to do."""
+    z = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]), dim=1)
+    labels = torch.tensor([0, 0, 1, 1])
+    a, b = 0.2, 0.6  # prior similarity to the same patient's other view, and to each view of the other patient
+    prior = torch.tensor([[1.0, a, b, b], [a, 1.0, b, b], [b, b, 1.0, a], [b, b, a, 1.0]])
+    t, w = 0.5, 0.25
+    positive, negative = (1 - w) * 1.0 + w * a, w * b  # every anchor: one positive, two negatives
+    expected = -math.log(math.exp(positive / t) / (math.exp(positive / t) + 2 * math.exp(negative / t)))
+    assert losses.info_nce(z, labels, t, prior, w).item() == pytest.approx(expected, rel=1e-6)
+    assert losses.info_nce(z, labels, t, prior, 0.0).item() == pytest.approx(losses.info_nce(z, labels, t).item())
+    random = F.normalize(torch.randn(4, 2, generator=torch.Generator().manual_seed(0)), dim=1)
+    separating = (labels[:, None] == labels[None, :]).float() * 2 - 1
+    assert losses.info_nce(random, labels, t, separating, 0.5) < losses.info_nce(random, labels, t)
+
+
 def test_distortion_regression_zero_on_target_and_differentiable() -> None:
     clean = F.normalize(torch.randn(4, 16), dim=1)
     alpha = torch.tensor([0.1, 0.3, 0.7, 1.0])
