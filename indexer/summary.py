@@ -29,6 +29,7 @@ def info(directory: IndexDirectory) -> dict[str, Any]:
         "alpha_histogram": {"edges": [round(float(e), 2) for e in ALPHA_BINS], "counts": counts.tolist()},
         "size_bytes": sum(p.stat().st_size for p in directory.path.iterdir() if p.is_file()),
         "index_type": directory.manifest.index,
+        "vectors": {"dim": directory.store.dim, "layout_columns": directory.layout, "query_views": directory.query_views},
         "checkpoint": {"sha256": directory.manifest.checkpoint_sha256, "path": directory.manifest.checkpoint_path},
         "repaired_on_open": {"added": directory.repair.added, "removed": directory.repair.removed},
     }
@@ -80,7 +81,10 @@ def print_info(summary: dict[str, Any]) -> None:
     """Human-readable `info`."""
     modalities = ", ".join(f"{m} {n}" for m, n in sorted(summary["by_modality"].items()))
     print(f"{summary['index']}: {summary['slices']} slices of {summary['patients']} patients in {summary['series']} series ({modalities}); "
-          f"{summary['size_bytes'] / 2**20:.1f} MiB on disk; index {summary['index_type'].get('kind')}"
+          f"{summary['size_bytes'] / 2**20:.1f} MiB on disk; {summary['vectors']['dim']}-d vectors"
+          + (f" ending in a {summary['vectors']['layout_columns']}-column layout (queries search {summary['vectors']['query_views']} flips/turns)"
+             if summary["vectors"]["layout_columns"] else "")
+          + f"; index {summary['index_type'].get('kind')}"
           + (f", recall@10 {summary['index_type']['recall_at_10']}" if "recall_at_10" in summary["index_type"] else ""))
     if summary["series_incomplete"]:
         print(f"{summary['series_incomplete']} series are incomplete (an interrupted run): rerun `retrieval index` to finish them")

@@ -96,6 +96,7 @@ def test_a_flipped_or_turned_query_ranks_what_the_original_ranks(archive, shippe
     identity = Identity(manifest=archive / "manifest.csv")
     with IndexDirectory.open(shipped_index) as directory:
         assert directory.layout > 0 and directory.store.dim == 128 + directory.layout
+        assert cli("info", "--index", str(shipped_index))["vectors"] == {"dim": 128 + directory.layout, "layout_columns": directory.layout, "query_views": 8}
         metric = directory.metric()
         for relative, position in [(MYOPS[2], 3), (TCGA[1], 0)]:
             query = read_path(archive / relative, identity)[position]
@@ -191,6 +192,7 @@ def test_remove_patient_then_it_never_appears(archive, index_dir, tmp_path) -> N
     before = cli("info", "--index", str(copy))
     n = before["by_patient"]["myops-102"]
     assert {"slices", "patients", "by_modality"} <= set(before) and n > 0
+    assert before["vectors"] == {"dim": 128, "layout_columns": 0, "query_views": 1}  # a checkpoint without a layout
     assert cli("remove", "--index", str(copy), "--patient", "myops-102") == {"patient_id": "myops-102", "slices_removed": n}
     after = cli("info", "--index", str(copy))
     assert after["patients"] == before["patients"] - 1 and after["slices"] == before["slices"] - n and "myops-102" not in after["by_patient"]
