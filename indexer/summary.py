@@ -42,9 +42,10 @@ def quality_control(directory: IndexDirectory, above: float, relative: bool = Fa
     protocol the model reads as noisier than it is does not flag every slice (docs/training.md, â on unseen data).
     """
     columns = ["patient_id", "series_id", "modality", "path", "slice_index", "alpha"]
-    sizes = directory.catalog.counts("series_id")
     rows = directory.catalog.table(columns, above=None if relative else above)
-    medians = _series_medians(rows) if relative else {}
+    by_series = _series_alphas(rows) if relative else {}  # relative reads every row: the series sizes come with them
+    sizes = {series_id: len(values) for series_id, values in by_series.items()} if relative else directory.catalog.counts("series_id")
+    medians = {series_id: float(np.median(values)) for series_id, values in by_series.items()}
     flagged: dict[str, dict[str, Any]] = {}
     for patient, series_id, modality, path, index, alpha in rows:
         excess = float(alpha) - medians.get(series_id, 0.0)
@@ -69,12 +70,12 @@ def quality_control(directory: IndexDirectory, above: float, relative: bool = Fa
     return {"above": above, "relative": relative, "slices": sum(e["n_above"] for e in series), "series": series, "patients": dict(patients)}
 
 
-def _series_medians(rows: list[tuple]) -> dict[str, float]:
-    """Median predicted α of each series, from (…, series_id, …, alpha) catalog rows."""
+def _series_alphas(rows: list[tuple]) -> dict[str, list[float]]:
+    """Predicted α of each series' slices, from (…, series_id, …, alpha) catalog rows."""
     by_series: dict[str, list[float]] = defaultdict(list)
     for row in rows:
         by_series[row[1]].append(float(row[-1]))
-    return {series_id: float(np.median(values)) for series_id, values in by_series.items()}
+    return by_series
 
 
 def print_info(summary: dict[str, Any]) -> None:

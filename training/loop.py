@@ -61,10 +61,20 @@ class TrainConfig:
     held_out_datasets: tuple[str, ...] = ()  # whole datasets that validate and never train (leave-one-dataset-out)
     validate_every: int = 1  # epochs between validations (the last epoch always validates)
 
+    def check(self) -> None:
+        """Refuse an unknown recipe choice in one line, before any data is read (messages start with the field name)."""
+        from retrieval.model import INVARIANCES, POOLINGS
+
+        for name, value, choices in (("augment", self.augment, AUGMENT_CHOICES), ("invariance", self.invariance, INVARIANCES),
+                                     ("pooling", self.pooling, tuple(POOLINGS))):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        if not 0.0 <= self.layout < 1.0:
+            raise ValueError(f"layout must be in [0, 1), got {self.layout}")
+
     def augment_config(self) -> AugmentConfig | None:
         """The augmentation families this run uses."""
-        if self.augment not in AUGMENT_CHOICES:
-            raise ValueError(f"augment must be one of {', '.join(AUGMENT_CHOICES)}, got {self.augment!r}")
+        self.check()
         if self.augment == "none":
             return None
         if self.augment == "d4":  # only the flips and 90° turns that the inference pooling averages over
@@ -119,13 +129,6 @@ def views(data: SliceSet, batch: TripletBatch) -> tuple[torch.Tensor, np.ndarray
     return torch.cat(tensors), data.patients[index_all], np.concatenate(alphas).astype(np.float32)
 
 
-def layout_prior(inputs: torch.Tensor | None, config: TrainConfig) -> tuple[torch.Tensor | None, float]:
-    """The layout similarity (best over flips/turns) and its weight, when InfoNCE should score what search scores."""
-    if not config.fused_infonce or not config.layout or inputs is None:
-        return None, 0.0
-    return losses.structure_similarity(inputs), config.layout
-
-
 def loss_terms(
     outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], patients: np.ndarray, alphas: np.ndarray, config: TrainConfig,
     inputs: torch.Tensor | None = None,
@@ -138,16 +141,18 @@ def loss_terms(
     b = z_anat.shape[0] // 5
     clean, d1, d2 = z_anat[b : 2 * b], z_anat[2 * b : 3 * b], z_anat[3 * b : 4 * b]
     a1, a2 = alpha_t[2 * b : 3 * b], alpha_t[3 * b : 4 * b]
+    distil, fused = config.weights.get("structure", 0.0) > 0.0, config.fused_infonce and config.layout > 0.0
+    # the layout similarity (best over flips/turns), once: the structure term's teacher and the fused InfoNCE's prior
+    layouts = losses.structure_similarity(inputs.to(z_anat.device)) if (distil or fused) and inputs is not None else None
     terms = {
-        "infonce": losses.info_nce(z_anat, labels_t, config.temperature, *layout_prior(None if inputs is None else inputs.to(z_anat.device), config)),
+        "infonce": losses.info_nce(z_anat, labels_t, config.temperature, layouts if fused else None, config.layout),
         "distortion": 0.5 * (losses.distortion_regression(clean, d1, a1, config.d_max, config.k) + losses.distortion_regression(clean, d2, a2, config.d_max, config.k)),
         "ordering": losses.ordering(anatomical_distance(clean, d1), anatomical_distance(clean, d2), a1, a2),
         "alpha": losses.alpha_regression(a_hat, alpha_t),
         "orthogonality": losses.orthogonality(z_anat, z_noise),
     }
-    if config.weights.get("structure", 0.0) > 0.0 and inputs is not None:
-        teacher = losses.structure_similarity(inputs.to(z_anat.device))
-        terms["structure"] = losses.structure_distillation(z_anat, teacher, labels_t, config.temperature)
+    if distil and layouts is not None:
+        terms["structure"] = losses.structure_distillation(z_anat, layouts, labels_t, config.temperature)
     terms["total"] = sum(config.weights[name] * value for name, value in terms.items())
     return terms
 

@@ -102,11 +102,11 @@ def orthogonality(z_anat: torch.Tensor, z_noise: torch.Tensor) -> torch.Tensor:
 def structure_similarity(x: torch.Tensor) -> torch.Tensor:
     """Teacher similarity (N, N) of network inputs: cosine of their layout thumbnails, maximised over the 8 flips
     and 90° turns of the second image (so it is as orientation-free as the embedding)."""
-    from retrieval.model import dihedral, thumbnails
+    from retrieval.embeddings import LAYOUT_SIDE
+    from retrieval.model import dihedral, layout
 
-    thumbs = thumbnails(x)
-    flat = F.normalize(thumbs.flatten(1), dim=1)
-    turned = torch.stack([F.normalize(dihedral(thumbs, k).flatten(1), dim=1) for k in range(8)])  # (8, N, D)
+    flat = layout(x)  # unit norm: flipping or turning keeps it so
+    turned = torch.stack([dihedral(flat.view(-1, LAYOUT_SIDE, LAYOUT_SIDE), k).flatten(1) for k in range(8)])  # (8, N, D)
     return torch.einsum("nd,kmd->knm", flat, turned).amax(dim=0)
 
 

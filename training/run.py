@@ -40,6 +40,7 @@ def _train_with_progress(config: TrainConfig, train_data: SliceSet, val_data: Sl
 
 def fit(paths: Sequence[Path], identity: Identity, out_dir: Path, config: TrainConfig, cache_dir: Path | None, quiet: bool = False) -> dict[str, Any]:
     """Train on `paths` into `out_dir` (resuming if a run is there); returns the last epoch's figures."""
+    config.check()
     data = cached_slices(paths, identity, config.size, cache_dir)
     train_data, val_data = split(data, config)
     state = _train_with_progress(config, train_data, val_data, out_dir, "train", quiet)
@@ -52,6 +53,7 @@ def fit(paths: Sequence[Path], identity: Identity, out_dir: Path, config: TrainC
 def fit_folds(paths: Sequence[Path], identity: Identity, out_dir: Path, config: TrainConfig, cache_dir: Path | None,
               quiet: bool = False) -> dict[str, Any]:
     """Leave-one-dataset-out: one run per fold in out_dir/<fold>/, then out_dir/folds.json and folds.md with each fold's held-out figures."""
+    config.check()
     data = cached_slices(paths, identity, config.size, cache_dir)
     rows = []
     for fold in plan_folds(data):

@@ -57,13 +57,11 @@ def train(
                          augment=augment, balance=balance, instance=instance, neighbour=neighbour, invariance=invariance, pooling=pooling, layout=layout, fused_infonce=fused_infonce, held_out_datasets=tuple(hold_out_dataset or ()),
                          validate_every=validate_every)
     config.weights["structure"] = structure_weight
-    from retrieval.model import INVARIANCES, POOLINGS
-
-    for name, value, choices in (("--invariance", invariance, INVARIANCES), ("--pooling", pooling, tuple(POOLINGS))):
-        if value not in choices:
-            fail(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     try:
-        config.augment_config()
+        config.check()
+    except ValueError as exc:  # its messages start with the field name, which is the option's
+        fail(f"--{exc}")
+    try:
         summary = (fit_folds if folds else fit)(archive, identity, out, config, cache, quiet=json_out)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))

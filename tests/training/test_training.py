@@ -140,3 +140,18 @@ def test_train_refuses_unknown_recipe_choices_in_one_line_before_reading(tmp_pat
     result = CliRunner().invoke(app, ["train", str(tmp_path), "--out", str(tmp_path / "run"), option, value])
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_fit_refuses_an_unknown_recipe_choice_before_reading_the_archive(tmp_path: Path) -> None:
+    """A Python caller of fit/fit_folds gets the same one-line refusal as the CLI, before any slice is read (the
+    archive path does not even exist)."""
+    from retrieval.io import Identity
+    from training.loop import TrainConfig
+    from training.run import fit, fit_folds
+
+    for run in (fit, fit_folds):
+        with pytest.raises(ValueError, match="^pooling must be one of avg, grid, got 'max'$"):
+            run([tmp_path / "missing"], Identity(), tmp_path / "run", TrainConfig(pooling="max"), None)
+    with pytest.raises(ValueError, match=r"^layout must be in \[0, 1\), got 1.0$"):
+        fit([tmp_path / "missing"], Identity(), tmp_path / "run", TrainConfig(layout=1.0), None)
+    assert not (tmp_path / "run").exists()
