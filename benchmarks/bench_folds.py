@@ -5,7 +5,8 @@ Each fold model (FOLD/final.pt) is benchmarked on the datasets its config held o
 model's training patients out by their digests anyway), then `python -m eval.pool` pools the per-query
 records into one report: every figure there comes from models that never saw the data they are measured on.
 `--layout W` benchmarks each fold model with that layout weight (a copy with only its config changed: the weight
-acts at inference, training never sees it), e.g. 0 for the learned code alone.
+acts at inference, training never sees it), e.g. 0 for the learned code alone; `--layout-map` likewise swaps what the
+layout is (intensity thumbnail or silhouette).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--redact-paths", action="store_true")
     parser.add_argument("--layout", type=float, help="layout weight to benchmark the fold models with (default: their own)")
+    parser.add_argument("--layout-map", choices=("intensity", "silhouette"), help="layout map to benchmark them with (default: their own)")
     args = parser.parse_args()
     runs = []
     for fold in args.folds:
@@ -37,8 +39,10 @@ def main() -> None:
         if not held_out:
             sys.exit(f"{checkpoint}: not a fold model (its config holds out no dataset)")
         run_dir = args.out / "folds" / fold.name
-        if args.layout is not None:
-            checkpoint = save_checkpoint(fold / f"layout-{args.layout}.pt", model, config | {"layout": args.layout}, half=True)
+        changed = {k: v for k, v in (("layout", args.layout), ("layout_map", args.layout_map)) if v is not None}
+        if changed:
+            name = "-".join(f"{k}-{v}" for k, v in changed.items())
+            checkpoint = save_checkpoint(fold / f"{name}.pt", model, config | changed, half=True)
         command = [sys.executable, "-m", "retrieval.cli", "bench", str(args.archive), "--manifest", str(args.archive / "manifest.csv"),
                    "--checkpoint", str(checkpoint), "--datasets", ",".join(held_out), "--out", str(run_dir)]
         command += ["--quick"] * args.quick + ["--redact-paths"] * args.redact_paths

@@ -76,7 +76,7 @@ def load_checkpoint(path: str | Path | None = None) -> tuple[DisentangledSiamese
     config = blob["config"]
     model = DisentangledSiamese(config.get("backbone", "resnet50"), config.get("anatomy_dim", 128), config.get("noise_dim", 64),
                                 invariance=config.get("invariance", "none"), pooling=config.get("pooling", "avg"),
-                                layout=float(config.get("layout", 0.0)))
+                                layout=float(config.get("layout", 0.0)), layout_map=config.get("layout_map", "intensity"))
     model.load_state_dict(blob["state_dict"])
     return model.eval(), config
 

@@ -21,6 +21,8 @@ BACKBONES: dict[str, tuple[Callable[..., nn.Module], int, str]] = {
 }
 INVARIANCES = ("none", "d4")  # inference-time pooling over the 8 flips and 90° rotations of the input
 POOLINGS = {"avg": 1, "grid": 2}  # encoder map → head input: global average, or a 2×2 grid that keeps coarse layout
+SILHOUETTE_GRID = 32  # the slice is averaged to this grid before the silhouette's ramp
+SILHOUETTE_LEVEL = 0.2  # the silhouette is 1 from this share of the way between the darkest and the 1%-brightest value
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -51,6 +53,7 @@ class DisentangledSiamese(nn.Module):
         invariance: str = "none",
         pooling: str = "avg",
         layout: float = 0.0,
+        layout_map: str = "intensity",
     ) -> None:
         super().__init__()
         if backbone not in BACKBONES:
@@ -61,7 +64,9 @@ class DisentangledSiamese(nn.Module):
             raise ValueError(f"unknown pooling {pooling!r}; choose one of {sorted(POOLINGS)}")
         if not 0.0 <= layout < 1.0:
             raise ValueError(f"layout weight must be in [0, 1), got {layout}")
-        self.invariance, self.pooling, self.layout = invariance, pooling, layout
+        if layout_map not in LAYOUT_MAPS:
+            raise ValueError(f"unknown layout map {layout_map!r}; choose one of {sorted(LAYOUT_MAPS)}")
+        self.invariance, self.pooling, self.layout, self.layout_map = invariance, pooling, layout, layout_map
         constructor, features, _ = BACKBONES[backbone]
         features *= POOLINGS[pooling] ** 2
         self.backbone_name = backbone
@@ -103,7 +108,7 @@ class DisentangledSiamese(nn.Module):
             n = x.shape[0]
             z_anat, z_noise, a_hat = F.normalize(z_anat.view(8, n, -1).mean(0), dim=1), z_noise.view(8, n, -1).mean(0), a_hat.view(8, n).mean(0)
         if self.layout:
-            z_anat = torch.cat([math.sqrt(1.0 - self.layout) * z_anat, math.sqrt(self.layout) * layout(x)], dim=1)
+            z_anat = torch.cat([math.sqrt(1.0 - self.layout) * z_anat, math.sqrt(self.layout) * layout(x, self.layout_map)], dim=1)
         return z_anat, z_noise, a_hat
 
     def forward(
@@ -120,6 +125,7 @@ class DisentangledSiamese(nn.Module):
         if "state_dict" in state_dict and "config" in state_dict:
             config = state_dict["config"]
             self.invariance, self.layout = config.get("invariance", "none"), float(config.get("layout", 0.0))
+            self.layout_map = config.get("layout_map", "intensity")
             if (config.get("backbone", self.backbone_name), config.get("pooling", "avg")) != (self.backbone_name, self.pooling):
                 rebuilt = DisentangledSiamese(config["backbone"], config.get("anatomy_dim", 128), config.get("noise_dim", 64),
                                               pooling=config.get("pooling", "avg"))
@@ -145,13 +151,31 @@ def thumbnails(x: torch.Tensor, side: int = LAYOUT_SIDE) -> torch.Tensor:
     return thumbs - thumbs.mean(dim=(1, 2), keepdim=True)
 
 
-def layout(x: torch.Tensor) -> torch.Tensor:
-    """(N, LAYOUT_SIDE²) unit-norm thumbnails: what a slice looks like at 16×16, in the orientation it was read.
+def silhouettes(x: torch.Tensor, side: int = LAYOUT_SIDE) -> torch.Tensor:
+    """(N, side, side) mean-centred soft foreground maps of channel 1: each cell rises from 0 at the slice's darkest
+    value to 1 at SILHOUETTE_LEVEL of the way to its 1%-brightest, on a SILHOUETTE_GRID² average so that noise barely
+    moves it. Where a slice has signal and where not (body outline, field of view) survives the contrast, sequence
+    and scanner changes that move an intensity thumbnail (docs/training.md)."""
+    grid = F.adaptive_avg_pool2d(x[:, 1:2].float(), SILHOUETTE_GRID)[:, 0]
+    flat = grid.flatten(1)
+    low, high = flat.amin(1), torch.topk(flat, max(1, flat.shape[1] // 100), dim=1).values[:, -1]
+    span = (SILHOUETTE_LEVEL * (high - low)).clamp_min(1e-6)
+    foreground = ((grid - low[:, None, None]) / span[:, None, None]).clamp(0.0, 1.0)
+    maps = F.adaptive_avg_pool2d(foreground[:, None], side)[:, 0]
+    return maps - maps.mean(dim=(1, 2), keepdim=True)
 
-    On body parts the network never trained on this finds a patient's other slices far better than the learned
-    code does (docs/training.md); averaging and flipping commute, so a flipped slice has the flipped layout.
+
+LAYOUT_MAPS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"intensity": thumbnails, "silhouette": silhouettes}
+
+
+def layout(x: torch.Tensor, kind: str = "intensity") -> torch.Tensor:
+    """(N, LAYOUT_SIDE²) unit-norm maps of what a slice looks like at 16×16, in the orientation it was read: its
+    intensity thumbnail or its silhouette (`LAYOUT_MAPS`).
+
+    On body parts the network never trained on these find a patient's other slices far better than the learned
+    code does (docs/training.md); pooling, thresholding and flipping commute, so a flipped slice has the flipped layout.
     """
-    return F.normalize(thumbnails(x).flatten(1), dim=1)
+    return F.normalize(LAYOUT_MAPS[kind](x).flatten(1), dim=1)
 
 
 def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:

@@ -57,16 +57,17 @@ class TrainConfig:
     invariance: str = "d4"  # inference pooling over flips and 90° turns (retrieval/model.py)
     pooling: str = "avg"  # encoder map → heads: global average or a 2×2 grid (retrieval/model.py)
     layout: float = 0.5  # weight of the slice's 16×16 layout in the anatomy cosine (retrieval/model.py; chosen on the folds)
+    layout_map: str = "intensity"  # what the layout is: the slice's intensity thumbnail or its silhouette (retrieval/model.py)
     fused_infonce: bool = False  # InfoNCE on the fused similarity (code and layout at that weight): the code learns the rest
     held_out_datasets: tuple[str, ...] = ()  # whole datasets that validate and never train (leave-one-dataset-out)
     validate_every: int = 1  # epochs between validations (the last epoch always validates)
 
     def check(self) -> None:
         """Refuse an unknown recipe choice in one line, before any data is read (messages start with the field name)."""
-        from retrieval.model import INVARIANCES, POOLINGS
+        from retrieval.model import INVARIANCES, LAYOUT_MAPS, POOLINGS
 
         for name, value, choices in (("augment", self.augment, AUGMENT_CHOICES), ("invariance", self.invariance, INVARIANCES),
-                                     ("pooling", self.pooling, tuple(POOLINGS))):
+                                     ("pooling", self.pooling, tuple(POOLINGS)), ("layout_map", self.layout_map, tuple(LAYOUT_MAPS))):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
         if not 0.0 <= self.layout < 1.0:
@@ -143,7 +144,7 @@ def loss_terms(
     a1, a2 = alpha_t[2 * b : 3 * b], alpha_t[3 * b : 4 * b]
     distil, fused = config.weights.get("structure", 0.0) > 0.0, config.fused_infonce and config.layout > 0.0
     # the layout similarity (best over flips/turns), once: the structure term's teacher and the fused InfoNCE's prior
-    layouts = losses.structure_similarity(inputs.to(z_anat.device)) if (distil or fused) and inputs is not None else None
+    layouts = losses.structure_similarity(inputs.to(z_anat.device), config.layout_map) if (distil or fused) and inputs is not None else None
     terms = {
         "infonce": losses.info_nce(z_anat, labels_t, config.temperature, layouts if fused else None, config.layout),
         "distortion": 0.5 * (losses.distortion_regression(clean, d1, a1, config.d_max, config.k) + losses.distortion_regression(clean, d2, a2, config.d_max, config.k)),
@@ -258,7 +259,7 @@ def train(
     device = resolve_device(config.device)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = DisentangledSiamese(config.backbone, pretrained=config.pretrained, invariance=config.invariance, pooling=config.pooling,
-                                layout=config.layout)
+                                layout=config.layout, layout_map=config.layout_map)
     model = model.to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     total_steps = config.epochs * config.steps_per_epoch

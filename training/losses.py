@@ -99,13 +99,13 @@ def orthogonality(z_anat: torch.Tensor, z_noise: torch.Tensor) -> torch.Tensor:
     return (a.T @ b).pow(2).sum() / z_anat.shape[0] ** 2
 
 
-def structure_similarity(x: torch.Tensor) -> torch.Tensor:
-    """Teacher similarity (N, N) of network inputs: cosine of their layout thumbnails, maximised over the 8 flips
-    and 90° turns of the second image (so it is as orientation-free as the embedding)."""
+def structure_similarity(x: torch.Tensor, kind: str = "intensity") -> torch.Tensor:
+    """Teacher similarity (N, N) of network inputs: cosine of their layouts (`kind`, retrieval.model.LAYOUT_MAPS),
+    maximised over the 8 flips and 90° turns of the second image (so it is as orientation-free as the embedding)."""
     from retrieval.embeddings import LAYOUT_SIDE
     from retrieval.model import dihedral, layout
 
-    flat = layout(x)  # unit norm: flipping or turning keeps it so
+    flat = layout(x, kind)  # unit norm: flipping or turning keeps it so
     turned = torch.stack([dihedral(flat.view(-1, LAYOUT_SIDE, LAYOUT_SIDE), k).flatten(1) for k in range(8)])  # (8, N, D)
     return torch.einsum("nd,kmd->knm", flat, turned).amax(dim=0)
 

@@ -31,6 +31,7 @@ def train(
     invariance: Annotated[str, typer.Option(help="d4: embeddings pooled over flips and 90° turns (orientation-free search); none: one view.")] = "d4",
     pooling: Annotated[str, typer.Option(help="Encoder map to the heads: avg (global average) or grid (2×2, keeps coarse layout).")] = "avg",
     layout: Annotated[float, typer.Option(min=0.0, max=0.95, help="Weight of the slice's 16×16 layout in the anatomy cosine (0: the learned code alone).")] = 0.5,
+    layout_map: Annotated[str, typer.Option(help="What the layout is: silhouette (where the slice has signal) or intensity (its 16×16 thumbnail).")] = "intensity",
     fused_infonce: Annotated[bool, typer.Option("--fused-infonce", help="InfoNCE on the code and layout similarity at the layout weight, as search scores (tried; off).")] = False,
     validate_every: Annotated[int, typer.Option(min=1, help="Epochs between validations (the last epoch always validates).")] = 1,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -54,7 +55,7 @@ def train(
     identity = identity_options(manifest, patient_regex, modality, group_regex)
     config = TrainConfig(backbone=backbone, size=size, epochs=epochs, steps_per_epoch=steps_per_epoch, batch_patients=batch_patients,
                          lr=lr, seed=seed, val_fraction=val_fraction, device=device, pretrained=str(pretrained) if pretrained else None,
-                         augment=augment, balance=balance, instance=instance, neighbour=neighbour, invariance=invariance, pooling=pooling, layout=layout, fused_infonce=fused_infonce, held_out_datasets=tuple(hold_out_dataset or ()),
+                         augment=augment, balance=balance, instance=instance, neighbour=neighbour, invariance=invariance, pooling=pooling, layout=layout, layout_map=layout_map, fused_infonce=fused_infonce, held_out_datasets=tuple(hold_out_dataset or ()),
                          validate_every=validate_every)
     config.weights["structure"] = structure_weight
     try:

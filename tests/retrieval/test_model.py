@@ -110,31 +110,62 @@ def test_grid_pooling_keeps_the_layout_and_survives_both_loading_paths(tmp_path:
         DisentangledSiamese("resnet18", pooling="max")
 
 
-def test_layout_views_are_the_embeddings_of_the_flipped_and_turned_slice(tmp_path: Path) -> None:
+@pytest.mark.parametrize("layout_map", ["intensity", "silhouette"])
+def test_layout_views_are_the_embeddings_of_the_flipped_and_turned_slice(tmp_path: Path, layout_map: str) -> None:
     """With a layout weight w the anatomy vector is [√(1−w)·z_anat, √w·layout]: unit norm, its cosine splits by w, and
-    `Embeddings.views()` of a slice are exactly the embeddings of its 8 flips/turns (what search compares a query by).
-    The weight travels in the checkpoint config."""
+    `Embeddings.views()` of a slice are exactly the embeddings of its 8 flips/turns (what search compares a query by),
+    for either layout map. The weight and the map travel in the checkpoint config."""
     from retrieval.embeddings import LAYOUT_COLUMNS
     from retrieval.metric import embed_model
     from retrieval.model import dihedral, layout
 
     torch.manual_seed(0)
-    model = DisentangledSiamese("resnet18", invariance="d4", layout=0.3).eval()
-    x = torch.rand(3, 3, 64, 64)
+    model = DisentangledSiamese("resnet18", invariance="d4", layout=0.3, layout_map=layout_map).eval()
+    x = F.interpolate(torch.rand(3, 3, 8, 8), size=64, mode="bilinear")  # smooth, so the silhouette has a shape
     cpu = torch.device("cpu")
     embedded = embed_model(model, x, cpu)
     assert embedded.anatomy.shape == (3, 128 + LAYOUT_COLUMNS) and embedded.layout == LAYOUT_COLUMNS
     assert np.allclose(np.linalg.norm(embedded.anatomy, axis=1), 1.0, atol=1e-5)
-    learned, thumbs = embedded.anatomy[:, :128] / np.sqrt(0.7), layout(x).numpy()
+    learned, thumbs = embedded.anatomy[:, :128] / np.sqrt(0.7), layout(x, layout_map).numpy()
     assert np.allclose(thumbs, embedded.anatomy[:, 128:] / np.sqrt(0.3), atol=1e-5)
     assert embedded.anatomy[0] @ embedded.anatomy[1] == pytest.approx(0.7 * learned[0] @ learned[1] + 0.3 * thumbs[0] @ thumbs[1], abs=1e-5)
     views = embedded.views()
     for k in range(8):
         np.testing.assert_allclose(embed_model(model, dihedral(x, k), cpu).anatomy, views[k], atol=1e-5)
     assert np.abs(views[1] - views[0]).max() > 0.01  # the layout part does move
-    loaded, _ = load_checkpoint(save_checkpoint(tmp_path / "l.pt", model, {"backbone": "resnet18", "invariance": "d4", "layout": 0.3, "size": 64}))
-    assert loaded.layout == 0.3
+    config = {"backbone": "resnet18", "invariance": "d4", "layout": 0.3, "layout_map": layout_map, "size": 64}
+    loaded, _ = load_checkpoint(save_checkpoint(tmp_path / "l.pt", model, config))
+    assert (loaded.layout, loaded.layout_map) == (0.3, layout_map)
     np.testing.assert_allclose(embed_model(loaded, x, cpu).anatomy, embedded.anatomy, atol=2e-2)  # fp16 weights
     for weight in (-0.1, 1.0):
         with pytest.raises(ValueError, match="layout weight must be in"):
             DisentangledSiamese("resnet18", layout=weight)
+    with pytest.raises(ValueError, match="unknown layout map 'edges'"):
+        DisentangledSiamese("resnet18", layout_map="edges")
+
+
+def test_silhouette_marks_where_the_slice_has_signal_and_noise_barely_moves_it() -> None:
+    """The silhouette of a disc on an empty background is the disc (its cells 1 inside, 0 outside, before centring),
+    whatever the disc's brightness; on the clean CT and MR slices pydicom ships, the distortion at α = 0.8 keeps its
+    cosine to the clean silhouette high (a hard threshold at 10% of the range kept 0.65 on these crops; the ramp 0.86–0.91)."""
+    from pydicom.data import get_testdata_file
+
+    from retrieval.distortions import distort_mixed
+    from retrieval.io import Identity, read_path
+    from retrieval.model import layout, silhouettes
+    from retrieval.preprocess import network_input, resize_square
+
+    rows, cols = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    disc = ((rows - 20) ** 2 + (cols - 40) ** 2 < 15**2).float()
+    for brightness in (0.3, 0.9):
+        x = (brightness * disc).expand(1, 3, 64, 64)
+        maps = silhouettes(x)[0]
+        inside, outside = maps[5, 10].item(), maps[14, 2].item()  # cells at (20, 40) and (56, 8) of the slice
+        assert inside - outside == pytest.approx(1.0, abs=1e-6)
+    for name in ("CT", "MR"):
+        read = read_path(get_testdata_file(f"{name}_small.dcm"), Identity())[0]
+        raw = torch.from_numpy(resize_square(read.pixels, 64, read.spacing))[None].repeat(8, 1, 1)
+        modalities = np.array([read.modality] * 8)
+        noisy = distort_mixed(raw, modalities, np.full(8, 0.8, np.float32), np.arange(8))
+        cosine = (layout(network_input(raw, modalities), "silhouette") * layout(network_input(noisy, modalities), "silhouette")).sum(1)
+        assert cosine.mean() > 0.8, (name, cosine)

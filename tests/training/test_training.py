@@ -131,6 +131,7 @@ def test_a_fold_never_trains_on_its_held_out_dataset(archive: Path, tmp_path: Pa
     ("--pooling", "max", "--pooling must be one of avg, grid, got 'max'"),
     ("--invariance", "c8", "--invariance must be one of none, d4, got 'c8'"),
     ("--augment", "mixup", "augment must be one of none, d4, geometric, intensity, all, got 'mixup'"),
+    ("--layout-map", "edges", "--layout_map must be one of intensity, silhouette, got 'edges'"),
 ])
 def test_train_refuses_unknown_recipe_choices_in_one_line_before_reading(tmp_path: Path, option: str, value: str, message: str) -> None:
     from typer.testing import CliRunner
