@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from retrieval.checkpoint import load_checkpoint, save_checkpoint
+from retrieval.model import LAYOUT_MAPS
 
 
 def main() -> None:
@@ -29,7 +30,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--redact-paths", action="store_true")
     parser.add_argument("--layout", type=float, help="layout weight to benchmark the fold models with (default: their own)")
-    parser.add_argument("--layout-map", choices=("intensity", "silhouette"), help="layout map to benchmark them with (default: their own)")
+    parser.add_argument("--layout-map", choices=sorted(LAYOUT_MAPS), help="layout map to benchmark them with (default: their own)")
     args = parser.parse_args()
     runs = []
     for fold in args.folds:

@@ -147,22 +147,25 @@ def anatomical_distance(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
 def thumbnails(x: torch.Tensor, side: int = LAYOUT_SIDE) -> torch.Tensor:
     """(N, side, side) mean-centred thumbnails of channel 1 of network inputs (CT: the wide −600/1500 HU window, which
     shows lung and soft tissue — on the held-out CT folds it beat the soft-tissue window; MR: its one channel)."""
-    thumbs = F.adaptive_avg_pool2d(x[:, 1:2].float(), side)[:, 0]
-    return thumbs - thumbs.mean(dim=(1, 2), keepdim=True)
+    return _centred_pool(x[:, 1].float(), side)
+
+
+def _centred_pool(maps: torch.Tensor, side: int) -> torch.Tensor:
+    """(N, side, side) averages of (N, H, W) maps, less their mean (so the cosine compares where, not how much)."""
+    pooled = F.adaptive_avg_pool2d(maps[:, None], side)[:, 0]
+    return pooled - pooled.mean(dim=(1, 2), keepdim=True)
 
 
 def silhouettes(x: torch.Tensor, side: int = LAYOUT_SIDE) -> torch.Tensor:
     """(N, side, side) mean-centred soft foreground maps of channel 1: each cell rises from 0 at the slice's darkest
     value to 1 at SILHOUETTE_LEVEL of the way to its 1%-brightest, on a SILHOUETTE_GRID² average so that noise barely
-    moves it. Where a slice has signal and where not (body outline, field of view) survives the contrast, sequence
-    and scanner changes that move an intensity thumbnail (docs/training.md)."""
+    moves it. Where a slice has signal and where not (body outline; on CT much of it the scanner's field of view)
+    changes less between a patient's sequences than their intensities do (docs/training.md)."""
     grid = F.adaptive_avg_pool2d(x[:, 1:2].float(), SILHOUETTE_GRID)[:, 0]
     flat = grid.flatten(1)
     low, high = flat.amin(1), torch.topk(flat, max(1, flat.shape[1] // 100), dim=1).values[:, -1]
     span = (SILHOUETTE_LEVEL * (high - low)).clamp_min(1e-6)
-    foreground = ((grid - low[:, None, None]) / span[:, None, None]).clamp(0.0, 1.0)
-    maps = F.adaptive_avg_pool2d(foreground[:, None], side)[:, 0]
-    return maps - maps.mean(dim=(1, 2), keepdim=True)
+    return _centred_pool(((grid - low[:, None, None]) / span[:, None, None]).clamp(0.0, 1.0), side)
 
 
 LAYOUT_MAPS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"intensity": thumbnails, "silhouette": silhouettes}
@@ -173,7 +176,7 @@ def layout(x: torch.Tensor, kind: str = "intensity") -> torch.Tensor:
     intensity thumbnail or its silhouette (`LAYOUT_MAPS`).
 
     On body parts the network never trained on these find a patient's other slices far better than the learned
-    code does (docs/training.md); pooling, thresholding and flipping commute, so a flipped slice has the flipped layout.
+    code does (docs/training.md); pooling, the silhouette's ramp and flipping commute, so a flipped slice has the flipped layout.
     """
     return F.normalize(LAYOUT_MAPS[kind](x).flatten(1), dim=1)
 

@@ -63,10 +63,10 @@ def backends(index_dir: Path):  # type: ignore[no-untyped-def]
         yield directory, {backend: directory.embedder(backend=backend) for backend in ("onnx", "torch")}
 
 
-@pytest.mark.parametrize("invariance", ["none", "d4"])
-def test_export_gives_the_torch_fp32_embeddings(slices: np.ndarray, shipped, tmp_path: Path, invariance: str) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(("invariance", "layout_map"), [("none", "intensity"), ("d4", "intensity"), ("d4", "silhouette")])
+def test_export_gives_the_torch_fp32_embeddings(slices: np.ndarray, shipped, tmp_path: Path, invariance: str, layout_map: str) -> None:  # type: ignore[no-untyped-def]
     model, config = shipped
-    checkpoint = save_checkpoint(tmp_path / f"{invariance}.pt", model, {**config, "invariance": invariance})
+    checkpoint = save_checkpoint(tmp_path / f"{invariance}.pt", model, {**config, "invariance": invariance, "layout_map": layout_map})
     sha = file_sha256(checkpoint)
     metric = OnnxMetric(ensure_model(tmp_path, checkpoint, sha))
     assert metric.checkpoint_hash == sha and metric.size == config["size"]
