@@ -57,7 +57,7 @@ class TrainConfig:
     invariance: str = "d4"  # inference pooling over flips and 90° turns (retrieval/model.py)
     pooling: str = "avg"  # encoder map → heads: global average or a 2×2 grid (retrieval/model.py)
     layout: float = 0.5  # weight of the slice's 16×16 layout in the anatomy cosine (retrieval/model.py; chosen on the folds)
-    layout_map: str = "intensity"  # what the layout is: the slice's intensity thumbnail or its silhouette (retrieval/model.py)
+    layout_map: str = "silhouette"  # what the layout is: the slice's silhouette or its intensity thumbnail (retrieval/model.py; chosen on the folds)
     fused_infonce: bool = False  # InfoNCE on the fused similarity (code and layout at that weight): the code learns the rest
     held_out_datasets: tuple[str, ...] = ()  # whole datasets that validate and never train (leave-one-dataset-out)
     validate_every: int = 1  # epochs between validations (the last epoch always validates)

@@ -31,7 +31,7 @@ def train(
     invariance: Annotated[str, typer.Option(help="d4: embeddings pooled over flips and 90° turns (orientation-free search); none: one view.")] = "d4",
     pooling: Annotated[str, typer.Option(help="Encoder map to the heads: avg (global average) or grid (2×2, keeps coarse layout).")] = "avg",
     layout: Annotated[float, typer.Option(min=0.0, max=0.95, help="Weight of the slice's 16×16 layout in the anatomy cosine (0: the learned code alone).")] = 0.5,
-    layout_map: Annotated[str, typer.Option(help="What the layout is: silhouette (where the slice has signal) or intensity (its 16×16 thumbnail).")] = "intensity",
+    layout_map: Annotated[str, typer.Option(help="What the layout is: silhouette (where the slice has signal) or intensity (its 16×16 thumbnail).")] = "silhouette",
     fused_infonce: Annotated[bool, typer.Option("--fused-infonce", help="InfoNCE on the code and layout similarity at the layout weight, as search scores (tried; off).")] = False,
     validate_every: Annotated[int, typer.Option(min=1, help="Epochs between validations (the last epoch always validates).")] = 1,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
