@@ -68,6 +68,17 @@ def _rescore(queries: np.ndarray, ids: np.ndarray, vectors_of: VectorLookup, k: 
     return np.where(chosen >= 0, best, 0.0).astype(np.float32), chosen
 
 
+def _best_view_scores(views: np.ndarray, ids: np.ndarray, vectors_of: VectorLookup) -> np.ndarray:
+    """Each found id's exact inner product with its best of the (V, Q, D) views, from its stored vector: an approximate
+    search may reach an id under some views only and would score it by those (exact search needs no re-scoring)."""
+    found = np.unique(ids[ids >= 0])
+    if not len(found):
+        return np.zeros(ids.shape, np.float32)
+    best = np.einsum("vqd,nd->vqn", views, _vectors(vectors_of(found))).max(0)
+    scores = np.take_along_axis(best, np.searchsorted(found, np.where(ids >= 0, ids, found[0])), 1)
+    return np.where(ids >= 0, scores, -np.inf).astype(np.float32)
+
+
 def _flat(dim: int) -> faiss.IndexIDMap2:
     """An empty exact inner-product index with catalog ids."""
     return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
@@ -315,6 +326,9 @@ class VectorStore:
         scores, ids = self.search(views.reshape(-1, dim), k, allowed, vectors_of)
         scores = scores.reshape(n_views, n_queries, -1).transpose(1, 0, 2).reshape(n_queries, -1)
         ids = ids.reshape(n_views, n_queries, -1).transpose(1, 0, 2).reshape(n_queries, -1)
+        lookup = self.index.reconstruct_batch if self.kind == "hnsw" else vectors_of if self.kind == "ivfpq" else None
+        if lookup is not None:
+            scores = _best_view_scores(np.asarray(views, np.float32), ids, lookup)
         best_scores = np.zeros((n_queries, scores.shape[1] // n_views), np.float32)
         best_ids = np.full(best_scores.shape, -1, np.int64)
         for row in range(n_queries):

@@ -104,8 +104,8 @@ def test_hnsw_index_end_to_end_same_results_as_exact(archive: Path, tmp_path: Pa
     assert [r["patient_id"] for r in after] == [r["patient_id"] for r in exact]
     assert [r["slices"][0]["path"] for r in after] == [r["slices"][0]["path"] for r in exact]
     assert after[0]["distance"] == pytest.approx(exact[0]["distance"], abs=1e-6)  # the query's own patient, exactly
-    # farther patients: HNSW may reach one through a neighbouring slice of its best volume, a hair farther
-    assert [r["distance"] for r in after] == pytest.approx([r["distance"] for r in exact], abs=2e-3)
+    # every found slice is re-scored under all 8 query views, though HNSW may have reached it under some of them only
+    assert [r["distance"] for r in after] == pytest.approx([r["distance"] for r in exact], abs=1e-5)
     removed = cli("remove", "--index", index, "--patient", before["results"][0]["patient_id"])["slices_removed"]
     with IndexDirectory.open(index) as directory:  # reopened: sync marks the removed rows deleted again
         assert directory.store.kind == "hnsw" and len(directory.store.deleted) == removed
