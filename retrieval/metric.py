@@ -36,14 +36,24 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def bf16_is_fast(device: torch.device) -> bool:
+    """Whether bf16 pays on `device`: on CUDA and on CPUs with bf16 units (AVX-512-BF16, AMX) it is 3–4× faster than
+    fp32; on other CPUs oneDNN emulates it and runs slower than fp32 (docs/benchmarks.md)."""
+    if device.type != "cpu":
+        return True
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
 def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CPU and CUDA (3–4× faster on AVX-512-bf16 CPUs)."""
+    """bf16 autocast where it is faster (`bf16_is_fast`), fp32 elsewhere."""
+    if not bf16_is_fast(device):
+        return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 @torch.inference_mode()
 def embed_model(model: DisentangledSiamese, batch: torch.Tensor, device: torch.device, batch_size: int = 64) -> Embeddings:
-    """Embed a preprocessed (B, 3, S, S) tensor in chunks (bf16 autocast, channels_last, the model's invariance pooling); eval mode."""
+    """Embed a preprocessed (B, 3, S, S) tensor in chunks (bf16 autocast where it is faster, channels_last, the model's invariance pooling); eval mode."""
     parts = []
     for start in range(0, len(batch), batch_size):
         x = batch[start : start + batch_size].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)

@@ -11,7 +11,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
 from retrieval.checkpoint import save_checkpoint
-from retrieval.metric import BETA, DistortionAwareMetric
+from retrieval.metric import BETA, DistortionAwareMetric, autocast, bf16_is_fast
 from retrieval.model import DisentangledSiamese
 
 
@@ -73,3 +73,13 @@ def test_clear_errors_for_bad_inputs(metric: DistortionAwareMetric, tmp_path: Pa
     broken.write_bytes(b"DICM" * 10)
     with pytest.raises(ValueError, match="broken.dcm"):
         metric.embed(broken)
+
+
+def test_autocast_uses_bf16_only_where_the_cpu_has_bf16_units() -> None:
+    """On CPUs without AVX-512-BF16/AMX oneDNN emulates bf16 and runs slower than fp32, so embedding stays fp32 there."""
+    cpu = torch.device("cpu")
+    has_units = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert bf16_is_fast(cpu) == has_units
+    with autocast(cpu):
+        product = torch.ones(4, 4) @ torch.ones(4, 4)
+    assert product.dtype == (torch.bfloat16 if has_units else torch.float32)

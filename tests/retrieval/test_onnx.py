@@ -17,7 +17,7 @@ from indexer.pipeline import build_index
 from retrieval.checkpoint import DEFAULT_CHECKPOINT, file_sha256, load_checkpoint, save_checkpoint
 from retrieval.embeddings import LAYOUT_COLUMNS
 from retrieval.io import Identity, read_path
-from retrieval.metric import embed_model
+from retrieval.metric import bf16_is_fast, embed_model
 from retrieval.model import dihedral
 from retrieval.preprocess import prepare
 from retrieval.runtime import OnnxMetric, ensure_model, model_file
@@ -76,8 +76,9 @@ def test_export_gives_the_torch_fp32_embeddings(slices: np.ndarray, shipped, tmp
         reference = [t.numpy() for t in model.embed(torch.from_numpy(slices))]
     for ours, theirs in zip((onnx.anatomy, onnx.noise, onnx.alpha), reference):
         assert np.abs(ours - theirs).max() < 1e-4
-    bf16 = embed_model(model, torch.from_numpy(slices), torch.device("cpu"))
-    assert np.abs(bf16.anatomy - onnx.anatomy).max() > np.abs(reference[0] - onnx.anatomy).max()  # bf16 is the looser of the two
+    indexed = embed_model(model, torch.from_numpy(slices), torch.device("cpu"))  # bf16 only where the CPU has bf16 units
+    gap = np.abs(indexed.anatomy - onnx.anatomy).max()
+    assert gap > np.abs(reference[0] - onnx.anatomy).max() if bf16_is_fast(torch.device("cpu")) else gap < 1e-4
     if invariance == "d4":  # pooling and layout are in the graph: a turned and flipped slice embeds as that view
         turned = dihedral(torch.from_numpy(slices), 5).numpy()
         assert onnx.layout == LAYOUT_COLUMNS and config["layout"] > 0  # the shipped recipe has a layout
