@@ -53,6 +53,20 @@ def test_efsearch_is_tuned_to_the_target_recall_and_saved(graph, tmp_path: Path)
     assert loaded.kind == "hnsw" and loaded.ef_search == tuned["ef_search"] and probe.recall(loaded) == tuned["recall_at_10"]
 
 
+def test_multi_view_search_scores_every_found_id_by_its_best_view(graph) -> None:
+    """A query of 8 views on a coarse graph: some ids are reached under a few views only, yet each comes back with
+    its exact best-view inner product, as exact search would score it."""
+    ids, vectors, built = graph
+    store = VectorStore(faiss.clone_index(built.index))
+    store.ef_search = 1
+    rng = np.random.default_rng(1)
+    views = vectors[rng.integers(0, len(vectors), 20)] + 0.03 * rng.standard_normal((8, 20, vectors.shape[1])).astype(np.float32)  # 8 views of each query
+    scores, found = store.search_views(views, 10)
+    best = (views @ vectors.T).max(axis=0)  # (20, N): every id under its best view
+    assert (found >= 0).all()
+    np.testing.assert_allclose(scores, np.take_along_axis(best, found - ids[0], 1), atol=1e-5)
+
+
 def test_deleted_ids_never_come_back_and_small_filters_are_exact(graph) -> None:
     ids, vectors, built = graph
     store = VectorStore(faiss.clone_index(built.index))
