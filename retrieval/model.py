@@ -156,15 +156,15 @@ def _centred_pool(maps: torch.Tensor, side: int) -> torch.Tensor:
     return pooled - pooled.mean(dim=(1, 2), keepdim=True)
 
 
-def silhouettes(x: torch.Tensor, side: int = LAYOUT_SIDE) -> torch.Tensor:
+def silhouettes(x: torch.Tensor, side: int = LAYOUT_SIDE, level: float = SILHOUETTE_LEVEL) -> torch.Tensor:
     """(N, side, side) mean-centred soft foreground maps of channel 1: each cell rises from 0 at the slice's darkest
-    value to 1 at SILHOUETTE_LEVEL of the way to its 1%-brightest, on a SILHOUETTE_GRID² average so that noise barely
+    value to 1 at `level` of the way to its 1%-brightest, on a SILHOUETTE_GRID² average so that noise barely
     moves it. Where a slice has signal and where not (body outline; on CT much of it the scanner's field of view)
     changes less between a patient's sequences than their intensities do (docs/training.md)."""
     grid = F.adaptive_avg_pool2d(x[:, 1:2].float(), SILHOUETTE_GRID)[:, 0]
     flat = grid.flatten(1)
     low, high = flat.amin(1), torch.topk(flat, max(1, flat.shape[1] // 100), dim=1).values[:, -1]
-    span = (SILHOUETTE_LEVEL * (high - low)).clamp_min(1e-6)
+    span = (level * (high - low)).clamp_min(1e-6)
     return _centred_pool(((grid - low[:, None, None]) / span[:, None, None]).clamp(0.0, 1.0), side)
 
 
