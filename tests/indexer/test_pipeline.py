@@ -10,11 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from indexer.directory import CATALOG_NAME, STORE_NAME
+from indexer.directory import CATALOG_NAME, STORE_NAME, IndexDirectory
 from indexer.faults import KILL_AT
 from indexer.manifest import read_manifest
 from indexer.pipeline import build_index
@@ -23,6 +24,7 @@ from indexer.store import VectorStore
 from retrieval.checkpoint import file_sha256, save_checkpoint
 from retrieval.cli import app
 from retrieval.io import Identity, Skipped, iter_slices
+from retrieval.metric import bf16_is_fast
 from retrieval.model import DisentangledSiamese
 from retrieval.preprocess import is_empty
 
@@ -105,6 +107,24 @@ def test_index_holds_exactly_the_archive_slices_and_reruns_incrementally(archive
     build_index([folder], index_dir, identity, checkpoint=checkpoint, workers=0, show_progress=False, prune=True, force=True)
     rows, ids, faiss_ids, _ = persisted(index_dir)
     assert rows == archive_slices(folder, identity) and faiss_ids == ids
+
+
+def test_cpus_without_bf16_units_index_with_the_onnx_export_queries_use(archive, tmp_path, checkpoint, identity) -> None:
+    """Where bf16 is emulated (slower than fp32) DIR's fp32 ONNX export embeds the archive, so a stored vector is what a
+    query of the same slice embeds to; where bf16 pays, the torch model indexes and nothing is exported."""
+    folder = link_subset(archive, tmp_path / "archive", KILL_SUBSET)
+    build_index([folder], tmp_path / "idx", identity, checkpoint=checkpoint, workers=0, show_progress=False)
+    exported = sorted((tmp_path / "idx").glob("model-*.onnx"))
+    assert bool(exported) != bf16_is_fast(torch.device("cpu"))
+    with sqlite3.connect(tmp_path / "idx" / CATALOG_NAME) as db:
+        ids = dict(((path, index), id_) for path, index, id_ in db.execute("SELECT path, slice_index, id FROM slices"))
+    slices = [s for s in iter_slices([folder], identity) if not isinstance(s, Skipped) and not is_empty(s.pixels, s.modality)]
+    with IndexDirectory.open(tmp_path / "idx") as directory:
+        embedder = directory.embedder()
+        queries = embedder.embed([embedder.preprocess(s.pixels, s.modality, s.spacing) for s in slices]).anatomy
+        stored = directory.store.index.reconstruct_batch(np.array([ids[(s.path, s.index)] for s in slices], np.int64))
+    assert len(slices) == len(ids) > 0
+    assert np.abs(queries - stored).max() < (1e-5 if exported else 5e-2)  # torch bf16 against ONNX fp32: bf16 rounding
 
 
 def test_other_checkpoint_is_refused_with_a_clear_message(archive, tmp_path, checkpoint) -> None:
