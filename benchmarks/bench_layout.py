@@ -18,10 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from retrieval.distortions import distort
+from retrieval.distortions import distort_mixed
 from retrieval.io import Identity
 from retrieval.model import silhouettes, thumbnails
-from retrieval.preprocess import intensity
+from retrieval.preprocess import network_input
 from retrieval.slices import load_slices
 
 
@@ -42,9 +42,9 @@ def main() -> None:
     print("|---|" + "---|" * len(maps))
     for dataset in np.unique(data.datasets):
         rows = rng.choice(np.flatnonzero(data.datasets == dataset), min(args.per_dataset, int((data.datasets == dataset).sum())), replace=False)
-        clean = torch.stack([intensity(torch.from_numpy(data.images[i]), data.modalities[i]) for i in rows])
-        noisy = torch.stack([intensity(torch.from_numpy(distort(data.images[i], args.alpha, data.modalities[i], seed)), data.modalities[i])
-                             for seed, i in enumerate(rows)])
+        images, modalities = torch.from_numpy(data.images[rows]), data.modalities[rows]
+        clean = network_input(images, modalities)
+        noisy = network_input(distort_mixed(images, modalities, np.full(len(rows), args.alpha, np.float32), np.arange(len(rows))), modalities)
         cosines = [float((F.normalize(f(clean).flatten(1), dim=1) * F.normalize(f(noisy).flatten(1), dim=1)).sum(1).mean()) for f in maps.values()]
         print(f"| {dataset} | " + " | ".join(f"{c:.3f}" for c in cosines) + " |", flush=True)
 

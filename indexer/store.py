@@ -69,8 +69,7 @@ def _rescore(queries: np.ndarray, ids: np.ndarray, vectors_of: VectorLookup, k: 
 
 
 def _best_view_scores(views: np.ndarray, ids: np.ndarray, vectors_of: VectorLookup) -> np.ndarray:
-    """Each found id's exact inner product with its best of the (V, Q, D) views, from its stored vector: an approximate
-    search may reach an id under some views only and would score it by those (exact search needs no re-scoring)."""
+    """Each found id's exact inner product with its best of the (V, Q, D) views, from its stored vector (-inf for -1)."""
     found = np.unique(ids[ids >= 0])
     if not len(found):
         return np.zeros(ids.shape, np.float32)
@@ -321,15 +320,20 @@ class VectorStore:
     def search_views(
         self, views: np.ndarray, k: int, allowed: np.ndarray | None = None, vectors_of: VectorLookup | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k per query of (V, Q, D) views (a query under its flips/turns), each id scored by its best view."""
+        """Top-k per query of (V, Q, D) views (a query under its flips/turns), each id scored by its best view.
+
+        An approximate search may reach an id under some views only, so HNSW and IVF-PQ (given `vectors_of`) re-score
+        the union of the views' shortlists exactly under every view, reading each id's vector once.
+        """
         n_views, n_queries, dim = views.shape
-        scores, ids = self.search(views.reshape(-1, dim), k, allowed, vectors_of)
+        lookup = self.index.reconstruct_batch if self.kind == "hnsw" else vectors_of if self.kind == "ivfpq" else None
+        shortlist = k * REFINE if self.kind == "ivfpq" and lookup is not None else k
+        scores, ids = self.search(views.reshape(-1, dim), shortlist, allowed)
         scores = scores.reshape(n_views, n_queries, -1).transpose(1, 0, 2).reshape(n_queries, -1)
         ids = ids.reshape(n_views, n_queries, -1).transpose(1, 0, 2).reshape(n_queries, -1)
-        lookup = self.index.reconstruct_batch if self.kind == "hnsw" else vectors_of if self.kind == "ivfpq" else None
         if lookup is not None:
             scores = _best_view_scores(np.asarray(views, np.float32), ids, lookup)
-        best_scores = np.zeros((n_queries, scores.shape[1] // n_views), np.float32)
+        best_scores = np.zeros((n_queries, max(1, min(k, len(self)))), np.float32)
         best_ids = np.full(best_scores.shape, -1, np.int64)
         for row in range(n_queries):
             order = np.argsort(-scores[row], kind="stable")

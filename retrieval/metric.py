@@ -9,6 +9,7 @@ in the anatomy vector, cos is the best over a's flips/turns (`retrieval.embeddin
 from __future__ import annotations
 
 import contextlib
+import functools
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -36,9 +37,10 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+@functools.cache
 def bf16_is_fast(device: torch.device) -> bool:
     """Whether bf16 pays on `device`: on CUDA and on CPUs with bf16 units (AVX-512-BF16, AMX) it is 3–4× faster than
-    fp32; on other CPUs oneDNN emulates it and runs slower than fp32 (docs/benchmarks.md)."""
+    fp32; on other CPUs oneDNN emulates it and runs slower than fp32 (docs/benchmarks.md). Probed once per device."""
     if device.type != "cpu":
         return True
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))

@@ -96,3 +96,20 @@ def test_exact_store_has_recall_one_against_itself(flat) -> None:
 def test_ivfpq_refuses_too_few_vectors() -> None:
     with pytest.raises(ValueError, match="at least"):
         build_ivfpq(np.arange(100), unit_vectors(100))
+
+
+def test_ivfpq_multi_view_search_reads_each_vector_once_and_scores_exactly() -> None:
+    """The views' shortlists are re-scored exactly under every view in one read of the full vectors (from the catalog)."""
+    vectors = unit_vectors(10_000, dim=64)
+    ids = np.arange(7, 10_007, dtype=np.int64)
+    store = build_ivfpq(ids, vectors)
+    reads: list[np.ndarray] = []
+    full = lambda wanted: (reads.append(wanted), vectors[wanted - 7])[1]  # noqa: E731 — the real vectors, reads counted
+    rng = np.random.default_rng(2)
+    views = vectors[rng.integers(0, len(vectors), 12)] + 0.05 * rng.standard_normal((8, 12, 64)).astype(np.float32)
+    scores, found = store.search_views(views, 10, vectors_of=full)
+    assert len(reads) == 1 and len(reads[0]) == len(np.unique(reads[0]))
+    best = (views @ vectors.T).max(axis=0)
+    np.testing.assert_allclose(scores, np.take_along_axis(best, found - 7, 1), atol=1e-5)
+    exact = np.argsort(-best, axis=1)[:, :10] + 7
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)]) >= 0.95
