@@ -16,6 +16,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
+from retrieval.alpha import AlphaEstimator
 from retrieval.checkpoint import DEFAULT_CHECKPOINT, file_sha256, load_checkpoint
 from retrieval.embeddings import LAYOUT_COLUMNS, Embeddings, aligned_cosine
 from retrieval.model import DisentangledSiamese
@@ -54,15 +55,18 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
 
 
 @torch.inference_mode()
-def embed_model(model: DisentangledSiamese, batch: torch.Tensor, device: torch.device, batch_size: int = 64) -> Embeddings:
-    """Embed a preprocessed (B, 3, S, S) tensor in chunks (bf16 autocast where it is faster, channels_last, the model's invariance pooling); eval mode."""
+def embed_model(model: DisentangledSiamese, batch: torch.Tensor, device: torch.device, batch_size: int = 64,
+                estimator: AlphaEstimator | None = None) -> Embeddings:
+    """Embed a preprocessed (B, 3, S, S) tensor in chunks (bf16 autocast where it is faster, channels_last, the model's invariance pooling); eval mode.
+    With an `estimator` (`retrieval.alpha`) it reports â, else the network's α head does."""
     parts = []
     for start in range(0, len(batch), batch_size):
-        x = batch[start : start + batch_size].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        chunk = batch[start : start + batch_size]
+        x = chunk.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with autocast(device):
             z_anat, z_noise, a_hat = model.embed(x)
-        parts.append(Embeddings(z_anat.float().cpu().numpy(), z_noise.float().cpu().numpy(), a_hat.float().cpu().numpy(),
-                                LAYOUT_COLUMNS if model.layout else 0))
+        alpha = a_hat.float().cpu().numpy() if estimator is None else estimator.estimate(chunk.cpu().numpy())
+        parts.append(Embeddings(z_anat.float().cpu().numpy(), z_noise.float().cpu().numpy(), alpha, LAYOUT_COLUMNS if model.layout else 0))
     return Embeddings.concat(parts)
 
 
@@ -74,6 +78,7 @@ class DistortionAwareMetric:
         self.model = model.eval().to(self.device).to(memory_format=torch.channels_last)
         self.config = config
         self.checkpoint_hash = checkpoint_hash
+        self.estimator = AlphaEstimator.from_config(config)
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "auto") -> "DistortionAwareMetric":
@@ -93,7 +98,7 @@ class DistortionAwareMetric:
 
     def embed_tensor(self, batch: torch.Tensor, batch_size: int = 64) -> Embeddings:
         """Embed an already preprocessed (B, 3, S, S) tensor, `batch_size` images at a time."""
-        return embed_model(self.model, batch, self.device, batch_size)
+        return embed_model(self.model, batch, self.device, batch_size, self.estimator)
 
     def _inputs(self, images: ImageLike | Sequence[ImageLike], modality: str | None) -> Iterable[torch.Tensor]:
         """Network inputs for arrays, tensors (raw 2D or preprocessed 3×S×S) and file paths."""

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from retrieval.alpha import AlphaEstimator
 from retrieval.embeddings import Embeddings, layout_columns
 from retrieval.preprocess import DEFAULT_SIZE, prepare
 
@@ -82,6 +83,7 @@ class OnnxMetric:
             checkpoint_hash, config = checkpoint_hash or meta["checkpoint_sha256"], config or json.loads(meta["config"])
         self.checkpoint_hash: str = checkpoint_hash
         self.config: dict[str, Any] = config
+        self.estimator = AlphaEstimator.from_config(config)
 
     @cached_property
     def session(self) -> Any:
@@ -108,8 +110,10 @@ class OnnxMetric:
             raise ValueError(f"expected preprocessed (B, 3, {self.size}, {self.size}) slices, got shape {batch.shape}")
         parts = []
         for start in range(0, len(batch), batch_size):
-            outputs = self.session.run(list(OUTPUTS), {"pixels": np.ascontiguousarray(batch[start : start + batch_size])})
-            parts.append(Embeddings(*outputs, layout=layout_columns(self.config)))
+            chunk = np.ascontiguousarray(batch[start : start + batch_size])
+            anatomy, noise, alpha = self.session.run(list(OUTPUTS), {"pixels": chunk})
+            alpha = alpha if self.estimator is None else self.estimator.estimate(chunk)
+            parts.append(Embeddings(anatomy, noise, alpha, layout=layout_columns(self.config)))
         return Embeddings.concat(parts)
 
     def embed(self, images: Sequence[np.ndarray], batch_size: int = 32) -> Embeddings:

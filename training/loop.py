@@ -16,6 +16,7 @@ import torch
 from scipy.stats import spearmanr
 
 from retrieval import TAU
+from retrieval.alpha import AlphaEstimator
 from retrieval.checkpoint import new_patient_key, save_checkpoint
 from retrieval.distortions import distort_mixed
 from retrieval.embeddings import best_cosine
@@ -25,6 +26,7 @@ from retrieval.preprocess import network_input
 from retrieval.checkpoint import patient_record
 from retrieval.slices import SliceSet
 from training import losses
+from training.alpha_fit import fit_alpha_estimator, with_estimator
 from training.augment import AugmentConfig, AugmentParams, ct_intensity, geometric, mr_intensity
 from training.sampler import TripletBatch, TripletSampler
 
@@ -205,9 +207,11 @@ def query_distances(queries: np.ndarray, gallery: np.ndarray, own: np.ndarray, l
     return distances
 
 
-def validate(model: DisentangledSiamese, vset: ValidationSet, datasets: np.ndarray, device: torch.device) -> dict[str, float]:
+def validate(model: DisentangledSiamese, vset: ValidationSet, datasets: np.ndarray, device: torch.device,
+             estimator: AlphaEstimator | None = None) -> dict[str, float]:
     """Held-out figures: anatomy mAP (same patient = relevant) at α = 0 and 0.8, overall and per dataset; mAP of
-    flipped and 90°-turned clean queries; Spearman of â against α; median â of the clean slices."""
+    flipped and 90°-turned clean queries; Spearman of â against α and the median â of the clean slices, for the â the
+    checkpoint reports (the `estimator` when given) and for the network's α head."""
     from eval.metrics import average_precision
 
     model.eval()
@@ -217,7 +221,12 @@ def validate(model: DisentangledSiamese, vset: ValidationSet, datasets: np.ndarr
     at_08 = embed_model(model, vset.at_08, device)
     spread = embed_model(model, vset.spread, device)
     true_alpha = np.concatenate([np.zeros(len(vset.queries)), vset.spread_alpha])
-    predicted = np.concatenate([gallery.alpha[vset.queries], spread.alpha])
+    head = np.concatenate([gallery.alpha[vset.queries], spread.alpha])
+    if estimator is None:
+        predicted, clean_alpha = head, gallery.alpha
+    else:
+        clean_alpha = estimator.estimate(vset.gallery.numpy())
+        predicted = np.concatenate([clean_alpha[vset.queries], estimator.estimate(vset.spread.numpy())])
 
     def precision(queries: np.ndarray) -> np.ndarray:
         return average_precision(query_distances(queries, gallery.anatomy, vset.queries, gallery.layout), vset.relevant)
@@ -227,7 +236,9 @@ def validate(model: DisentangledSiamese, vset: ValidationSet, datasets: np.ndarr
         "map_0": float(np.nanmean(ap_0)), "map_0.8": float(np.nanmean(precision(at_08.anatomy))),
         "map_0_flip": float(np.nanmean(precision(turned[0]))), "map_0_rot90": float(np.nanmean(precision(turned[1]))),
         "spearman_alpha": float(spearmanr(true_alpha, predicted).statistic),
-        "alpha_clean_median": float(np.median(gallery.alpha)),
+        "alpha_clean_median": float(np.median(clean_alpha)),
+        "spearman_alpha_head": float(spearmanr(true_alpha, head).statistic),
+        "alpha_clean_median_head": float(np.median(gallery.alpha)),
     }
     query_datasets = datasets[vset.queries]
     for name in np.unique(query_datasets):
@@ -277,8 +288,10 @@ def train(
         optimizer.load_state_dict(blob["optimizer"])
         scheduler.load_state_dict(blob["scheduler"])
         state = json.loads(blob["state"])
-    checkpoint_config = config.checkpoint_config(train_data.summary(), sorted(set(train_data.patients.tolist())),
-                                                 sorted(set(val_data.patients.tolist())), state["patient_key"])
+    estimator = fit_alpha_estimator(train_data, config.seed)
+    checkpoint_config = with_estimator(config.checkpoint_config(train_data.summary(), sorted(set(train_data.patients.tolist())),
+                                                                sorted(set(val_data.patients.tolist())), state["patient_key"]),
+                                       estimator, len(train_data))
     log = out_dir / "metrics.csv"
     vset = validation_set(val_data, config.seed) if len(val_data) else None
     for epoch in range(state["epoch"], config.epochs):
@@ -304,7 +317,7 @@ def train(
         row["seconds"] = time.perf_counter() - started
         final = epoch + 1 == config.epochs
         if vset is not None and (final or (epoch + 1) % config.validate_every == 0):
-            row |= validate(model, vset, val_data.datasets, device)
+            row |= validate(model, vset, val_data.datasets, device, estimator)
         state["history"].append(row)
         if final:
             save_checkpoint(out_dir / "final.pt", model, checkpoint_config | {"epoch": epoch + 1, "validation": row}, half=True)

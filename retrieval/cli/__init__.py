@@ -13,7 +13,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 # Registered in data-flow order, which is the order `--help` lists them in.
-for command in (archive.scan, archive.distort, model.train, index.index, search.search, link.link, index.remove, index.info, index.qc,
+for command in (archive.scan, archive.distort, model.train, model.calibrate, index.index, search.search, link.link, index.remove, index.info, index.qc,
                 index.demo, serve.serve, bench.bench):
     app.command()(command)
 

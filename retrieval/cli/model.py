@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from retrieval.cli.common import GroupRegexOpt, JsonOpt, ManifestOpt, ModalityOpt, PatientRegexOpt, fail, file_path, folder_path, identity_options, require
+from retrieval.cli.common import CacheOpt, GroupRegexOpt, JsonOpt, ManifestOpt, ModalityOpt, PatientRegexOpt, fail, file_path, folder_path, identity_options, require
 
 
 def train(
@@ -36,7 +36,7 @@ def train(
     validate_every: Annotated[int, typer.Option(min=1, help="Epochs between validations (the last epoch always validates).")] = 1,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     pretrained: Annotated[Optional[Path], typer.Option(callback=file_path, help="Local torchvision ResNet weights to start the encoder from.")] = None,
-    cache: Annotated[Optional[Path], typer.Option(callback=folder_path, help="Folder to cache the resized slices in between runs.")] = None,
+    cache: CacheOpt = None,
     manifest: ManifestOpt = None,
     patient_regex: PatientRegexOpt = None,
     group_regex: GroupRegexOpt = None,
@@ -75,3 +75,45 @@ def train(
         typer.echo(f"wrote {out / 'folds.json'}")
     else:
         typer.echo(f"done: {summary['epochs']} epochs, checkpoint {out / 'final.pt'}; last epoch {summary['last']}")
+
+
+def calibrate(
+    checkpoint: Annotated[Path, typer.Argument(callback=file_path, help="Checkpoint to fit the α estimator for.")],
+    archive: Annotated[list[Path], typer.Argument(help="Archive folders or files whose slices it is fitted on.")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the checkpoint with the estimator (never the input file).")],
+    every_patient: Annotated[bool, typer.Option("--every-patient", help="Fit on every slice given, not only the checkpoint's training patients (e.g. a user's own clean archive).")] = False,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    cache: CacheOpt = None,
+    manifest: ManifestOpt = None,
+    patient_regex: PatientRegexOpt = None,
+    group_regex: GroupRegexOpt = None,
+    modality: ModalityOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Fit the α estimator (â from distortion statistics, docs/training.md) on clean slices and seeded distortions of them."""
+    import json
+
+    import numpy as np
+
+    from retrieval.checkpoint import load_checkpoint, trained_on
+    from retrieval.slices import cached_slices
+    from training.alpha_fit import calibrate_checkpoint
+
+    require(archive)
+    if out.resolve() == checkpoint.resolve():
+        fail(f"--out {out}: give a new file; the input checkpoint is kept as it is")
+    identity = identity_options(manifest, patient_regex, modality, group_regex)
+    try:
+        _, config = load_checkpoint(checkpoint)
+        data = cached_slices(archive, identity, int(config.get("size", 256)), cache)
+        if not every_patient:
+            data = data.subset(np.isin(data.patients, sorted(trained_on(config, set(data.patients.tolist())))))
+            if not len(data):
+                fail(f"{checkpoint}: none of its training patients is in the archive given; pass --every-patient to fit on these slices")
+        summary = calibrate_checkpoint(checkpoint, data, out, seed)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    if json_out:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        typer.echo(f"wrote {out}: α estimator fitted on {summary['slices']} slices of {summary['patients']} patients")

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from indexer.directory import IndexDirectory
+from retrieval.alpha import AlphaEstimator
 from indexer.pipeline import build_index
 from retrieval.checkpoint import DEFAULT_CHECKPOINT, file_sha256, load_checkpoint, save_checkpoint
 from retrieval.embeddings import LAYOUT_COLUMNS
@@ -74,8 +75,9 @@ def test_export_gives_the_torch_fp32_embeddings(slices: np.ndarray, shipped, tmp
     model, _ = load_checkpoint(checkpoint)
     with torch.inference_mode():
         reference = [t.numpy() for t in model.embed(torch.from_numpy(slices))]
-    for ours, theirs in zip((onnx.anatomy, onnx.noise, onnx.alpha), reference):
+    for ours, theirs in zip((onnx.anatomy, onnx.noise), reference):
         assert np.abs(ours - theirs).max() < 1e-4
+    np.testing.assert_array_equal(onnx.alpha, AlphaEstimator.from_config(config).estimate(slices))  # â: the checkpoint's estimator
     indexed = embed_model(model, torch.from_numpy(slices), torch.device("cpu"))  # bf16 only where the CPU has bf16 units
     gap = np.abs(indexed.anatomy - onnx.anatomy).max()
     assert gap > np.abs(reference[0] - onnx.anatomy).max() if bf16_is_fast(torch.device("cpu")) else gap < 1e-4
@@ -99,6 +101,16 @@ def test_onnx_and_torch_backends_find_the_same_neighbours(archive: Path, backend
         assert onnx[0][1][0] == torch_[0][1][0]
     distances = [[r.distance for r in result.results] for result in results]
     np.testing.assert_allclose(distances[0], distances[1], atol=5e-3)
+
+
+def test_both_backends_report_the_checkpoints_alpha_estimator(backends, slices: np.ndarray) -> None:  # type: ignore[no-untyped-def]
+    directory, embedders = backends
+    estimator = AlphaEstimator.from_config(directory.manifest.checkpoint_config)
+    assert estimator is not None  # the index manifest carries the shipped checkpoint's estimator
+    expected = estimator.estimate(slices)
+    np.testing.assert_array_equal(embedders["onnx"].embed_tensor(slices).alpha, expected)
+    np.testing.assert_array_equal(embedders["torch"].embed_tensor(torch.from_numpy(slices)).alpha, expected)
+    assert len(np.unique(expected)) == len(slices)  # four different slices, four different â
 
 
 def test_cli_search_never_imports_torch(archive: Path, index_dir: Path) -> None:

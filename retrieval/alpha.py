@@ -1,0 +1,145 @@
+"""The α estimator: distortion severity â from statistics of the network input, the α the product reports.
+
+The network's own α head learns what distortion looks like on its training scanners and does not carry to
+others (held-out Spearman(â, α) 0.10–0.38 on CT; clean slices of unseen datasets read 0.2–0.4,
+docs/training.md). What a distortion does to a slice is more general than that: CT low dose adds noise, MR
+adds noise, ghosts and a k-space cut-off. So â comes from 19 statistics that measure exactly those
+(`distortion_statistics`), mapped to α by 100 depth-3 regression trees fitted on seeded distortions of the
+training slices (`training.alpha_fit`). Trees predict flat outside what they were fitted on, so an unusual
+slice gets a bounded â instead of an extrapolated one.
+
+The fitted trees live in the checkpoint config (`"alpha_estimator"`, plain numbers that survive JSON and
+weights_only loading); both embedding backends apply them to the same preprocessed input, so â is the same
+whichever backend embeds. A checkpoint without one reports its α head, as before. numpy only: the query path
+never imports torch or scikit-learn for it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+BANDS = (0.2, 0.3, 0.4, 0.45)  # spectral energy beyond these frequencies (cycles/pixel, Chebyshev radius)
+INNER = (0.05, 0.95)  # a Haar block counts as inside the window when its mean lies here (not clipped air or bone)
+MIN_PIXELS = 8  # fewer unclipped coefficients than this: the statistic is 0
+FLOOR = 1e-4  # added before a log, below any noise level that matters at 8 bits or more
+CONFIG_KEY = "alpha_estimator"
+
+
+def _haar(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One level of the 2D Haar transform of (..., H, W): approximation and the diagonal, vertical, horizontal details."""
+    x = x[..., : x.shape[-2] // 2 * 2, : x.shape[-1] // 2 * 2]
+    a, b, c, d = x[..., 0::2, 0::2], x[..., 0::2, 1::2], x[..., 1::2, 0::2], x[..., 1::2, 1::2]
+    return (a + b + c + d) / 4, (a - b - c + d) / 2, (a - b + c - d) / 2, (a + b - c - d) / 2
+
+
+def _mad(detail: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """Median absolute Haar detail per image over the `inside` coefficients (the wavelet noise estimate of Donoho &
+    Johnstone, without its 0.6745: only ranks matter to the trees); 0 where fewer than MIN_PIXELS are inside."""
+    values = np.where(inside, np.abs(detail), np.nan).reshape(len(detail), -1)
+    enough = inside.reshape(len(inside), -1).sum(1) >= MIN_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows, replaced below
+        median = np.nanmedian(values, axis=1)
+    return np.where(enough, median, 0.0)
+
+
+def _log(x: np.ndarray) -> np.ndarray:
+    return np.log10(np.maximum(x, 0.0) + FLOOR)
+
+
+def distortion_statistics(batch: np.ndarray) -> np.ndarray:
+    """(B, 19) statistics of preprocessed (B, 3, S, S) slices that move with distortion, per channel 0 and 1 (CT: the
+    soft-tissue and wide windows; MR: its one channel twice):
+
+    - log share of spectral energy beyond each of BANDS (noise raises it on CT; MR's k-space cut-off lowers it);
+    - log median |Haar detail| at level 1 over the whole slice and over the unclipped blocks (diagonal, vertical,
+      horizontal), and the diagonal at level 2 (noise levels that anatomy, edges and clipping barely move);
+    - 1 for an MR input (its three channels are equal), 0 for CT.
+    """
+    x = np.asarray(batch, dtype=np.float64)
+    if x.ndim != 4 or x.shape[1] != 3 or min(x.shape[2:]) < 8:
+        raise ValueError(f"expected preprocessed (B, 3, S, S) slices with S ≥ 8, got shape {x.shape}")
+    frequencies = [np.abs(np.fft.fftfreq(n)) for n in x.shape[2:]]
+    radius = np.maximum(frequencies[0][:, None], frequencies[1][None, :])
+    columns = []
+    for channel in (0, 1):
+        image = x[:, channel]
+        power = np.abs(np.fft.fft2(image)) ** 2
+        total = power.reshape(len(x), -1).sum(1) + 1e-12
+        columns += [np.log10(power[:, radius > band].sum(1) / total + 1e-9) for band in BANDS]
+        low, diagonal, vertical, horizontal = _haar(image)
+        inside = (low > INNER[0]) & (low < INNER[1])
+        columns += [_log(_mad(diagonal, np.ones_like(inside))), *(_log(_mad(d, inside)) for d in (diagonal, vertical, horizontal))]
+        low2, diagonal2, _, _ = _haar(low)
+        columns.append(_log(_mad(diagonal2, (low2 > INNER[0]) & (low2 < INNER[1]))))
+    columns.append(np.all(x[:, 0] == x[:, 1], axis=(1, 2)).astype(np.float64))
+    return np.nan_to_num(np.stack(columns, 1)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class AlphaEstimator:
+    """Regression trees over `distortion_statistics`: â = clip(baseline + Σ_trees leaf value, 0, 1).
+
+    Arrays are (trees, nodes), padded to the largest tree; a sample goes left when its feature ≤ the threshold.
+    """
+
+    feature: np.ndarray
+    threshold: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    value: np.ndarray
+    leaf: np.ndarray
+    baseline: float
+
+    @classmethod
+    def from_sklearn(cls, model: Any) -> "AlphaEstimator":
+        """Copy the trees of a fitted `HistGradientBoostingRegressor` (squared error, no categorical features)."""
+        trees = [predictors[0].nodes for predictors in model._predictors]
+        width = max(len(nodes) for nodes in trees)
+
+        def padded(field: str, dtype: Any) -> np.ndarray:
+            out = np.zeros((len(trees), width), dtype=dtype)
+            for row, nodes in enumerate(trees):
+                out[row, : len(nodes)] = nodes[field]
+            return out
+
+        padding = np.arange(width)[None, :] >= np.array([len(nodes) for nodes in trees])[:, None]  # never reached; leaves of value 0
+        return cls(padded("feature_idx", np.int64), padded("num_threshold", np.float64), padded("left", np.int64),
+                   padded("right", np.int64), padded("value", np.float64), padded("is_leaf", bool) | padding,
+                   float(np.ravel(model._baseline_prediction)[0]))
+
+    def predict(self, statistics: np.ndarray) -> np.ndarray:
+        """â ∈ [0, 1] for (B, F) statistics."""
+        stats = np.asarray(statistics, dtype=np.float64)
+        trees = np.arange(len(self.feature))[:, None]
+        node = np.zeros((len(self.feature), len(stats)), dtype=np.int64)
+        samples = np.arange(len(stats))[None, :]
+        for _ in range(self.feature.shape[1]):
+            if self.leaf[trees, node].all():
+                break
+            go_left = stats[samples, self.feature[trees, node]] <= self.threshold[trees, node]
+            node = np.where(self.leaf[trees, node], node, np.where(go_left, self.left[trees, node], self.right[trees, node]))
+        return np.clip(self.baseline + self.value[trees, node].sum(0), 0.0, 1.0).astype(np.float32)
+
+    def estimate(self, batch: np.ndarray) -> np.ndarray:
+        """â ∈ [0, 1] of preprocessed (B, 3, S, S) slices."""
+        return self.predict(distortion_statistics(batch))
+
+    def to_config(self) -> dict[str, Any]:
+        """Plain lists for a checkpoint config (JSON, weights_only)."""
+        return {"baseline": self.baseline, "feature": self.feature.tolist(), "threshold": self.threshold.tolist(),
+                "left": self.left.tolist(), "right": self.right.tolist(), "value": self.value.tolist(), "leaf": self.leaf.astype(int).tolist()}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "AlphaEstimator | None":
+        """The estimator a checkpoint config holds, or None (the network's α head reports â)."""
+        entry = config.get(CONFIG_KEY)
+        if not entry:
+            return None
+        return cls(np.asarray(entry["feature"], np.int64), np.asarray(entry["threshold"], np.float64), np.asarray(entry["left"], np.int64),
+                   np.asarray(entry["right"], np.int64), np.asarray(entry["value"], np.float64), np.asarray(entry["leaf"], bool),
+                   float(entry["baseline"]))
