@@ -49,6 +49,7 @@ GroupRegexOpt = Annotated[
     typer.Option("--group-regex", help="Regex on the file path whose first group names the dataset (when the manifest has no dataset column)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+CheckpointOpt = Annotated[Optional[Path], typer.Option(callback=file_path, help="Model checkpoint (default: the shipped one).")]
 CacheOpt = Annotated[Optional[Path], typer.Option(callback=folder_path, help="Folder to cache the resized slices in between runs.")]
 # Reading limits shared by every command that reads an archive: a file whose header declares more is skipped with the reason.
 MaxSlicePixelsOpt = Annotated[int, typer.Option("--max-slice-pixels", min=1, help="Skip files whose slices have more pixels than this (rows × columns).")]

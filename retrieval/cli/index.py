@@ -8,12 +8,11 @@ from typing import Annotated, Optional
 import typer
 
 from retrieval.cli.common import (
-    LIMITS, CatalogOpt, IndexDirOpt, JsonOpt, ManifestOpt, MaxFileMbOpt, MaxSecondsPerFileOpt, MaxSlicePixelsOpt, MaxSlicesPerFileOpt, ModalityOpt, PatientRegexOpt, fail,
+    LIMITS, CatalogOpt, CheckpointOpt, IndexDirOpt, JsonOpt, ManifestOpt, MaxFileMbOpt, MaxSecondsPerFileOpt, MaxSlicePixelsOpt, MaxSlicesPerFileOpt, ModalityOpt, PatientRegexOpt, fail,
     PasswordFileOpt, SinceOpt, StudyOpt, TokenFileOpt, UserOpt, file_path, folder_path, identity_options, limits_options, open_index,
     sources,
 )
 
-CheckpointOpt = Annotated[Optional[Path], typer.Option(callback=file_path, help="Model checkpoint (default: the shipped one).")]
 
 def index(
     archive: Annotated[list[str], typer.Argument(help="Archive folders or files to index, or dicomweb:http://host:port/dicom-web.")],

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from retrieval.cli.common import CacheOpt, GroupRegexOpt, JsonOpt, ManifestOpt, ModalityOpt, PatientRegexOpt, fail, file_path, folder_path, identity_options, require
+from retrieval.cli.common import CacheOpt, CheckpointOpt, GroupRegexOpt, JsonOpt, ManifestOpt, ModalityOpt, PatientRegexOpt, fail, file_path, folder_path, identity_options, require
 
 
 def train(
@@ -78,9 +78,9 @@ def train(
 
 
 def calibrate(
-    checkpoint: Annotated[Path, typer.Argument(callback=file_path, help="Checkpoint to fit the α estimator for.")],
-    archive: Annotated[list[Path], typer.Argument(help="Archive folders or files whose slices it is fitted on.")],
+    archive: Annotated[list[Path], typer.Argument(help="Archive folders or files whose slices the estimator is fitted on.")],
     out: Annotated[Path, typer.Option("--out", help="Where to write the checkpoint with the estimator (never the input file).")],
+    checkpoint: CheckpointOpt = None,
     every_patient: Annotated[bool, typer.Option("--every-patient", help="Fit on every slice given, not only the checkpoint's training patients (e.g. a user's own clean archive).")] = False,
     seed: Annotated[int, typer.Option(min=0)] = 0,
     cache: CacheOpt = None,
@@ -95,11 +95,12 @@ def calibrate(
 
     import numpy as np
 
-    from retrieval.checkpoint import load_checkpoint, trained_on
+    from retrieval.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, trained_on
     from retrieval.slices import cached_slices
     from training.alpha_fit import calibrate_checkpoint
 
     require(archive)
+    checkpoint = checkpoint or DEFAULT_CHECKPOINT
     if out.resolve() == checkpoint.resolve():
         fail(f"--out {out}: give a new file; the input checkpoint is kept as it is")
     identity = identity_options(manifest, patient_regex, modality, group_regex)

@@ -60,14 +60,14 @@ def _calibrate(*args: str | Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_calibrate_writes_a_checkpoint_that_reports_the_estimator(tmp_path: Path) -> None:
-    refused = _calibrate(DEFAULT_CHECKPOINT, EXAMPLE4D, "--modality", "MR", "--out", tmp_path / "new.pt")
+    refused = _calibrate(EXAMPLE4D, "--modality", "MR", "--out", tmp_path / "new.pt")  # the shipped checkpoint by default
     assert refused.returncode == 2 and "none of its training patients" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
-    done = _calibrate(DEFAULT_CHECKPOINT, EXAMPLE4D, "--modality", "MR", "--every-patient", "--out", tmp_path / "new.pt", "--json")
+    done = _calibrate(EXAMPLE4D, "--checkpoint", DEFAULT_CHECKPOINT, "--modality", "MR", "--every-patient", "--out", tmp_path / "new.pt", "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["slices"] > 10
     _, config = load_checkpoint(tmp_path / "new.pt")
     shipped = DistortionAwareMetric.load(device="cpu")
     assert config["alpha_estimator"] != shipped.config["alpha_estimator"]
     assert {k: v for k, v in config.items() if not k.startswith("alpha_estimator")} == {k: v for k, v in shipped.config.items() if not k.startswith("alpha_estimator")}
-    same = _calibrate(tmp_path / "new.pt", EXAMPLE4D, "--modality", "MR", "--every-patient", "--out", tmp_path / "new.pt")
+    same = _calibrate(EXAMPLE4D, "--checkpoint", tmp_path / "new.pt", "--modality", "MR", "--every-patient", "--out", tmp_path / "new.pt")
     assert same.returncode == 2 and "give a new file" in same.stderr

@@ -1,0 +1,102 @@
+"""How â carries to a dataset it never saw: the α estimator, and other regressors on the same statistics, per fold.
+
+For each leave-one-dataset-out fold of `retrieval train --folds`, the estimator (`training.alpha_fit`) is fitted on
+the other datasets' slices and measured on the held-out ones: every held-out slice clean and once at a seeded
+uniform α. Printed per held-out dataset and pooled per modality: Spearman(â, α) and the median â of the clean
+slices. Rows: the shipped estimator (regression trees) and, fitted on the same statistics, a ridge regression and a
+small MLP — the comparison the trees were chosen by. `--fold-models DIR` adds the α head of each fold model
+DIR/<fold>/final.pt (trained without that dataset) on the same slices.
+
+    python benchmarks/bench_alpha.py [ARCHIVE] --cache cache [--fold-models runs/folds-d4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+from sklearn.linear_model import RidgeCV
+from sklearn.neural_network import MLPRegressor
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from retrieval.alpha import distortion_statistics
+from retrieval.distortions import distort_mixed
+from retrieval.io import Identity
+from retrieval.metric import DistortionAwareMetric
+from retrieval.preprocess import network_input
+from retrieval.slices import SliceSet, cached_slices
+from training.alpha_fit import fit_alpha_estimator, training_statistics
+from training.folds import plan_folds, split_by_datasets
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+
+def held_out_views(data: SliceSet, seed: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Network inputs of every slice clean, then at a seeded uniform α (its own seed), and the true α of each."""
+    rng = np.random.default_rng([seed, 11])
+    alphas = rng.uniform(0.0, 1.0, len(data)).astype(np.float32)
+    images = torch.from_numpy(data.images)
+    distorted = distort_mixed(images, data.modalities, alphas, rng.integers(0, 2**31 - 1, len(data)))
+    views = torch.cat([network_input(images, data.modalities), network_input(distorted, data.modalities)])
+    return views, np.concatenate([np.zeros(len(data), np.float32), alphas])
+
+
+def regressors(train: SliceSet, seed: int) -> dict[str, Predictor]:
+    """The shipped trees, and ridge and MLP regressions fitted on the same statistics of the same distortions."""
+    trees = fit_alpha_estimator(train, seed)
+    statistics, alphas = training_statistics(train, seed)
+    ridge = make_pipeline(StandardScaler(), RidgeCV()).fit(statistics, alphas)
+    mlp = make_pipeline(StandardScaler(), MLPRegressor(hidden_layer_sizes=(32, 16), alpha=1e-3, max_iter=2000, random_state=seed)).fit(statistics, alphas)
+    return {"trees (shipped)": trees.predict,
+            "ridge": lambda s: np.clip(ridge.predict(s), 0.0, 1.0),
+            "MLP 32-16": lambda s: np.clip(mlp.predict(s), 0.0, 1.0)}
+
+
+def main() -> None:
+    """Print the per-dataset and per-modality tables."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("archive", nargs="?", type=Path, default=Path(os.environ.get("RETRIEVAL_SAMPLE_ARCHIVE", "../shared/data")))
+    parser.add_argument("--cache", type=Path)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fold-models", type=Path, help="folder of fold runs (<fold>/final.pt) whose α heads to add")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    data = cached_slices([args.archive], Identity(manifest=args.archive / "manifest.csv"), args.size, args.cache)
+    results: dict[str, dict[str, np.ndarray]] = {}
+    truth, datasets, modalities = [], [], []
+    for fold in plan_folds(data):
+        train, held_out = split_by_datasets(data, fold.held_out)
+        views, alphas = held_out_views(held_out, args.seed)
+        statistics = distortion_statistics(views.numpy())
+        predictors: dict[str, Predictor] = regressors(train, args.seed)
+        estimates = {name: predict(statistics) for name, predict in predictors.items()}
+        if args.fold_models is not None:
+            head = DistortionAwareMetric.load(args.fold_models / fold.name / "final.pt", device="cpu")
+            head.estimator = None  # its α head, whatever the checkpoint holds
+            estimates["network α head (fold model)"] = head.embed_tensor(views).alpha
+        for name, values in estimates.items():
+            results.setdefault(name, {})[fold.name] = values
+        truth.append(alphas)
+        datasets.append(np.tile(held_out.datasets, 2))
+        modalities.append(np.tile(held_out.modalities, 2))
+        print(f"fold {fold.name}: fitted on {len(train)} slices, measured on {len(held_out)}", flush=True)
+    alpha, dataset, modality = np.concatenate(truth), np.concatenate(datasets), np.concatenate(modalities)
+    groups = [(name, dataset == name) for name in np.unique(dataset)] + [(f"all {m}", modality == m) for m in np.unique(modality)]
+    print("\nSpearman(â, α) / median â of the clean held-out slices, each fold's estimator fitted without its datasets\n")
+    print("| regressor | " + " | ".join(name for name, _ in groups) + " |")
+    print("|---|" + "---|" * len(groups))
+    for name, per_fold in results.items():
+        predicted = np.concatenate(list(per_fold.values()))
+        cells = [f"{spearmanr(predicted[rows], alpha[rows]).statistic:.2f} / {np.median(predicted[rows & (alpha == 0)]):.2f}" for _, rows in groups]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
