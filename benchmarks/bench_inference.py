@@ -8,7 +8,7 @@ alternating `--backend onnx` and `--backend torch`, and reports median wall and 
 memory of each. Part 2 embeds real preprocessed archive slices with ONNX Runtime (fp32), the torch
 model in fp32 and in bf16 autocast, and the torch path as indexing runs it (`embed_model`: bf16 only on CPUs
 with bf16 units, channels_last), at the same thread count: slices/s at --batch-size, one-slice latency, and how far
-the embeddings are apart; then whether each slice's 10 nearest neighbours among the others are the same with ONNX
+the embeddings are apart, and what share of a slice's time the α estimator takes; then whether each slice's 10 nearest neighbours among the others are the same with ONNX
 queries against the vectors an index holds as with queries embedded like them. Prints markdown tables.
 """
 
@@ -148,6 +148,9 @@ def throughput(archive: Path, checkpoint: Path, threads: int, batch_size: int) -
     for name, embed in paths.items():
         delta = np.abs(vectors[name] - vectors["ONNX Runtime fp32"]).max()
         print(f"| {name} | {rate(embed, batch):.1f} | {latency_ms(embed, slices[:1]):.1f} | {delta:.1e} |", flush=True)
+    if metric.estimator is not None:  # part of the ONNX and indexing paths above; measured alone on the same batch
+        alone, onnx_rate = rate(metric.estimator.estimate, batch), rate(paths["ONNX Runtime fp32"], batch)
+        print(f"\nα estimator alone (statistics + trees): {alone:.0f} slices/s, {onnx_rate / alone:.1%} of the ONNX path's time per slice")
     stored = vectors[indexing]
     same = []
     for name in ("ONNX Runtime fp32", indexing):

@@ -16,7 +16,6 @@ never imports torch or scikit-learn for it.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -38,13 +37,13 @@ def _haar(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
 
 def _mad(detail: np.ndarray, inside: np.ndarray) -> np.ndarray:
     """Median absolute Haar detail per image over the `inside` coefficients (the wavelet noise estimate of Donoho &
-    Johnstone, without its 0.6745: only ranks matter to the trees); 0 where fewer than MIN_PIXELS are inside."""
-    values = np.where(inside, np.abs(detail), np.nan).reshape(len(detail), -1)
-    enough = inside.reshape(len(inside), -1).sum(1) >= MIN_PIXELS
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows, replaced below
-        median = np.nanmedian(values, axis=1)
-    return np.where(enough, median, 0.0)
+    Johnstone, without its 0.6745: only ranks matter to the trees); 0 where fewer than MIN_PIXELS are inside.
+    One sort of the batch, the outside pushed to the end (np.nanmedian per row is 4× slower)."""
+    values = np.sort(np.where(inside, np.abs(detail), np.inf).reshape(len(detail), -1), axis=1)
+    count = inside.reshape(len(inside), -1).sum(1)
+    rows = np.arange(len(values))
+    low, high = values[rows, np.maximum(count - 1, 0) // 2], values[rows, np.minimum(count // 2, values.shape[1] - 1)]
+    return np.where(count >= MIN_PIXELS, (low + high) / 2, 0.0)
 
 
 def _log(x: np.ndarray) -> np.ndarray:
