@@ -46,8 +46,12 @@ def url(served_index, token_file):
         yield base
 
 
-def test_upload_a_query_and_see_ranked_patients_with_thumbnails(archive, browser, url, tmp_path) -> None:
+def test_upload_a_query_and_see_ranked_patients_with_thumbnails(archive, browser, url, served_index, tmp_path) -> None:
     from selenium.webdriver.common.by import By
+
+    from indexer.directory import IndexDirectory
+    from indexer.summary import quality_control
+    from retrieval import TAU
     from selenium.webdriver.support.ui import WebDriverWait
 
     wait = WebDriverWait(browser, 120)
@@ -85,6 +89,8 @@ def test_upload_a_query_and_see_ranked_patients_with_thumbnails(archive, browser
     browser.find_element(By.ID, "tab-qc").click()
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#qc-table tbody tr"))
     row = browser.find_element(By.CSS_SELECTOR, "#qc-table tbody tr")
-    assert "dcm_qa_ct-QMNx85rKkkg" in row.text
-    assert row.find_element(By.CSS_SELECTOR, "td .badge").get_attribute("class").split()[-1] in ("warn", "bad")
+    with IndexDirectory.open(served_index) as directory:  # the worst series above TAU, as `retrieval qc` finds it
+        worst = quality_control(directory, TAU)["series"][0]
+    assert worst["patient_id"] in row.text and worst["series_id"] in row.text
+    assert row.find_element(By.CSS_SELECTOR, "td .badge").get_attribute("class").split()[-1] == ("warn" if worst["max_alpha"] <= 0.6 else "bad")
     wait.until(lambda d: d.execute_script(ALL_IMAGES_LOADED, "#qc-table img"))
