@@ -70,7 +70,8 @@ def load_checkpoint(path: str | Path | None = None) -> tuple[DisentangledSiamese
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt files
-        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+        first = (str(exc).strip().splitlines() or [""])[0][:160]  # torch's unpickling errors run to a dozen lines
+        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first})") from exc
     if not isinstance(blob, dict) or "state_dict" not in blob or "config" not in blob:
         raise ValueError(f"{path}: not a checkpoint of this project (expected keys 'state_dict' and 'config')")
     config = blob["config"]

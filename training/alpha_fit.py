@@ -52,11 +52,11 @@ def with_estimator(config: dict[str, Any], estimator: AlphaEstimator, slices: in
     return config | {CONFIG_KEY: estimator.to_config(), "alpha_estimator_slices": slices}
 
 
-def calibrate_checkpoint(checkpoint: Path, data: SliceSet, out: Path, seed: int = 0) -> dict[str, Any]:
-    """Fit the estimator on `data` and write `checkpoint` with it to `out` (weights unchanged, fp16 as shipped)."""
-    from retrieval.checkpoint import load_checkpoint, save_checkpoint
+def calibrate_checkpoint(model: Any, config: dict[str, Any], data: SliceSet, out: Path, seed: int = 0) -> dict[str, Any]:
+    """Fit the estimator on `data` and write the checkpoint's model and config with it to `out` (weights unchanged,
+    fp16 as shipped)."""
+    from retrieval.checkpoint import save_checkpoint
 
-    model, config = load_checkpoint(checkpoint)
     estimator = fit_alpha_estimator(data, seed)
     save_checkpoint(out, model, with_estimator(config, estimator, len(data)), half=True)
     return {"checkpoint": str(out), "slices": len(data), "patients": int(len(np.unique(data.patients))),

@@ -91,12 +91,14 @@ def calibrate(
     json_out: JsonOpt = False,
 ) -> None:
     """Fit the α estimator (â from distortion statistics, docs/training.md) on clean slices and seeded distortions of them."""
+    import contextlib
     import json
 
     import numpy as np
+    from rich.console import Console
 
     from retrieval.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, trained_on
-    from retrieval.slices import cached_slices
+    from retrieval.slices import cached_slices, load_slices
     from training.alpha_fit import calibrate_checkpoint
 
     require(archive)
@@ -104,17 +106,28 @@ def calibrate(
     if out.resolve() == checkpoint.resolve():
         fail(f"--out {out}: give a new file; the input checkpoint is kept as it is")
     identity = identity_options(manifest, patient_regex, modality, group_regex)
+    console = Console(stderr=True)
+    status = (lambda text: contextlib.nullcontext()) if json_out else (lambda text: console.status(text))
+    skipped: list = []  # type: ignore[type-arg]
     try:
-        _, config = load_checkpoint(checkpoint)
-        data = cached_slices(archive, identity, int(config.get("size", 256)), cache)
+        model, config = load_checkpoint(checkpoint)
+        size = int(config.get("size", 256))
+        with status(f"reading slices at {size}²…"):
+            data = load_slices(archive, identity, size, skipped.append) if cache is None else cached_slices(archive, identity, size, cache)
         if not every_patient:
             data = data.subset(np.isin(data.patients, sorted(trained_on(config, set(data.patients.tolist())))))
             if not len(data):
                 fail(f"{checkpoint}: none of its training patients is in the archive given; pass --every-patient to fit on these slices")
-        summary = calibrate_checkpoint(checkpoint, data, out, seed)
+        with status(f"fitting the α estimator on {len(data)} slices, clean and distorted…"):
+            summary = calibrate_checkpoint(model, config, data, out, seed)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
+    summary["skipped"] = [{"path": str(item.path), "reason": item.reason} for item in skipped]
     if json_out:
         typer.echo(json.dumps(summary, indent=2))
-    else:
-        typer.echo(f"wrote {out}: α estimator fitted on {summary['slices']} slices of {summary['patients']} patients")
+        return
+    typer.echo(f"wrote {out}: α estimator fitted on {summary['slices']} slices of {summary['patients']} patients")
+    for item in skipped[:5]:
+        typer.echo(f"skipped {item.path}: {item.reason}", err=True)
+    if len(skipped) > 5:
+        typer.echo(f"… and {len(skipped) - 5} more skipped files (--json lists all)", err=True)

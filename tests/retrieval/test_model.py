@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,11 @@ def test_load_checkpoint_rejects_missing_and_foreign_files(tmp_path: Path) -> No
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable checkpoint"):
         load_checkpoint(junk)
+    unsafe = tmp_path / "unsafe.pt"
+    torch.save(argparse.Namespace(weights=1), unsafe)  # a global weights_only refuses, in torch's dozen-line message
+    with pytest.raises(ValueError, match="not a readable checkpoint") as refused:
+        load_checkpoint(unsafe)
+    assert "\n" not in str(refused.value)
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(1)}, foreign)
     with pytest.raises(ValueError, match="not a checkpoint of this project"):

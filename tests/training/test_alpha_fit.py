@@ -62,9 +62,14 @@ def _calibrate(*args: str | Path) -> subprocess.CompletedProcess[str]:
 def test_calibrate_writes_a_checkpoint_that_reports_the_estimator(tmp_path: Path) -> None:
     refused = _calibrate(EXAMPLE4D, "--modality", "MR", "--out", tmp_path / "new.pt")  # the shipped checkpoint by default
     assert refused.returncode == 2 and "none of its training patients" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
-    done = _calibrate(EXAMPLE4D, "--checkpoint", DEFAULT_CHECKPOINT, "--modality", "MR", "--every-patient", "--out", tmp_path / "new.pt", "--json")
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    (folder / EXAMPLE4D.name).symlink_to(EXAMPLE4D)
+    (folder / "broken.dcm").write_bytes(b"DICM" * 10)  # a batch skips and reports a bad file, and goes on
+    done = _calibrate(folder, "--checkpoint", DEFAULT_CHECKPOINT, "--modality", "MR", "--every-patient", "--out", tmp_path / "new.pt", "--json")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["slices"] > 10
+    summary = json.loads(done.stdout)
+    assert summary["slices"] > 10 and [Path(s["path"]).name for s in summary["skipped"]] == ["broken.dcm"]
     _, config = load_checkpoint(tmp_path / "new.pt")
     shipped = DistortionAwareMetric.load(device="cpu")
     assert config["alpha_estimator"] != shipped.config["alpha_estimator"]
