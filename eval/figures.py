@@ -16,6 +16,7 @@ import numpy as np
 
 from eval.metrics import RANKING, benign_malignant_auc, bootstrap_ci, bootstrap_means, movement_ratio, percentile_bounds, spearman
 from eval.records import PROTOCOLS, Records
+from retrieval import BETA
 
 CONFIDENCE = 0.95
 
@@ -90,6 +91,11 @@ def summarise(records: Records, name: str, rows: np.ndarray, resamples: int, see
     if "alpha_hat" in m:
         alpha_hat = m["alpha_hat"][:, rows].ravel()
         add("alpha_spearman", lambda r: spearman(alpha_hat[r], pair_alpha[r]), pair_patients)
+        # the learned tracking distance less its β·|Δâ| term: how far the anatomy distance search ranks by moves
+        anatomy = (track - BETA * np.abs(m["alpha_hat"][:, rows] - m["alpha_hat"][0, rows])).ravel()
+        anatomy_movement = np.concatenate([anatomy, identity])
+        add("ratio_anatomy", lambda r: movement_ratio(anatomy_movement[r][is_pair[r]], anatomy_movement[r][~is_pair[r]]),
+            np.concatenate([pair_patients, patients]))
     figures["ci"] = ci
     return figures
 

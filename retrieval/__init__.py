@@ -6,12 +6,13 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 TAU = 0.3  # α at or below which a distortion is benign (the paper's threshold)
+BETA = 0.1  # weight of the α difference in the distortion-aware distance (retrieval.metric)
 
 if TYPE_CHECKING:
     from retrieval.metric import DistortionAwareMetric
     from retrieval.model import DisentangledSiamese
 
-__all__ = ["TAU", "DisentangledSiamese", "DistortionAwareMetric", "__version__"]
+__all__ = ["BETA", "TAU", "DisentangledSiamese", "DistortionAwareMetric", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

@@ -16,13 +16,12 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
+from retrieval import BETA
 from retrieval.alpha import AlphaEstimator
 from retrieval.checkpoint import DEFAULT_CHECKPOINT, file_sha256, load_checkpoint
 from retrieval.embeddings import LAYOUT_COLUMNS, Embeddings, aligned_cosine
 from retrieval.model import DisentangledSiamese
 from retrieval.preprocess import DEFAULT_SIZE, intensity, resize_square
-
-BETA = 0.1  # weight of the α difference in the distortion-aware distance
 
 ImageLike = np.ndarray | torch.Tensor | str | Path
 

@@ -18,6 +18,7 @@ from eval.methods import LearnedMethod, create_methods
 from eval.metrics import RANKING, ranking_figures
 from eval.protocol import VARIANTS, build_workload
 from eval.records import Records, concat, dumps
+from retrieval import BETA
 from retrieval.metric import DistortionAwareMetric
 from retrieval.preprocess import network_input
 
@@ -69,6 +70,9 @@ def test_figures_follow_their_definitions_on_known_measurements() -> None:
     assert figures["auc"] == pytest.approx(roc_auc_score(pair_alpha > 0.3, m["track"].ravel()))
     assert figures["spearman"] == pytest.approx(stats.spearmanr(m["track"].ravel(), pair_alpha).statistic)
     assert figures["alpha_spearman"] == pytest.approx(stats.spearmanr(m["alpha_hat"].ravel(), pair_alpha).statistic)
+    anatomy = m["track"] - BETA * np.abs(m["alpha_hat"] - m["alpha_hat"][0])  # the tracking distance less its α term
+    assert figures["ratio_anatomy"] == pytest.approx(anatomy.mean() / m["identity"].mean())
+    assert figures["ratio_anatomy"] < figures["ratio"]
     for value, (low, high) in zip(figures["query"]["map"], figures["query"]["ci"]["map"]):
         assert low <= value <= high
 
