@@ -96,7 +96,10 @@ class AlphaEstimator:
 
     @classmethod
     def from_sklearn(cls, model: Any) -> "AlphaEstimator":
-        """Copy the trees of a fitted `HistGradientBoostingRegressor` (squared error, no categorical features)."""
+        """Copy the trees of a fitted `HistGradientBoostingRegressor` (squared error, no categorical features).
+
+        Reads scikit-learn's tree arrays (`_predictors`, `_baseline_prediction`: private, stable since 0.21);
+        tests/retrieval/test_alpha.py checks the copy against the model's own predict."""
         trees = [predictors[0].nodes for predictors in model._predictors]
         width = max(len(nodes) for nodes in trees)
 
