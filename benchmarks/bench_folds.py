@@ -1,7 +1,8 @@
 """The held-out benchmark of a recipe: `retrieval bench` of every fold model on its own held-out datasets, pooled.
 
 Run: python benchmarks/bench_folds.py runs/folds/* --archive ../shared/data --out docs/bench-folds [--quick]
-(the committed report: runs/folds-d4/*/ --out docs/bench-folds --quick --redact-paths --layout 0.5 --layout-map silhouette)
+(the committed report: runs/folds-alpha/*/ --out docs/bench-folds --quick --redact-paths --layout 0.5 --layout-map silhouette,
+where runs/folds-alpha/FOLD/final.pt is `retrieval calibrate` of runs/folds-d4/FOLD/final.pt on its training patients)
 Each fold model (FOLD/final.pt) is benchmarked on the datasets its config held out (the bench leaves the
 model's training patients out by their digests anyway), then `python -m eval.pool` pools the per-query
 records into one report: every figure there comes from models that never saw the data they are measured on.
