@@ -3,7 +3,7 @@
 The network's own α head learns what distortion looks like on its training scanners and does not carry to
 others (held-out Spearman(â, α) 0.10–0.38 on CT; clean slices of unseen datasets read 0.2–0.4,
 docs/training.md). What a distortion does to a slice is more general than that: CT low dose adds noise, MR
-adds noise, ghosts and a k-space cut-off. So â comes from 19 statistics that measure exactly those
+adds noise, ghosts and a k-space cut-off. So â comes from 23 statistics that measure exactly those
 (`distortion_statistics`), mapped to α by 100 depth-3 regression trees fitted on seeded distortions of the
 training slices (`training.alpha_fit`). Trees predict flat outside what they were fitted on, so an unusual
 slice gets a bounded â instead of an extrapolated one.
@@ -25,6 +25,7 @@ BANDS = (0.2, 0.3, 0.4, 0.45)  # spectral energy beyond these frequencies (cycle
 INNER = (0.05, 0.95)  # a Haar block counts as inside the window when its mean lies here (not clipped air or bone)
 MIN_PIXELS = 8  # fewer unclipped coefficients than this: the statistic is 0
 FLOOR = 1e-4  # added before a log, below any noise level that matters at 8 bits or more
+FLAT_QUANTILES = (0.1, 0.25)  # of the local standard deviation: the flattest tenth and quarter of the slice
 CONFIG_KEY = "alpha_estimator"
 
 
@@ -35,15 +36,35 @@ def _haar(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
     return (a + b + c + d) / 4, (a - b - c + d) / 2, (a - b + c - d) / 2, (a + b - c - d) / 2
 
 
+def _sorted_inside(values: np.ndarray, inside: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's `inside` values sorted ascending (the rest pushed to the end as +inf), and how many are inside:
+    one sort of the batch (np.nanmedian per row is 4× slower)."""
+    ordered = np.sort(np.where(inside, values, np.inf).reshape(len(values), -1), axis=1)
+    return ordered, inside.reshape(len(inside), -1).sum(1)
+
+
 def _mad(detail: np.ndarray, inside: np.ndarray) -> np.ndarray:
     """Median absolute Haar detail per image over the `inside` coefficients (the wavelet noise estimate of Donoho &
-    Johnstone, without its 0.6745: only ranks matter to the trees); 0 where fewer than MIN_PIXELS are inside.
-    One sort of the batch, the outside pushed to the end (np.nanmedian per row is 4× slower)."""
-    values = np.sort(np.where(inside, np.abs(detail), np.inf).reshape(len(detail), -1), axis=1)
-    count = inside.reshape(len(inside), -1).sum(1)
+    Johnstone, without its 0.6745: only ranks matter to the trees); 0 where fewer than MIN_PIXELS are inside."""
+    values, count = _sorted_inside(np.abs(detail), inside)
     rows = np.arange(len(values))
     low, high = values[rows, np.maximum(count - 1, 0) // 2], values[rows, np.minimum(count // 2, values.shape[1] - 1)]
     return np.where(count >= MIN_PIXELS, (low + high) / 2, 0.0)
+
+
+def _flat_noise(image: np.ndarray) -> list[np.ndarray]:
+    """The noise floor of the flattest regions: the FLAT_QUANTILES of the 3×3 local standard deviation over the pixels
+    inside the window. Where a slice is homogeneous (fat, muscle, liver, fluid) only noise varies, which is what
+    low-dose CT adds and anatomy does not."""
+    padded = np.pad(image, ((0, 0), (1, 1), (1, 1)), mode="symmetric")
+    height, width = image.shape[1:]
+    shifts = [padded[:, i : i + height, j : j + width] for i in range(3) for j in range(3)]
+    mean = sum(shifts) / 9.0
+    spread = np.sqrt(np.maximum(sum(s * s for s in shifts) / 9.0 - mean * mean, 0.0))
+    values, count = _sorted_inside(spread, (mean > INNER[0]) & (mean < INNER[1]))
+    rows = np.arange(len(values))
+    return [np.where(count >= MIN_PIXELS, _log(values[rows, np.minimum((count * q).astype(np.int64), values.shape[1] - 1)]), 0.0)
+            for q in FLAT_QUANTILES]
 
 
 def _log(x: np.ndarray) -> np.ndarray:
@@ -51,13 +72,15 @@ def _log(x: np.ndarray) -> np.ndarray:
 
 
 def distortion_statistics(batch: np.ndarray) -> np.ndarray:
-    """(B, 19) statistics of preprocessed (B, 3, S, S) slices that move with distortion, per channel 0 and 1 (CT: the
+    """(B, 23) statistics of preprocessed (B, 3, S, S) slices that move with distortion, per channel 0 and 1 (CT: the
     soft-tissue and wide windows; MR: its one channel twice):
 
-    - log share of spectral energy beyond each of BANDS (noise raises it on CT; MR's k-space cut-off lowers it);
-    - log median |Haar detail| at level 1 over the whole slice and over the unclipped blocks (diagonal, vertical,
-      horizontal), and the diagonal at level 2 (noise levels that anatomy, edges and clipping barely move);
-    - 1 for an MR input (its three channels are equal), 0 for CT.
+    - columns 0–17, per channel: the log share of spectral energy beyond each of BANDS (noise raises it on CT; MR's
+      k-space cut-off lowers it); the log median |Haar detail| at level 1 over the whole slice and over the unclipped
+      blocks (diagonal, vertical, horizontal), and the diagonal at level 2 (noise levels that anatomy, edges and
+      clipping barely move);
+    - column 18: 1 for an MR input (its three channels are equal), 0 for CT;
+    - columns 19–22: per channel, the log noise floor of the flattest regions (`_flat_noise`).
     """
     x = np.asarray(batch, dtype=np.float64)
     if x.ndim != 4 or x.shape[1] != 3 or min(x.shape[2:]) < 8:
@@ -76,6 +99,8 @@ def distortion_statistics(batch: np.ndarray) -> np.ndarray:
         low2, diagonal2, _, _ = _haar(low)
         columns.append(_log(_mad(diagonal2, (low2 > INNER[0]) & (low2 < INNER[1]))))
     columns.append(np.all(x[:, 0] == x[:, 1], axis=(1, 2)).astype(np.float64))
+    for channel in (0, 1):
+        columns += _flat_noise(x[:, channel])
     return np.nan_to_num(np.stack(columns, 1)).astype(np.float32)
 
 
