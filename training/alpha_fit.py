@@ -10,7 +10,7 @@ import numpy as np
 from retrieval.alpha import CONFIG_KEY, AlphaEstimator, distortion_statistics
 from retrieval.slices import SliceSet
 
-TREES, DEPTH, RATE = 100, 3, 0.1  # the smallest of the settings that scored within 0.015 on the folds (docs/training.md)
+TREES, DEPTH, RATE = 100, 3, 0.1  # picked for size among settings within 0.015 of each other on the folds (docs/training.md)
 DRAWS = 2  # distorted copies per slice at uniform α, beside its clean copy
 CHUNK = 256  # slices distorted and measured at a time
 
