@@ -5,6 +5,7 @@ With RETRIEVAL_UPDATE_SCREENSHOT=1 the screenshot of the results is written to d
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -87,10 +88,17 @@ def test_upload_a_query_and_see_ranked_patients_with_thumbnails(archive, browser
     browser.find_element(By.ID, "patient-close").click()
 
     browser.find_element(By.ID, "tab-qc").click()
+    wait.until(lambda d: d.find_element(By.ID, "qc-status").text.endswith("worst first"))  # TAU by default
+    with IndexDirectory.open(served_index) as directory:  # a threshold under the index's highest â, as `retrieval qc` reads it
+        above = math.floor(quality_control(directory, 0.0)["series"][0]["max_alpha"] * 50) / 100  # half, in the field's 0.01 steps
+        worst = quality_control(directory, above)["series"][0]
+    field = browser.find_element(By.ID, "qc-above")
+    field.clear()
+    field.send_keys(str(above))
+    browser.find_element(By.CSS_SELECTOR, "#qc-form button[type=submit]").click()
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#qc-table tbody tr"))
     row = browser.find_element(By.CSS_SELECTOR, "#qc-table tbody tr")
-    with IndexDirectory.open(served_index) as directory:  # the worst series above TAU, as `retrieval qc` finds it
-        worst = quality_control(directory, TAU)["series"][0]
     assert worst["patient_id"] in row.text and worst["series_id"] in row.text
-    assert row.find_element(By.CSS_SELECTOR, "td .badge").get_attribute("class").split()[-1] == ("warn" if worst["max_alpha"] <= 0.6 else "bad")
+    level = "ok" if worst["max_alpha"] <= TAU else "warn" if worst["max_alpha"] <= 0.6 else "bad"
+    assert row.find_element(By.CSS_SELECTOR, "td .badge").get_attribute("class").split()[-1] == level
     wait.until(lambda d: d.execute_script(ALL_IMAGES_LOADED, "#qc-table img"))
