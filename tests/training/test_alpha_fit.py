@@ -20,6 +20,7 @@ from retrieval.io import Identity
 from retrieval.metric import DistortionAwareMetric
 from retrieval.preprocess import network_input
 from retrieval.slices import SliceSet, load_slices
+import training.alpha_fit
 from training.alpha_fit import fit_alpha_estimator
 
 FIT_ON = ["ct/dcm_qa_ct", "ct/ircadb", "ct/udacity_ct", "mr/open_ms/patient01"]  # head and body CT, brain MR
@@ -49,10 +50,13 @@ def test_estimator_from_other_datasets_tracks_alpha_on_cardiac_mr(archive: Path,
     assert np.median(clean) < 0.2, np.median(clean)  # reached 0.16 (every other dataset: 0.10)
 
 
-def test_the_fit_is_a_pure_function_of_the_seed(archive: Path, fitted) -> None:  # type: ignore[no-untyped-def]
+def test_the_fit_is_a_pure_function_of_the_seed(archive: Path, fitted, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     small = _slices(archive, FIT_ON[:1])
     first, again, other = (fit_alpha_estimator(small, seed).to_config() for seed in (0, 0, 1))
     assert first == again and first != other
+    monkeypatch.setattr(training.alpha_fit, "MAX_SLICES", len(small) // 2)  # a larger archive fits on a seeded sample
+    sampled, resampled = (fit_alpha_estimator(small, 0).to_config() for _ in range(2))
+    assert sampled == resampled and sampled != first
 
 
 def _calibrate(*args: str | Path) -> subprocess.CompletedProcess[str]:
