@@ -31,7 +31,7 @@ from retrieval.io import Identity
 from retrieval.metric import DistortionAwareMetric
 from retrieval.preprocess import network_input
 from retrieval.slices import SliceSet, cached_slices
-from training.alpha_fit import fit_alpha_estimator, training_statistics
+from training.alpha_fit import fit_trees, training_statistics
 from training.folds import plan_folds, split_by_datasets
 
 Predictor = Callable[[np.ndarray], np.ndarray]
@@ -48,9 +48,10 @@ def held_out_views(data: SliceSet, seed: int) -> tuple[torch.Tensor, np.ndarray]
 
 
 def regressors(train: SliceSet, seed: int) -> dict[str, Predictor]:
-    """The shipped trees, and ridge and MLP regressions fitted on the same statistics of the same distortions."""
-    trees = fit_alpha_estimator(train, seed)
+    """The shipped trees, and ridge and MLP regressions fitted on the same statistics of the same distortions (measured
+    once; the archive is under the estimator's sampling cap, so the trees are what `fit_alpha_estimator` fits)."""
     statistics, alphas = training_statistics(train, seed)
+    trees = fit_trees(statistics, alphas, seed)
     ridge = make_pipeline(StandardScaler(), RidgeCV()).fit(statistics, alphas)
     mlp = make_pipeline(StandardScaler(), MLPRegressor(hidden_layer_sizes=(32, 16), alpha=1e-3, max_iter=2000, random_state=seed)).fit(statistics, alphas)
     return {"trees (shipped)": trees.predict,

@@ -74,17 +74,19 @@ def load_slices(
                     np.array(series))
 
 
-def cached_slices(paths: Sequence[Path], identity: Identity, size: int, cache_dir: Path | None) -> SliceSet:
-    """load_slices, memoised in cache_dir/<key>.npz (key: resolved paths, identity and size)."""
+def cached_slices(paths: Sequence[Path], identity: Identity, size: int, cache_dir: Path | None,
+                  on_skip: Callable[[Skipped], None] | None = None) -> SliceSet:
+    """load_slices, memoised in cache_dir/<key>.npz (key: resolved paths, identity and size); `on_skip` hears of the
+    files skipped when the archive is read (not on a cache hit)."""
     if cache_dir is None:
-        return load_slices(paths, identity, size)
+        return load_slices(paths, identity, size, on_skip)
     key_source = json.dumps([sorted(str(Path(p).resolve()) for p in paths), repr(identity), size])
     target = Path(cache_dir) / f"slices-v2-{hashlib.sha1(key_source.encode()).hexdigest()[:16]}.npz"
     if target.is_file():
         with np.load(target) as blob:
             return SliceSet(blob["images"], blob["patients"], blob["modalities"], blob["sources"], blob["datasets"],
                             blob["series"] if "series" in blob.files else None)
-    data = load_slices(paths, identity, size)
+    data = load_slices(paths, identity, size, on_skip)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp.npz")
     np.savez(tmp, images=data.images, patients=data.patients, modalities=data.modalities, sources=data.sources, datasets=data.datasets, series=data.series)

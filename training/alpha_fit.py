@@ -42,12 +42,15 @@ def fit_alpha_estimator(data: SliceSet, seed: int = 0) -> AlphaEstimator:
     sample) clean and distorted (seeded)."""
     if len(data) < 2:
         raise ValueError("the α estimator needs at least two training slices")
-    from sklearn.ensemble import HistGradientBoostingRegressor
-
     if len(data) > MAX_SLICES:
         data = data.subset(np.sort(np.random.default_rng([seed, 8]).choice(len(data), MAX_SLICES, replace=False)))
+    return fit_trees(*training_statistics(data, seed), seed)
 
-    statistics, alphas = training_statistics(data, seed)
+
+def fit_trees(statistics: np.ndarray, alphas: np.ndarray, seed: int = 0) -> AlphaEstimator:
+    """The estimator's regression trees fitted on (N, F) statistics and their true α."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
     model = HistGradientBoostingRegressor(max_iter=TREES, max_depth=DEPTH, learning_rate=RATE, early_stopping=False, random_state=seed)
     return AlphaEstimator.from_sklearn(model.fit(statistics, alphas))
 

@@ -91,14 +91,14 @@ def calibrate(
     json_out: JsonOpt = False,
 ) -> None:
     """Fit the α estimator (â from distortion statistics, docs/training.md) on clean slices and seeded distortions of them."""
-    import contextlib
     import json
 
     import numpy as np
     from rich.console import Console
 
     from retrieval.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, trained_on
-    from retrieval.slices import cached_slices, load_slices
+    from retrieval.io import Skipped
+    from retrieval.slices import cached_slices
     from training.alpha_fit import calibrate_checkpoint
 
     require(archive)
@@ -106,19 +106,18 @@ def calibrate(
     if out.resolve() == checkpoint.resolve():
         fail(f"--out {out}: give a new file; the input checkpoint is kept as it is")
     identity = identity_options(manifest, patient_regex, modality, group_regex)
-    console = Console(stderr=True)
-    status = (lambda text: contextlib.nullcontext()) if json_out else (lambda text: console.status(text))
-    skipped: list = []  # type: ignore[type-arg]
+    console = Console(stderr=True, quiet=json_out)  # status lines on a terminal, nothing beside --json
+    skipped: list[Skipped] = []
     try:
         model, config = load_checkpoint(checkpoint)
         size = int(config.get("size", 256))
-        with status(f"reading slices at {size}²…"):
-            data = load_slices(archive, identity, size, skipped.append) if cache is None else cached_slices(archive, identity, size, cache)
+        with console.status(f"reading slices at {size}²…"):
+            data = cached_slices(archive, identity, size, cache, skipped.append)
         if not every_patient:
             data = data.subset(np.isin(data.patients, sorted(trained_on(config, set(data.patients.tolist())))))
             if not len(data):
                 fail(f"{checkpoint}: none of its training patients is in the archive given; pass --every-patient to fit on these slices")
-        with status(f"fitting the α estimator on {len(data)} slices, clean and distorted…"):
+        with console.status(f"fitting the α estimator on {len(data)} slices, clean and distorted…"):
             summary = calibrate_checkpoint(model, config, data, out, seed)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))

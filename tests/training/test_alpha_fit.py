@@ -50,7 +50,7 @@ def test_estimator_from_other_datasets_tracks_alpha_on_cardiac_mr(archive: Path,
     assert np.median(clean) < 0.2, np.median(clean)  # reached 0.16 (every other dataset: 0.10)
 
 
-def test_the_fit_is_a_pure_function_of_the_seed(archive: Path, fitted, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_the_fit_is_a_pure_function_of_the_seed(archive: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     small = _slices(archive, FIT_ON[:1])
     first, again, other = (fit_alpha_estimator(small, seed).to_config() for seed in (0, 0, 1))
     assert first == again and first != other
