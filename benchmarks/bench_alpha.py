@@ -3,10 +3,8 @@
 For each leave-one-dataset-out fold of `retrieval train --folds`, the estimator (`training.alpha_fit`) is fitted on
 the other datasets' slices and measured on the held-out ones: every held-out slice clean and once at a seeded
 uniform α. Printed per held-out dataset and pooled per modality: Spearman(â, α) and the median â of the clean
-slices, then the median â of their clean native views (`retrieval.preprocess.native_view`: zoomed crops and
-decimated slices, which keep the scanner's per-pixel noise). Rows: the shipped estimator (regression trees), the
-trees shipped before native views, and, fitted on the same statistics, a ridge regression and a small MLP — the
-comparison the trees were chosen by. `--fold-models DIR` adds the α head of each fold model
+slices. Rows: the shipped estimator (regression trees) and, fitted on the same statistics, a ridge regression and a
+small MLP — the comparison the trees were chosen by. `--fold-models DIR` adds the α head of each fold model
 DIR/<fold>/final.pt (trained without that dataset) on the same slices.
 
     python benchmarks/bench_alpha.py [ARCHIVE] --cache cache [--fold-models runs/folds-d4]
@@ -16,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 from scipy.stats import spearmanr
-from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import RidgeCV
 from sklearn.neural_network import MLPRegressor
 from sklearn.pipeline import make_pipeline
@@ -52,18 +48,13 @@ def held_out_views(data: SliceSet, seed: int) -> tuple[torch.Tensor, np.ndarray]
 
 
 def regressors(train: SliceSet, seed: int) -> dict[str, Predictor]:
-    """The shipped trees; the trees shipped before native views; ridge and MLP regressions fitted on the same statistics
-    of the same distortions (measured once; the archive is under the estimator's sampling cap, so the trees are what
-    `fit_alpha_estimator` fits)."""
+    """The shipped trees, and ridge and MLP regressions fitted on the same statistics of the same distortions (measured
+    once; the archive is under the estimator's sampling cap, so the trees are what `fit_alpha_estimator` fits)."""
     statistics, alphas = training_statistics(train, seed)
     trees = fit_trees(statistics, alphas, seed)
-    before = HistGradientBoostingRegressor(max_iter=100, max_depth=3, early_stopping=False, random_state=seed)
-    old_statistics, old_alphas = training_statistics(replace(train, native=None), seed)
-    before.fit(old_statistics[:, :23], old_alphas)  # its 23 statistics, before the background columns
     ridge = make_pipeline(StandardScaler(), RidgeCV()).fit(statistics, alphas)
     mlp = make_pipeline(StandardScaler(), MLPRegressor(hidden_layer_sizes=(32, 16), alpha=1e-3, max_iter=2000, random_state=seed)).fit(statistics, alphas)
     return {"trees (shipped)": trees.predict,
-            "trees without native views, 100 of depth 3 on 23 statistics (until 2026-12-03)": lambda s: np.clip(before.predict(s[:, :23]), 0.0, 1.0),
             "ridge": lambda s: np.clip(ridge.predict(s), 0.0, 1.0),
             "MLP 32-16": lambda s: np.clip(mlp.predict(s), 0.0, 1.0)}
 
@@ -80,17 +71,13 @@ def main() -> None:
     torch.set_num_threads(1)
     data = cached_slices([args.archive], Identity(manifest=args.archive / "manifest.csv"), args.size, args.cache)
     results: dict[str, dict[str, np.ndarray]] = {}
-    native: dict[str, list[np.ndarray]] = {}
     truth, datasets, modalities = [], [], []
     for fold in plan_folds(data):
         train, held_out = split_by_datasets(data, fold.held_out)
         views, alphas = held_out_views(held_out, args.seed)
         statistics = distortion_statistics(views.numpy())
-        native_statistics = distortion_statistics(network_input(torch.from_numpy(held_out.native), held_out.modalities).numpy())
         predictors: dict[str, Predictor] = regressors(train, args.seed)
         estimates = {name: predict(statistics) for name, predict in predictors.items()}
-        for name, predict in predictors.items():
-            native.setdefault(name, []).append(predict(native_statistics))
         if args.fold_models is not None:
             head = DistortionAwareMetric.load(args.fold_models / fold.name / "final.pt", device="cpu")
             head.estimator = None  # its α head, whatever the checkpoint holds
@@ -110,13 +97,6 @@ def main() -> None:
         predicted = np.concatenate(list(per_fold.values()))
         cells = [f"{spearmanr(predicted[rows], alpha[rows]).statistic:.2f} / {np.median(predicted[rows & (alpha == 0)]):.2f}" for _, rows in groups]
         print(f"| {name} | " + " | ".join(cells) + " |")
-    print("\nMedian â of the held-out slices' clean native views (zoomed crops and decimated slices)\n")
-    print("| regressor | " + " | ".join(name for name, _ in groups) + " |")
-    print("|---|" + "---|" * len(groups))
-    clean = alpha == 0
-    for name, parts in native.items():
-        predicted = np.concatenate(parts)
-        print(f"| {name} | " + " | ".join(f"{np.median(predicted[rows[clean]]):.2f}" for _, rows in groups) + " |")
 
 
 if __name__ == "__main__":

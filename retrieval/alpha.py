@@ -3,10 +3,10 @@
 The network's own α head learns what distortion looks like on its training scanners and does not carry to
 others (held-out Spearman(â, α) 0.10–0.38 on CT; clean slices of unseen datasets read 0.2–0.4,
 docs/training.md). What a distortion does to a slice is more general than that: CT low dose adds noise, MR
-adds noise, ghosts and a k-space cut-off. So â comes from 26 statistics that measure exactly those
-(`distortion_statistics`), mapped to α by 200 depth-4 regression trees fitted on seeded distortions of the
-training slices and on their clean native views (`training.alpha_fit`). Trees predict flat outside what they
-were fitted on, so an unusual slice gets a bounded â instead of an extrapolated one.
+adds noise, ghosts and a k-space cut-off. So â comes from 23 statistics that measure exactly those
+(`distortion_statistics`), mapped to α by 100 depth-3 regression trees fitted on seeded distortions of the
+training slices (`training.alpha_fit`). Trees predict flat outside what they were fitted on, so an unusual
+slice gets a bounded â instead of an extrapolated one.
 
 The fitted trees live in the checkpoint config (`"alpha_estimator"`, plain numbers that survive JSON and
 weights_only loading); both embedding backends apply them to the same preprocessed input, so â is the same
@@ -26,8 +26,6 @@ INNER = (0.05, 0.95)  # a Haar block counts as inside the window when its mean l
 MIN_PIXELS = 8  # fewer unclipped coefficients than this: the statistic is 0
 FLOOR = 1e-4  # added before a log, below any noise level that matters at 8 bits or more
 FLAT_QUANTILES = (0.1, 0.25)  # of the local standard deviation: the flattest tenth and quarter of the slice
-DARK = (0.1, 0.2)  # a block of channel 1 darker than this on average is background
-FOREGROUND_RAMP = 0.2  # of the way from the darkest cell to the 1%-brightest: where the foreground map reaches 1
 CONFIG_KEY = "alpha_estimator"
 
 
@@ -69,38 +67,20 @@ def _flat_noise(image: np.ndarray) -> list[np.ndarray]:
             for q in FLAT_QUANTILES]
 
 
-def _extent(image: np.ndarray) -> list[np.ndarray]:
-    """How much of each slice is background: the share of its 8 × 8 grid of blocks darker than each of DARK, and the
-    mean of its soft foreground map (each 2 × 2 cell from 0 at the darkest to 1 at FOREGROUND_RAMP of the way to the
-    1%-brightest, as the silhouette layout measures it). A zoomed crop has no background and a whole slice has, which
-    lets the trees tell a crop's native noise from the noise a distortion adds to a whole slice."""
-    count, height, width = image.shape
-    side = max(1, min(height, width) // 8)
-    rows, cols = height // side, width // side
-    blocks = image[:, : rows * side, : cols * side].reshape(count, rows, side, cols, side).mean(axis=(2, 4)).reshape(count, -1)
-    cells = image[:, : height // 2 * 2, : width // 2 * 2].reshape(count, height // 2, 2, width // 2, 2).mean(axis=(2, 4)).reshape(count, -1)
-    low = cells.min(1, keepdims=True)
-    high = np.sort(cells, 1)[:, -max(1, cells.shape[1] // 100)][:, None]
-    foreground = np.clip((cells - low) / np.maximum(FOREGROUND_RAMP * (high - low), 1e-6), 0.0, 1.0).mean(1)
-    return [(blocks < level).mean(1) for level in DARK] + [foreground]
-
-
 def _log(x: np.ndarray) -> np.ndarray:
     return np.log10(np.maximum(x, 0.0) + FLOOR)
 
 
 def distortion_statistics(batch: np.ndarray) -> np.ndarray:
-    """(B, 26) statistics of preprocessed (B, 3, S, S) slices that move with distortion, per channel 0 and 1 (CT: the
-    soft-tissue and wide windows; MR: its one channel twice), and of how much background a slice has:
+    """(B, 23) statistics of preprocessed (B, 3, S, S) slices that move with distortion, per channel 0 and 1 (CT: the
+    soft-tissue and wide windows; MR: its one channel twice):
 
     - columns 0–17, per channel: the log share of spectral energy beyond each of BANDS (noise raises it on CT; MR's
       k-space cut-off lowers it); the log median |Haar detail| at level 1 over the whole slice and over the unclipped
       blocks (diagonal, vertical, horizontal), and the diagonal at level 2 (noise levels that anatomy, edges and
       clipping barely move);
     - column 18: 1 for an MR input (its three channels are equal), 0 for CT;
-    - columns 19–22: per channel, the log noise floor of the flattest regions (`_flat_noise`);
-    - columns 23–25: the background of channel 1 (`_extent`), so that a zoomed crop's native noise is not read as
-      distortion. Trees fitted on the first 23 columns never look at these, so older checkpoints still estimate.
+    - columns 19–22: per channel, the log noise floor of the flattest regions (`_flat_noise`).
     """
     x = np.asarray(batch, dtype=np.float64)
     if x.ndim != 4 or x.shape[1] != 3 or min(x.shape[2:]) < 8:
@@ -121,7 +101,6 @@ def distortion_statistics(batch: np.ndarray) -> np.ndarray:
     columns.append(np.all(x[:, 0] == x[:, 1], axis=(1, 2)).astype(np.float64))
     for channel in (0, 1):
         columns += _flat_noise(x[:, channel])
-    columns += _extent(x[:, 1])
     return np.nan_to_num(np.stack(columns, 1)).astype(np.float32)
 
 

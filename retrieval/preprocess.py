@@ -94,29 +94,6 @@ def resize_square(
     return out
 
 
-def native_view(
-    pixels: "np.ndarray | torch.Tensor", size: int, spacing: tuple[float, float], rng: np.random.Generator
-) -> np.ndarray:
-    """The slice as a zoomed or coarser acquisition would give it at size×size, drawn from `rng`: a crop of 48 pixels
-    up to half the slice around a pixel with signal, or the whole slice decimated (every k-th pixel) before the resize.
-
-    Either way its per-pixel noise and detail are the scanner's, not averaged away by resizing a 512² slice to 64².
-    Such clean views teach the α estimator that native noise is not distortion: without them clean zoomed crops of
-    unseen datasets read â ≈ 0.25 and pydicom's MR_small.dcm 0.4 (docs/training.md).
-    """
-    image = _as_array(pixels)
-    height, width = image.shape
-    if rng.random() < 0.5:
-        side = min(height, width, int(np.exp(rng.uniform(np.log(48), np.log(max(49, min(height, width) // 2))))))
-        rows, cols = np.nonzero(image > np.median(image))
-        pick = int(rng.integers(len(rows))) if len(rows) else 0
-        top = int(np.clip((rows[pick] if len(rows) else height // 2) - side // 2, 0, height - side))
-        left = int(np.clip((cols[pick] if len(cols) else width // 2) - side // 2, 0, width - side))
-        return resize_square(image[top : top + side, left : left + side], size, spacing)
-    step = int(rng.integers(1, max(1, max(height, width) // size) + 1))
-    return resize_square(image[::step, ::step], size, (spacing[0] * step, spacing[1] * step))
-
-
 def ct_window(hu: np.ndarray, level: float, width: float) -> np.ndarray:
     """Linear window mapping [level - width/2, level + width/2] HU to [0, 1], clipped."""
     return np.clip((hu - np.float32(level - width / 2.0)) / np.float32(width), 0.0, 1.0)

@@ -14,9 +14,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from retrieval.io import Identity, Skipped, iter_slices
-from retrieval.preprocess import is_empty, native_view, resize_square
-
-NATIVE_SEED = 1729  # native views are drawn per slice from (NATIVE_SEED, slice number): the same archive gives the same views
+from retrieval.preprocess import is_empty, resize_square
 
 
 @dataclass
@@ -29,7 +27,6 @@ class SliceSet:
     sources: np.ndarray
     datasets: np.ndarray | None = None  # manifest `dataset` or --group-regex per slice ('' when unknown)
     series: np.ndarray | None = None  # the reader's series id per slice ('' when unknown)
-    native: np.ndarray | None = None  # (N, S, S) each slice once more as `native_view` gives it (fits the α estimator)
 
     def __post_init__(self) -> None:
         """Unknown datasets and series are ''."""
@@ -43,8 +40,7 @@ class SliceSet:
 
     def subset(self, mask: np.ndarray) -> "SliceSet":
         """The slices where mask is true."""
-        return SliceSet(self.images[mask], self.patients[mask], self.modalities[mask], self.sources[mask], self.datasets[mask], self.series[mask],
-                        None if self.native is None else self.native[mask])
+        return SliceSet(self.images[mask], self.patients[mask], self.modalities[mask], self.sources[mask], self.datasets[mask], self.series[mask])
 
     def summary(self) -> dict[str, object]:
         """JSON-able description for checkpoint configs."""
@@ -57,9 +53,8 @@ class SliceSet:
 def load_slices(
     paths: Sequence[Path], identity: Identity, size: int, on_skip: Callable[[Skipped], None] | None = None
 ) -> SliceSet:
-    """Read every CT/MR slice under `paths`, drop empty ones, resize to size×size (modality units kept), and draw each
-    slice's seeded native view (`native_view`)."""
-    images, native, patients, modalities, sources, datasets, series = [], [], [], [], [], [], []
+    """Read every CT/MR slice under `paths`, drop empty ones, resize to size×size (modality units kept)."""
+    images, patients, modalities, sources, datasets, series = [], [], [], [], [], []
     for item in iter_slices(paths, identity):
         if isinstance(item, Skipped):
             if on_skip is not None:
@@ -68,7 +63,6 @@ def load_slices(
         if item.modality not in ("CT", "MR") or is_empty(item.pixels, item.modality):
             continue
         images.append(resize_square(item.pixels, size, item.spacing))
-        native.append(native_view(item.pixels, size, item.spacing, np.random.default_rng([NATIVE_SEED, len(native)])))
         patients.append(item.patient_id)
         modalities.append(item.modality)
         sources.append(f"{item.path}#{item.index}")
@@ -77,7 +71,7 @@ def load_slices(
     if not images:
         raise ValueError(f"no usable CT/MR slices under {', '.join(map(str, paths))}")
     return SliceSet(np.stack(images).astype(np.float32), np.array(patients), np.array(modalities), np.array(sources), np.array(datasets),
-                    np.array(series), np.stack(native).astype(np.float32))
+                    np.array(series))
 
 
 def cached_slices(paths: Sequence[Path], identity: Identity, size: int, cache_dir: Path | None,
@@ -93,7 +87,7 @@ def cached_slices(paths: Sequence[Path], identity: Identity, size: int, cache_di
             if on_skip is not None:
                 for path, reason in blob["skipped"]:
                     on_skip(Skipped(str(path), str(reason)))
-            return SliceSet(*(blob[name] for name in ("images", "patients", "modalities", "sources", "datasets", "series", "native")))
+            return SliceSet(*(blob[name] for name in ("images", "patients", "modalities", "sources", "datasets", "series")))
     skipped: list[Skipped] = []
 
     def keep(item: Skipped) -> None:
@@ -105,6 +99,6 @@ def cached_slices(paths: Sequence[Path], identity: Identity, size: int, cache_di
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp.npz")
     np.savez(tmp, images=data.images, patients=data.patients, modalities=data.modalities, sources=data.sources, datasets=data.datasets,
-             series=data.series, native=data.native, skipped=np.array([[s.path, s.reason] for s in skipped], dtype=str).reshape(-1, 2))
+             series=data.series, skipped=np.array([[s.path, s.reason] for s in skipped], dtype=str).reshape(-1, 2))
     tmp.replace(target)
     return data

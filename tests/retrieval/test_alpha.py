@@ -28,7 +28,7 @@ def _distorted(name: str, modality: str) -> np.ndarray:
 
 def test_ct_noise_raises_the_high_frequency_share_and_the_mr_cut_off_removes_it() -> None:
     ct, mr = distortion_statistics(_distorted("CT_small.dcm", "CT")), distortion_statistics(_distorted("MR_small.dcm", "MR"))
-    assert ct.shape == mr.shape == (len(LEVELS), 26) and np.isfinite(ct).all() and np.isfinite(mr).all()
+    assert ct.shape == mr.shape == (len(LEVELS), 23) and np.isfinite(ct).all() and np.isfinite(mr).all()
     assert list(ct[:, MR_FLAG]) == [0.0] * len(LEVELS) and list(mr[:, MR_FLAG]) == [1.0] * len(LEVELS)
     assert np.all(np.diff(ct[:, BEYOND_02]) > 0.1), ct[:, BEYOND_02]  # low dose: more noise, more energy beyond 0.2 cycles/pixel
     assert np.all(np.diff(ct[:, FLAT_10]) > 0.02), ct[:, FLAT_10]  # and a higher noise floor where the slice is flat
@@ -43,11 +43,11 @@ def test_statistics_refuse_what_is_not_a_preprocessed_batch(shape: tuple[int, ..
 
 def test_trees_predict_what_scikit_learn_predicts_and_survive_json() -> None:
     rng = np.random.default_rng(0)
-    features = rng.normal(size=(400, 26))
+    features = rng.normal(size=(400, 23))
     target = np.clip(0.5 + 0.3 * features[:, 0] - 0.2 * features[:, 3] * features[:, 5], 0.0, 1.0)
     model = HistGradientBoostingRegressor(max_iter=30, max_depth=3, random_state=0).fit(features, target)
     estimator = AlphaEstimator.from_sklearn(model)
-    probe = rng.normal(scale=2.0, size=(200, 26))  # wider than the fit: leaves at the edges
+    probe = rng.normal(scale=2.0, size=(200, 23))  # wider than the fit: leaves at the edges
     np.testing.assert_allclose(estimator.predict(probe), np.clip(model.predict(probe), 0.0, 1.0), atol=1e-6)
     restored = AlphaEstimator.from_config(json.loads(json.dumps({CONFIG_KEY: estimator.to_config()})))
     assert restored is not None

@@ -1,4 +1,4 @@
-"""Slices in memory: a cached read gives back what the first read gave, native views and skipped files included."""
+"""Slices in memory: a cached read gives back what the first read gave, skipped files included."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from retrieval.io import Identity, Skipped
 from retrieval.slices import cached_slices
 
 
-def test_a_cache_hit_returns_the_slices_native_views_and_skipped_files_of_the_first_read(tmp_path: Path) -> None:
+def test_a_cache_hit_returns_the_slices_and_skipped_files_of_the_first_read(tmp_path: Path) -> None:
     archive = tmp_path / "archive"
     archive.mkdir()
     for name in ("CT_small.dcm", "MR_small.dcm"):
@@ -22,7 +22,6 @@ def test_a_cache_hit_returns_the_slices_native_views_and_skipped_files_of_the_fi
     first, again = (cached_slices([archive], Identity(), 64, tmp_path / "cache", reads[k].append) for k in range(2))
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
     assert [Path(s.path).name for s in reads[0]] == ["truncated.dcm"] and reads[1] == reads[0]
-    assert first.native is not None and again.native is not None and first.native.shape == first.images.shape == (2, 64, 64)
-    for name in ("images", "native", "patients", "modalities", "sources", "datasets", "series"):
+    assert first.images.shape == (2, 64, 64)
+    for name in ("images", "patients", "modalities", "sources", "datasets", "series"):
         np.testing.assert_array_equal(getattr(first, name), getattr(again, name))
-    assert first.subset(np.array([False, True])).native.shape == (1, 64, 64)  # type: ignore[union-attr]
