@@ -14,6 +14,7 @@ With an IVF-PQ index the shortlist is re-scored with the exact vectors the catal
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -87,6 +88,7 @@ class SearchResult:
     alpha: float
     results: list[PatientMatch] | list[GroupMatch]
     same_patient: dict[str, Any] | None = None  # --same-patient: the patient found, its distance, the runner-up's
+    native_scale: bool = False  # the query's slices are at most twice the working grid's side (see `print_result`)
 
     @property
     def distorted(self) -> bool:
@@ -96,7 +98,8 @@ class SearchResult:
     def as_dict(self) -> dict[str, Any]:
         """The JSON shape scripts rely on: {"query": {...}, "results": [{"patient_id", "distance", "slices": [...]}]}."""
         out = {
-            "query": {"path": self.path, "n_slices": self.n_slices, "alpha": round(self.alpha, 4), "tau": TAU, "distorted": self.distorted},
+            "query": {"path": self.path, "n_slices": self.n_slices, "alpha": round(self.alpha, 4), "tau": TAU, "distorted": self.distorted,
+                      "native_scale": self.native_scale},
             "results": [asdict(r) for r in self.results],
         }
         if self.same_patient is not None:
@@ -292,20 +295,21 @@ def search_path(
 
     embedded, kept = query_embeddings(metric, path, identity, slice_index)
     name, alpha = path.name if isinstance(path, DicomWeb) else str(path), float(np.mean(embedded.alpha))
+    result = partial(SearchResult, name, len(kept), alpha, native_scale=max(max(s.pixels.shape[:2]) for s in kept) <= 2 * metric.size)
     if by not in GROUPED:
         if same_patient:
             raise ValueError("--same-patient ranks series or studies: use it with --by series or --by study")
-        return SearchResult(name, len(kept), alpha, rank(directory, embedded.anatomy, k, by, max_alpha, modality, exclude_patients))
+        return result(rank(directory, embedded.anatomy, k, by, max_alpha, modality, exclude_patients))
     filters = {"max_alpha": max_alpha, "modality": modality, "exclude_patients": exclude_patients, "own": kept}
     if not same_patient:
-        return SearchResult(name, len(kept), alpha, _numbered(rank_groups(directory, embedded.anatomy, k, by, **filters), kept))
+        return result(_numbered(rank_groups(directory, embedded.anatomy, k, by, **filters), kept))
     top = rank_groups(directory, embedded.anatomy, 2 * k, by, **filters)
     if not top:
-        return SearchResult(name, len(kept), alpha, [], {"patient_id": None, "distance": None, "runner_up": None})
+        return result([], {"patient_id": None, "distance": None, "runner_up": None})
     runner_up = next((m for m in top if m.patient_id != top[0].patient_id), None)
     found = {"patient_id": top[0].patient_id, "distance": top[0].distance,
              "runner_up": {"patient_id": runner_up.patient_id, "distance": runner_up.distance} if runner_up else None}
-    return SearchResult(name, len(kept), alpha, _numbered(rank_groups(directory, embedded.anatomy, k, by, patient=top[0].patient_id, **filters), kept), found)
+    return result(_numbered(rank_groups(directory, embedded.anatomy, k, by, patient=top[0].patient_id, **filters), kept), found)
 
 
 def _numbered(results: list[GroupMatch], kept: Sequence[Any]) -> list[GroupMatch]:
@@ -324,6 +328,10 @@ def print_result(result: SearchResult) -> None:
     print(f"query {result.path}: {result.n_slices} slice(s), predicted α {result.alpha:.3f}")
     if result.distorted:
         print(f"warning: the query's predicted α {result.alpha:.3f} is above TAU = {TAU}: it looks distorted, matches may be unreliable", file=sys.stderr)
+        if result.native_scale:  # â is fitted on slices resized down 4–8×; a small image keeps its own noise (docs/training.md)
+            print("note: the query is a small image, barely resized to the model's grid, so its own noise counts towards â; "
+                  "clean small crops read high (pydicom's MR_small.dcm: 0.38). `retrieval qc --relative` compares slices with their series instead",
+                  file=sys.stderr)
     if not result.results:
         print("no eligible slices in the index")
     if result.same_patient and result.same_patient["patient_id"]:
