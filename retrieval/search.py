@@ -329,9 +329,8 @@ def print_result(result: SearchResult) -> None:
     if result.distorted:
         print(f"warning: the query's predicted α {result.alpha:.3f} is above TAU = {TAU}: it looks distorted, matches may be unreliable", file=sys.stderr)
         if result.native_scale:  # â is fitted on slices resized down 4–8×; a small image keeps its own noise (docs/training.md)
-            print("note: the query is a small image, barely resized to the model's grid, so its own noise counts towards â; "
-                  "clean small crops read high (pydicom's MR_small.dcm: 0.38). `retrieval qc --relative` compares slices with their series instead",
-                  file=sys.stderr)
+            print("note: the query is a small image, barely resized to the model's grid, so its own noise counts towards â and clean "
+                  "small crops read high; `retrieval qc --relative` compares slices with their own series instead", file=sys.stderr)
     if not result.results:
         print("no eligible slices in the index")
     if result.same_patient and result.same_patient["patient_id"]:

@@ -177,10 +177,12 @@ class ValidationSet:
     at_08: torch.Tensor  # (Q, 3, S, S) queries at α = 0.8
     spread: torch.Tensor  # (Q, 3, S, S) queries at the α of `spread_alpha`
     spread_alpha: np.ndarray  # (Q,) seeded uniform α for the Spearman of â
+    estimated: tuple[np.ndarray, np.ndarray] | None = None  # the α estimator's â of `gallery` and `spread` (fixed inputs, fixed trees)
 
 
-def validation_set(data: SliceSet, seed: int) -> ValidationSet:
-    """Build the validation inputs once per run (deterministic in seed)."""
+def validation_set(data: SliceSet, seed: int, estimator: AlphaEstimator | None = None) -> ValidationSet:
+    """Build the validation inputs once per run (deterministic in seed), with the `estimator`'s â of them when the
+    checkpoint reports one: the trees are fitted before training and never change, so every epoch reads the same â."""
     images = torch.from_numpy(data.images)
     queries = validation_queries(data.patients, seed)
     relevant = data.patients[queries][:, None] == data.patients[None, :]
@@ -193,10 +195,9 @@ def validation_set(data: SliceSet, seed: int) -> ValidationSet:
     def distorted_queries(levels: np.ndarray) -> torch.Tensor:
         return network_input(distort_mixed(images[queries], modalities, levels, seeds), modalities)
 
-    return ValidationSet(
-        network_input(images, data.modalities), queries, relevant,
-        distorted_queries(np.full(len(queries), 0.8, np.float32)), distorted_queries(spread), spread,
-    )
+    gallery, spread_views = network_input(images, data.modalities), distorted_queries(spread)
+    estimated = None if estimator is None else (estimator.estimate(gallery.numpy()), estimator.estimate(spread_views.numpy()))
+    return ValidationSet(gallery, queries, relevant, distorted_queries(np.full(len(queries), 0.8, np.float32)), spread_views, spread, estimated)
 
 
 def query_distances(queries: np.ndarray, gallery: np.ndarray, own: np.ndarray, layout: int = 0) -> np.ndarray:
@@ -207,11 +208,10 @@ def query_distances(queries: np.ndarray, gallery: np.ndarray, own: np.ndarray, l
     return distances
 
 
-def validate(model: DisentangledSiamese, vset: ValidationSet, datasets: np.ndarray, device: torch.device,
-             estimator: AlphaEstimator | None = None) -> dict[str, float]:
+def validate(model: DisentangledSiamese, vset: ValidationSet, datasets: np.ndarray, device: torch.device) -> dict[str, float]:
     """Held-out figures: anatomy mAP (same patient = relevant) at α = 0 and 0.8, overall and per dataset; mAP of
     flipped and 90°-turned clean queries; Spearman of â against α and the median â of the clean slices, for the â the
-    checkpoint reports (the `estimator` when given) and for the network's α head."""
+    checkpoint reports (the α estimator's, when `vset` holds it) and for the network's α head."""
     from eval.metrics import average_precision
 
     model.eval()
@@ -222,11 +222,8 @@ def validate(model: DisentangledSiamese, vset: ValidationSet, datasets: np.ndarr
     spread = embed_model(model, vset.spread, device)
     true_alpha = np.concatenate([np.zeros(len(vset.queries)), vset.spread_alpha])
     head = np.concatenate([gallery.alpha[vset.queries], spread.alpha])
-    if estimator is None:
-        predicted, clean_alpha = head, gallery.alpha
-    else:
-        clean_alpha = estimator.estimate(vset.gallery.numpy())
-        predicted = np.concatenate([clean_alpha[vset.queries], estimator.estimate(vset.spread.numpy())])
+    clean_alpha, spread_alpha = vset.estimated or (gallery.alpha, spread.alpha)
+    predicted = np.concatenate([clean_alpha[vset.queries], spread_alpha])
 
     def precision(queries: np.ndarray) -> np.ndarray:
         return average_precision(query_distances(queries, gallery.anatomy, vset.queries, gallery.layout), vset.relevant)
@@ -293,7 +290,7 @@ def train(
                                                                 sorted(set(val_data.patients.tolist())), state["patient_key"]),
                                        estimator, len(train_data))
     log = out_dir / "metrics.csv"
-    vset = validation_set(val_data, config.seed) if len(val_data) else None
+    vset = validation_set(val_data, config.seed, estimator) if len(val_data) else None
     for epoch in range(state["epoch"], config.epochs):
         model.train()
         sums: dict[str, float] = {}
@@ -317,7 +314,7 @@ def train(
         row["seconds"] = time.perf_counter() - started
         final = epoch + 1 == config.epochs
         if vset is not None and (final or (epoch + 1) % config.validate_every == 0):
-            row |= validate(model, vset, val_data.datasets, device, estimator)
+            row |= validate(model, vset, val_data.datasets, device)
         state["history"].append(row)
         if final:
             save_checkpoint(out_dir / "final.pt", model, checkpoint_config | {"epoch": epoch + 1, "validation": row}, half=True)
