@@ -94,6 +94,41 @@ def resize_square(
     return out
 
 
+def resize_factor(shape: tuple[int, int], size: int, spacing: tuple[float, float] = (1.0, 1.0)) -> float:
+    """How many of a slice's own pixels `resize_square` averages into one of the grid's, per side (the geometric mean
+    of the two axes): about 8 for a 512² slice on a 64² grid, 1 for a 64² crop, under 1 when it upsamples.
+
+    The α estimator reads it beside the network input: the resize averages native noise down by about this factor,
+    so the same noise on the grid means a clean crop at 1 and a noisy scan at 8 (`retrieval.alpha`)."""
+    rows, cols = square_shape(shape, size, spacing)
+    return float(np.sqrt(shape[0] * shape[1] / (rows * cols)))
+
+
+def native_view(
+    pixels: "np.ndarray | torch.Tensor", size: int, spacing: tuple[float, float], rng: np.random.Generator
+) -> tuple[np.ndarray, float]:
+    """The slice as a zoomed or coarser acquisition would give it at size×size, drawn from `rng`, and its
+    `resize_factor`: a crop of 48 pixels up to half the slice around a pixel with signal, or the whole slice
+    decimated (every k-th pixel) before the resize.
+
+    Either way its per-pixel noise is the scanner's, averaged down less than a whole slice's: such views teach the α
+    estimator what clean and distorted slices look like at factors below a whole slice's (`training.alpha_fit`).
+    """
+    image = _as_array(pixels)
+    height, width = image.shape
+    if rng.random() < 0.5:
+        side = min(height, width, int(np.exp(rng.uniform(np.log(48), np.log(max(49, min(height, width) // 2))))))
+        rows, cols = np.nonzero(image > np.median(image))
+        pick = int(rng.integers(len(rows))) if len(rows) else 0
+        top = int(np.clip((rows[pick] if len(rows) else height // 2) - side // 2, 0, height - side))
+        left = int(np.clip((cols[pick] if len(cols) else width // 2) - side // 2, 0, width - side))
+        view = image[top : top + side, left : left + side]
+    else:
+        step = int(rng.integers(1, max(1, max(height, width) // size) + 1))
+        view, spacing = image[::step, ::step], (spacing[0] * step, spacing[1] * step)
+    return resize_square(view, size, spacing), resize_factor(view.shape, size, spacing)
+
+
 def ct_window(hu: np.ndarray, level: float, width: float) -> np.ndarray:
     """Linear window mapping [level - width/2, level + width/2] HU to [0, 1], clipped."""
     return np.clip((hu - np.float32(level - width / 2.0)) / np.float32(width), 0.0, 1.0)

@@ -14,7 +14,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from retrieval.io import Identity, Skipped, iter_slices
-from retrieval.preprocess import is_empty, resize_square
+from retrieval.preprocess import is_empty, native_view, resize_factor, resize_square
+
+FIELDS = ("images", "patients", "modalities", "sources", "datasets", "series", "factors", "native", "native_factors")  # the cache's arrays, in SliceSet order
+NATIVE_SEED = 1729  # native views are drawn per slice from (NATIVE_SEED, slice number): the same archive gives the same views
 
 
 @dataclass
@@ -27,6 +30,9 @@ class SliceSet:
     sources: np.ndarray
     datasets: np.ndarray | None = None  # manifest `dataset` or --group-regex per slice ('' when unknown)
     series: np.ndarray | None = None  # the reader's series id per slice ('' when unknown)
+    factors: np.ndarray | None = None  # each slice's `resize_factor` onto the grid (None: unknown)
+    native: np.ndarray | None = None  # (N, S, S) each slice once more as `native_view` draws it (fits the α estimator)
+    native_factors: np.ndarray | None = None  # the native views' resize factors
 
     def __post_init__(self) -> None:
         """Unknown datasets and series are ''."""
@@ -40,7 +46,11 @@ class SliceSet:
 
     def subset(self, mask: np.ndarray) -> "SliceSet":
         """The slices where mask is true."""
-        return SliceSet(self.images[mask], self.patients[mask], self.modalities[mask], self.sources[mask], self.datasets[mask], self.series[mask])
+        def part(values: np.ndarray | None) -> np.ndarray | None:
+            return None if values is None else values[mask]
+
+        return SliceSet(self.images[mask], self.patients[mask], self.modalities[mask], self.sources[mask], self.datasets[mask], self.series[mask],
+                        part(self.factors), part(self.native), part(self.native_factors))
 
     def summary(self) -> dict[str, object]:
         """JSON-able description for checkpoint configs."""
@@ -53,8 +63,9 @@ class SliceSet:
 def load_slices(
     paths: Sequence[Path], identity: Identity, size: int, on_skip: Callable[[Skipped], None] | None = None
 ) -> SliceSet:
-    """Read every CT/MR slice under `paths`, drop empty ones, resize to size×size (modality units kept)."""
-    images, patients, modalities, sources, datasets, series = [], [], [], [], [], []
+    """Read every CT/MR slice under `paths`, drop empty ones, resize to size×size (modality units kept), noting each
+    slice's resize factor, and draw its seeded native view (`native_view`)."""
+    images, patients, modalities, sources, datasets, series, factors, native, native_factors = [], [], [], [], [], [], [], [], []
     for item in iter_slices(paths, identity):
         if isinstance(item, Skipped):
             if on_skip is not None:
@@ -63,6 +74,10 @@ def load_slices(
         if item.modality not in ("CT", "MR") or is_empty(item.pixels, item.modality):
             continue
         images.append(resize_square(item.pixels, size, item.spacing))
+        factors.append(resize_factor(item.pixels.shape, size, item.spacing))
+        view, view_factor = native_view(item.pixels, size, item.spacing, np.random.default_rng([NATIVE_SEED, len(native)]))
+        native.append(view)
+        native_factors.append(view_factor)
         patients.append(item.patient_id)
         modalities.append(item.modality)
         sources.append(f"{item.path}#{item.index}")
@@ -71,7 +86,7 @@ def load_slices(
     if not images:
         raise ValueError(f"no usable CT/MR slices under {', '.join(map(str, paths))}")
     return SliceSet(np.stack(images).astype(np.float32), np.array(patients), np.array(modalities), np.array(sources), np.array(datasets),
-                    np.array(series))
+                    np.array(series), np.array(factors, np.float32), np.stack(native).astype(np.float32), np.array(native_factors, np.float32))
 
 
 def cached_slices(paths: Sequence[Path], identity: Identity, size: int, cache_dir: Path | None,
@@ -81,13 +96,13 @@ def cached_slices(paths: Sequence[Path], identity: Identity, size: int, cache_di
     if cache_dir is None:
         return load_slices(paths, identity, size, on_skip)
     key_source = json.dumps([sorted(str(Path(p).resolve()) for p in paths), repr(identity), size])
-    target = Path(cache_dir) / f"slices-v3-{hashlib.sha1(key_source.encode()).hexdigest()[:16]}.npz"
+    target = Path(cache_dir) / f"slices-v4-{hashlib.sha1(key_source.encode()).hexdigest()[:16]}.npz"
     if target.is_file():
         with np.load(target) as blob:
             if on_skip is not None:
                 for path, reason in blob["skipped"]:
                     on_skip(Skipped(str(path), str(reason)))
-            return SliceSet(*(blob[name] for name in ("images", "patients", "modalities", "sources", "datasets", "series")))
+            return SliceSet(*(blob[name] for name in FIELDS))
     skipped: list[Skipped] = []
 
     def keep(item: Skipped) -> None:
@@ -98,7 +113,6 @@ def cached_slices(paths: Sequence[Path], identity: Identity, size: int, cache_di
     data = load_slices(paths, identity, size, keep)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp.npz")
-    np.savez(tmp, images=data.images, patients=data.patients, modalities=data.modalities, sources=data.sources, datasets=data.datasets,
-             series=data.series, skipped=np.array([[s.path, s.reason] for s in skipped], dtype=str).reshape(-1, 2))
+    np.savez(tmp, **{name: getattr(data, name) for name in FIELDS}, skipped=np.array([[s.path, s.reason] for s in skipped], dtype=str).reshape(-1, 2))
     tmp.replace(target)
     return data

@@ -7,7 +7,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from retrieval.io import read_path
-from retrieval.preprocess import CT_WINDOWS, intensity, is_empty, prepare, resize_square, square_shape
+from retrieval.preprocess import CT_WINDOWS, intensity, is_empty, native_view, prepare, resize_factor, resize_square, square_shape
 
 # The README's documented defaults: (level, width) in HU for the three input channels.
 DOCUMENTED_WINDOWS = {"soft tissue": (40.0, 400.0), "lung": (-600.0, 1500.0), "bone": (400.0, 1800.0)}
@@ -89,3 +89,34 @@ def test_empty_slice_rule() -> None:
     assert is_empty(mr, "MR")
     mr[:10, :30] = 500.0  # 3% tissue
     assert not is_empty(mr, "MR")
+
+
+def test_resize_factor_is_how_many_native_pixels_a_grid_pixel_averages() -> None:
+    assert resize_factor((512, 512), 64) == 8.0 and resize_factor((64, 64), 64) == 1.0 and resize_factor((32, 32), 64) == 0.5
+    assert resize_factor((512, 256), 64) == pytest.approx(np.sqrt(8 * 8))  # 64 × 32 on the grid: 8 per side
+    assert resize_factor((512, 512), 64, (0.5, 1.0)) == pytest.approx(np.sqrt(16 * 8))  # half-millimetre rows: 32 × 64
+
+
+def test_native_view_is_seeded_and_keeps_the_scanners_noise() -> None:
+    """A 512² phantom of flat tissue with noise: resized to 64² its noise is averaged away; its native views (zoomed
+    crops, decimated slices) keep more of it, say by how much less they were averaged, and are pure functions of
+    their generator."""
+    rng = np.random.default_rng(0)
+    phantom = np.zeros((512, 512), np.float32)
+    phantom[64:448, 64:448] = 100.0
+    phantom += rng.normal(0.0, 10.0, phantom.shape).astype(np.float32)
+    views = [native_view(phantom, 64, (1.0, 1.0), np.random.default_rng([1, k])) for k in range(16)]
+    assert all(v.shape == (64, 64) and v.dtype == np.float32 and 0.5 < f <= 8.0 for v, f in views)
+    again, factor = native_view(phantom, 64, (1.0, 1.0), np.random.default_rng([1, 3]))
+    np.testing.assert_array_equal(views[3][0], again)
+    assert factor == views[3][1]
+    assert len({v.tobytes() for v, _ in views}) > len(views) // 2  # decimations by the same step coincide
+
+    def noise(image: np.ndarray) -> float:  # the median |horizontal difference| over the tissue: flat, so only noise varies
+        tissue = (image[:, 1:] > 50.0) & (image[:, :-1] > 50.0)
+        return float(np.median(np.abs(np.diff(image, axis=1))[tissue]))
+
+    resized = noise(resize_square(phantom, 64))
+    assert np.median([noise(v) for v, _ in views]) > 2.0 * resized, ([round(noise(v), 2) for v, _ in views], resized)
+    coarse = [noise(v) for v, f in views if f < 3.0]
+    assert coarse and min(coarse) > 2.0 * resized  # the less a view was averaged, the more of the noise it keeps

@@ -9,7 +9,7 @@ import numpy as np
 from pydicom.data import get_testdata_file
 
 from retrieval.io import Identity, Skipped
-from retrieval.slices import cached_slices
+from retrieval.slices import FIELDS, cached_slices
 
 
 def test_a_cache_hit_returns_the_slices_and_skipped_files_of_the_first_read(tmp_path: Path) -> None:
@@ -23,5 +23,7 @@ def test_a_cache_hit_returns_the_slices_and_skipped_files_of_the_first_read(tmp_
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
     assert [Path(s.path).name for s in reads[0]] == ["truncated.dcm"] and reads[1] == reads[0]
     assert first.images.shape == (2, 64, 64)
-    for name in ("images", "patients", "modalities", "sources", "datasets", "series"):
+    for name in FIELDS:
         np.testing.assert_array_equal(getattr(first, name), getattr(again, name))
+    assert first.factors[0] == 2.0  # CT_small is 128² (MR_small is 64², its factor 1)
+    assert first.native.shape == first.images.shape and np.all(first.native_factors <= first.factors + 1e-6)
