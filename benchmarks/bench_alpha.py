@@ -25,7 +25,7 @@ from sklearn.neural_network import MLPRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from retrieval.alpha import distortion_statistics
+from retrieval.alpha import FACTOR_COLUMN, estimator_features
 from retrieval.distortions import distort_mixed
 from retrieval.io import Identity
 from retrieval.metric import DistortionAwareMetric
@@ -50,13 +50,14 @@ def held_out_views(data: SliceSet, seed: int) -> tuple[torch.Tensor, np.ndarray]
 def regressors(train: SliceSet, seed: int) -> dict[str, Predictor]:
     """The shipped trees, and ridge and MLP regressions fitted on the same statistics of the same distortions (measured
     once; the archive is under the estimator's sampling cap, so the trees are what `fit_alpha_estimator` fits)."""
-    statistics, alphas = training_statistics(train, seed)
-    trees = fit_trees(statistics, alphas, seed)
-    ridge = make_pipeline(StandardScaler(), RidgeCV()).fit(statistics, alphas)
-    mlp = make_pipeline(StandardScaler(), MLPRegressor(hidden_layer_sizes=(32, 16), alpha=1e-3, max_iter=2000, random_state=seed)).fit(statistics, alphas)
+    features, alphas, native = training_statistics(train, seed)
+    trees = fit_trees(features, alphas, native, seed)
+    whole, whole_alphas = features[~native, :FACTOR_COLUMN], alphas[~native]
+    ridge = make_pipeline(StandardScaler(), RidgeCV()).fit(whole, whole_alphas)
+    mlp = make_pipeline(StandardScaler(), MLPRegressor(hidden_layer_sizes=(32, 16), alpha=1e-3, max_iter=2000, random_state=seed)).fit(whole, whole_alphas)
     return {"trees (shipped)": trees.predict,
-            "ridge": lambda s: np.clip(ridge.predict(s), 0.0, 1.0),
-            "MLP 32-16": lambda s: np.clip(mlp.predict(s), 0.0, 1.0)}
+            "ridge": lambda s: np.clip(ridge.predict(s[:, :FACTOR_COLUMN]), 0.0, 1.0),
+            "MLP 32-16": lambda s: np.clip(mlp.predict(s[:, :FACTOR_COLUMN]), 0.0, 1.0)}
 
 
 def main() -> None:
@@ -75,7 +76,7 @@ def main() -> None:
     for fold in plan_folds(data):
         train, held_out = split_by_datasets(data, fold.held_out)
         views, alphas = held_out_views(held_out, args.seed)
-        statistics = distortion_statistics(views.numpy())
+        statistics = estimator_features(views.numpy(), np.tile(held_out.factors, 2))
         predictors: dict[str, Predictor] = regressors(train, args.seed)
         estimates = {name: predict(statistics) for name, predict in predictors.items()}
         if args.fold_models is not None:

@@ -55,10 +55,10 @@ def _ranking(method: Method, encoded: Any, relevant: np.ndarray, timing: Timing)
     return ranking_figures(distances, relevant)
 
 
-def _encode(method: Method, inputs: Any, timing: Timing) -> Any:
-    """Encode query inputs, timed as query work."""
+def _encode(method: Method, inputs: Any, factors: np.ndarray | None, timing: Timing) -> Any:
+    """Encode query inputs (made with resize `factors`), timed as query work."""
     start = time.process_time()
-    encoded = method.encode(inputs)
+    encoded = method.encode(inputs, factors)
     timing.query += time.process_time() - start
     timing.views += len(inputs)
     return encoded
@@ -73,12 +73,12 @@ def clean_pass(method: Method, workload: Workload, timing: Timing, step: Callabl
     """Query protocol at every α and the query variants against the clean gallery: (record, clean encodings, gallery encoding)."""
     relevant = workload.relevant
     start = time.process_time()
-    gallery = method.prepare(workload.gallery_inputs(0.0))
+    gallery = method.prepare(workload.gallery_inputs(0.0), workload.gallery.factors)
     timing.gallery = time.process_time() - start
     query_rows, track, alpha_hat = [], [], []
     clean = None
     for index in range(len(workload.alphas)):
-        encoded = _encode(method, workload.queries(index), timing)
+        encoded = _encode(method, workload.queries(index), workload.query.factors, timing)
         query_rows.append(_ranking(method, encoded, relevant, timing))
         clean = encoded if clean is None else clean  # alphas[0] == 0: the clean queries
         track.append(method.paired(clean, encoded))
@@ -86,7 +86,7 @@ def clean_pass(method: Method, workload: Workload, timing: Timing, step: Callabl
         step()
     variant_rows = []
     for name in VARIANTS:
-        variant_rows.append(_ranking(method, _encode(method, workload.variant(name), timing), relevant, timing))
+        variant_rows.append(_ranking(method, _encode(method, workload.variant(name), workload.query.factors, timing), relevant, timing))
         step()
     identity = np.ma.masked_array(method.to_gallery(clean), mask=relevant).mean(axis=1).filled(np.nan)
     record: dict[str, Any] = {"query": _stack(query_rows), "variants": _stack(variant_rows), "track": np.stack(track), "identity": identity}
@@ -117,7 +117,7 @@ def measure(methods: Sequence[Method], workload: Workload, step: Callable[[], No
         for method in methods:
             timing = timings[method.name]
             start = time.process_time()
-            encoded = method.prepare(inputs)
+            encoded = method.prepare(inputs, workload.gallery.factors)
             timing.archive_gallery += time.process_time() - start
             start = time.process_time()
             archive_rows[method.name].append(ranking_figures(method.search(clean[method.name]), relevant))

@@ -30,12 +30,13 @@ class Method:
     name: str
     direction: str
 
-    def prepare(self, gallery: torch.Tensor) -> Any:
-        """Encode a gallery, (G, 3, S, S) network inputs, and search it from now on; returns the encoding."""
+    def prepare(self, gallery: torch.Tensor, factors: np.ndarray | None = None) -> Any:
+        """Encode a gallery, (G, 3, S, S) network inputs made with resize `factors`, and search it from now on; returns the encoding."""
         raise NotImplementedError
 
-    def encode(self, images: torch.Tensor) -> Any:
-        """Encode (B, 3, S, S) network inputs (the per-query work)."""
+    def encode(self, images: torch.Tensor, factors: np.ndarray | None = None) -> Any:
+        """Encode (B, 3, S, S) network inputs (the per-query work); `factors`: their resize factors, which only the
+        learned metric's α estimator reads (`retrieval.preprocess.resize_factor`)."""
         raise NotImplementedError
 
     def search(self, queries: Any) -> np.ndarray:
@@ -67,14 +68,14 @@ class BaselineMethod(Method):
         self.direction = baseline.direction
         self.gallery: Stats | None = None
 
-    def prepare(self, gallery: torch.Tensor) -> Stats:
+    def prepare(self, gallery: torch.Tensor, factors: np.ndarray | None = None) -> Stats:
         self.gallery = self.encode(gallery)
         return self.gallery
 
     def release(self) -> None:
         self.gallery = None
 
-    def encode(self, images: torch.Tensor) -> Stats:
+    def encode(self, images: torch.Tensor, factors: np.ndarray | None = None) -> Stats:
         return self.baseline.prepare_gallery(images[:, 0])
 
     def search(self, queries: Stats) -> np.ndarray:
@@ -96,14 +97,14 @@ class LearnedMethod(Method):
         self.gallery: Embeddings | None = None
         self.store: VectorStore | None = None
 
-    def prepare(self, gallery: torch.Tensor) -> Embeddings:
-        self.gallery = self.encode(gallery)
+    def prepare(self, gallery: torch.Tensor, factors: np.ndarray | None = None) -> Embeddings:
+        self.gallery = self.encode(gallery, factors)
         self.store = VectorStore.empty(self.gallery.anatomy.shape[1])
         self.store.add(np.arange(len(self.gallery)), self.gallery.anatomy)
         return self.gallery
 
-    def encode(self, images: torch.Tensor) -> Embeddings:
-        return self.metric.embed_tensor(images, EMBED_BATCH)
+    def encode(self, images: torch.Tensor, factors: np.ndarray | None = None) -> Embeddings:
+        return self.metric.embed_tensor(images, EMBED_BATCH, factors)
 
     def search(self, queries: Embeddings) -> np.ndarray:
         """Anatomy distance 0.5 · (1 − inner product) of every gallery slice, from an exact FAISS search of all of them

@@ -16,7 +16,7 @@ from indexer.catalog import SeriesRecord
 from indexer.quarantine import Watchdog
 from retrieval.io import Series, Skipped, SourceUnavailable
 from retrieval.io.pixels import one_line
-from retrieval.preprocess import is_empty, prepare
+from retrieval.preprocess import is_empty, prepare, resize_factor
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class Chunk:
     failed: str | None = None
     fatal: bool = False  # the source is unreachable (a DICOMweb server went away): the run stops, a rerun resumes
     embedded: bool = False  # pixels already replaced by [anatomy | α] rows (made by a Ray actor, indexer/distributed.py)
+    factors: list[float] = field(default_factory=list)  # each slice's resize factor onto the grid, which the α estimator reads
 
 
 def series_chunks(job: Job, size: int, chunk: int, watchdog: Watchdog | None = None) -> Iterator[Chunk]:
@@ -66,7 +67,8 @@ def series_chunks(job: Job, size: int, chunk: int, watchdog: Watchdog | None = N
         pixels = torch.from_numpy(np.stack([prepare(s.pixels, s.modality, size, s.spacing) for s in part])) if part else torch.zeros(0, 3, size, size)
         first = start == 0
         yield Chunk(key, pixels, [s.index for s in part], [s.path for s in part], start + chunk >= len(kept),
-                    n_empty=len(slices) - len(kept) if first else 0, problems=list(job.series.skipped) if first else [])
+                    n_empty=len(slices) - len(kept) if first else 0, problems=list(job.series.skipped) if first else [],
+                    factors=[resize_factor(s.pixels.shape, size, s.spacing) for s in part])
 
 
 class SeriesDataset(IterableDataset):
@@ -124,7 +126,7 @@ class Batcher:
 
     def __init__(self) -> None:
         self.pixels: list[torch.Tensor] = []
-        self.meta: list[tuple[str, int, str]] = []  # (series key, slice index, path)
+        self.meta: list[tuple[str, int, str, float]] = []  # (series key, slice index, path, resize factor)
         self.completions: list[tuple[int, str]] = []  # (slices queued before it completed, key)
         self.queued = 0
 
@@ -132,12 +134,12 @@ class Batcher:
         """Queue a chunk's slices (and its series' completion when it is the last chunk)."""
         if len(chunk.indices):
             self.pixels.append(chunk.pixels)
-            self.meta.extend((chunk.key, i, p) for i, p in zip(chunk.indices, chunk.paths))
+            self.meta.extend(zip([chunk.key] * len(chunk.indices), chunk.indices, chunk.paths, chunk.factors or [float("nan")] * len(chunk.indices)))
             self.queued += len(chunk.indices)
         if chunk.last:
             self.completions.append((self.queued, chunk.key))
 
-    def take(self, n: int) -> tuple[torch.Tensor, list[tuple[str, int, str]], list[str]]:
+    def take(self, n: int) -> tuple[torch.Tensor, list[tuple[str, int, str, float]], list[str]]:
         """The first n queued slices and the series completed by them."""
         parts, rows = [], 0
         while self.pixels and rows < n:  # concatenate only the chunks this batch needs

@@ -62,7 +62,7 @@ class SeriesEmbedder:
             for chunk in series_chunks(pickle.loads(blob), self.size, self.chunk):
                 values = np.zeros((0, 0), np.float32)
                 if chunk.indices:
-                    embedded = self.metric.embed_tensor(chunk.pixels)
+                    embedded = self.metric.embed_tensor(chunk.pixels, factors=np.array(chunk.factors))
                     values = np.hstack([embedded.anatomy, embedded.alpha[:, None]]).astype(np.float32)
                 out.append(pickle.dumps(dataclasses.replace(chunk, pixels=torch.from_numpy(values), embedded=True)))
         return {"chunk": np.array(out, dtype=object)}

@@ -185,11 +185,11 @@ def index_archive(
             if source:  # embedded by the Ray actors: [anatomy | α] rows
                 vectors, alphas = pixels[:, :-1].numpy(), pixels[:, -1].numpy()
             else:
-                embedded = metric.embed_tensor(pixels)
+                embedded = metric.embed_tensor(pixels, factors=np.array([m[3] for m in meta]))
                 vectors, alphas = embedded.anatomy, embedded.alpha
             report.seconds_embedding += time.perf_counter() - start
             slices = [SliceRecord(key, index, path, records[key].file_checksums.get(path, records[key].record.checksum), float(alpha), vector)
-                      for (key, index, path), alpha, vector in zip(meta, alphas, vectors)]
+                      for (key, index, path, _), alpha, vector in zip(meta, alphas, vectors)]
         series = [records[key].record for key in {m[0] for m in meta} | set(done)]
         ids = catalog.commit_batch(series, slices, done, metric.checkpoint_hash[:16], __version__)
         store.add(ids, np.stack([s.vector for s in slices]) if slices else np.zeros((0, store.dim), np.float32))

@@ -4,9 +4,16 @@ The network's own α head learns what distortion looks like on its training scan
 others (held-out Spearman(â, α) 0.10–0.38 on CT; clean slices of unseen datasets read 0.2–0.4,
 docs/training.md). What a distortion does to a slice is more general than that: CT low dose adds noise, MR
 adds noise, ghosts and a k-space cut-off. So â comes from 23 statistics that measure exactly those
-(`distortion_statistics`), mapped to α by 100 depth-3 regression trees fitted on seeded distortions of the
-training slices (`training.alpha_fit`). Trees predict flat outside what they were fitted on, so an unusual
-slice gets a bounded â instead of an extrapolated one.
+(`distortion_statistics`), mapped to α by regression trees fitted on seeded distortions of the training slices
+(`training.alpha_fit`). Trees predict flat outside what they were fitted on, so an unusual slice gets a bounded
+â instead of an extrapolated one.
+
+Whole slices are 256–512 pixels wide, and their resize to the grid averages the scanner's noise down 4–8 times; a
+zoomed crop or a small image keeps it, and whole-slice trees read that noise as distortion (pydicom's clean
+MR_small.dcm: 0.38). So a slice resized by at most `small_factor` (`retrieval.preprocess.resize_factor`; 2 for
+the shipped checkpoint) is read by a second set of trees, fitted also on zoomed and coarser views of the training
+slices with the resize factor as a 24th input. A slice whose factor is unknown (an already preprocessed input)
+is read as a whole slice.
 
 The fitted trees live in the checkpoint config (`"alpha_estimator"`, plain numbers that survive JSON and
 weights_only loading); both embedding backends apply them to the same preprocessed input, so â is the same
@@ -27,6 +34,7 @@ MIN_PIXELS = 8  # fewer unclipped coefficients than this: the statistic is 0
 FLOOR = 1e-4  # added before a log, below any noise level that matters at 8 bits or more
 FLAT_QUANTILES = (0.1, 0.25)  # of the local standard deviation: the flattest tenth and quarter of the slice
 CONFIG_KEY = "alpha_estimator"
+FACTOR_COLUMN = 23  # of `estimator_features`: the log2 resize factor, after the statistics
 
 
 def _haar(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -104,11 +112,23 @@ def distortion_statistics(batch: np.ndarray) -> np.ndarray:
     return np.nan_to_num(np.stack(columns, 1)).astype(np.float32)
 
 
+def estimator_features(batch: np.ndarray, factors: "np.ndarray | None" = None) -> np.ndarray:
+    """(B, 24) estimator inputs: `distortion_statistics` and the log2 `resize_factor` of each slice (NaN when unknown);
+    the whole-slice trees read the first 23, the small-image trees all 24."""
+    statistics = distortion_statistics(batch)
+    scale = np.full(len(statistics), np.nan) if factors is None else np.log2(np.asarray(factors, dtype=np.float64))
+    if scale.shape != (len(statistics),):
+        raise ValueError(f"expected one resize factor per slice ({len(statistics)}), got shape {scale.shape}")
+    return np.column_stack([statistics, scale]).astype(np.float32)  # the scale lands at FACTOR_COLUMN
+
+
 @dataclass(frozen=True)
 class AlphaEstimator:
-    """Regression trees over `distortion_statistics`: â = clip(baseline + Σ_trees leaf value, 0, 1).
+    """Regression trees over `estimator_features`: â = clip(baseline + Σ_trees leaf value, 0, 1).
 
     Arrays are (trees, nodes), padded to the largest tree; a sample goes left when its feature ≤ the threshold.
+    `estimate` reads a slice resized by at most `small_factor` with the `small` trees instead, fitted on zoomed and
+    coarser views: the whole-slice trees never split on the resize factor, so their figures stay those of whole slices.
     """
 
     feature: np.ndarray
@@ -118,6 +138,8 @@ class AlphaEstimator:
     value: np.ndarray
     leaf: np.ndarray
     baseline: float
+    small: "AlphaEstimator | None" = None  # trees for slices resized by at most `small_factor` (zoomed crops, small images)
+    small_factor: float = 0.0
 
     @classmethod
     def from_sklearn(cls, model: Any) -> "AlphaEstimator":
@@ -152,14 +174,23 @@ class AlphaEstimator:
             node = np.where(self.leaf[trees, node], node, np.where(go_left, self.left[trees, node], self.right[trees, node]))
         return np.clip(self.baseline + self.value[trees, node].sum(0), 0.0, 1.0).astype(np.float32)
 
-    def estimate(self, batch: np.ndarray) -> np.ndarray:
-        """â ∈ [0, 1] of preprocessed (B, 3, S, S) slices."""
-        return self.predict(distortion_statistics(batch))
+    def estimate(self, batch: np.ndarray, factors: "np.ndarray | None" = None) -> np.ndarray:
+        """â ∈ [0, 1] of preprocessed (B, 3, S, S) slices with their `resize_factor`s (None or NaN: unknown, read as
+        whole slices)."""
+        features = estimator_features(batch, factors)
+        alpha = self.predict(features)
+        if self.small is not None:
+            with np.errstate(invalid="ignore"):
+                small = features[:, FACTOR_COLUMN] <= np.log2(self.small_factor)
+            if small.any():
+                alpha[small] = self.small.predict(features[small])
+        return alpha
 
     def to_config(self) -> dict[str, Any]:
         """Plain lists for a checkpoint config (JSON, weights_only)."""
         return {"baseline": self.baseline, "feature": self.feature.tolist(), "threshold": self.threshold.tolist(),
-                "left": self.left.tolist(), "right": self.right.tolist(), "value": self.value.tolist(), "leaf": self.leaf.astype(int).tolist()}
+                "left": self.left.tolist(), "right": self.right.tolist(), "value": self.value.tolist(), "leaf": self.leaf.astype(int).tolist(),
+                **({} if self.small is None else {"small": self.small.to_config(), "small_factor": self.small_factor})}
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "AlphaEstimator | None":
@@ -167,6 +198,7 @@ class AlphaEstimator:
         entry = config.get(CONFIG_KEY)
         if not entry:
             return None
+        small = cls.from_config({CONFIG_KEY: entry["small"]}) if entry.get("small") else None
         return cls(np.asarray(entry["feature"], np.int64), np.asarray(entry["threshold"], np.float64), np.asarray(entry["left"], np.int64),
                    np.asarray(entry["right"], np.int64), np.asarray(entry["value"], np.float64), np.asarray(entry["leaf"], bool),
-                   float(entry["baseline"]))
+                   float(entry["baseline"]), small, float(entry.get("small_factor", 0.0)))

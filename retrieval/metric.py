@@ -21,7 +21,7 @@ from retrieval.alpha import AlphaEstimator
 from retrieval.checkpoint import DEFAULT_CHECKPOINT, file_sha256, load_checkpoint
 from retrieval.embeddings import LAYOUT_COLUMNS, Embeddings, aligned_cosine
 from retrieval.model import DisentangledSiamese
-from retrieval.preprocess import DEFAULT_SIZE, intensity, resize_square
+from retrieval.preprocess import DEFAULT_SIZE, intensity, resize_factor, resize_square
 
 ImageLike = np.ndarray | torch.Tensor | str | Path
 
@@ -55,16 +55,18 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
 
 @torch.inference_mode()
 def embed_model(model: DisentangledSiamese, batch: torch.Tensor, device: torch.device, batch_size: int = 64,
-                estimator: AlphaEstimator | None = None) -> Embeddings:
+                estimator: AlphaEstimator | None = None, factors: np.ndarray | None = None) -> Embeddings:
     """Embed a preprocessed (B, 3, S, S) tensor in chunks (bf16 autocast where it is faster, channels_last, the model's invariance pooling); eval mode.
-    With an `estimator` (`retrieval.alpha`) it reports â, else the network's α head does."""
+    With an `estimator` (`retrieval.alpha`) it reports â from the inputs and their resize `factors` (None: unknown),
+    else the network's α head does."""
     parts = []
     for start in range(0, len(batch), batch_size):
         chunk = batch[start : start + batch_size]
         x = chunk.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with autocast(device):
             z_anat, z_noise, a_hat = model.embed(x)
-        alpha = a_hat.float().cpu().numpy() if estimator is None else estimator.estimate(chunk.cpu().numpy())
+        alpha = a_hat.float().cpu().numpy() if estimator is None else estimator.estimate(
+            chunk.cpu().numpy(), None if factors is None else factors[start : start + batch_size])
         parts.append(Embeddings(z_anat.float().cpu().numpy(), z_noise.float().cpu().numpy(), alpha, LAYOUT_COLUMNS if model.layout else 0))
     return Embeddings.concat(parts)
 
@@ -95,12 +97,14 @@ class DistortionAwareMetric:
         """One raw 2D slice in modality units → 3×S×S network input."""
         return intensity(resize_square(pixels, self.size, spacing), modality)
 
-    def embed_tensor(self, batch: torch.Tensor, batch_size: int = 64) -> Embeddings:
-        """Embed an already preprocessed (B, 3, S, S) tensor, `batch_size` images at a time."""
-        return embed_model(self.model, batch, self.device, batch_size, self.estimator)
+    def embed_tensor(self, batch: torch.Tensor, batch_size: int = 64, factors: np.ndarray | None = None) -> Embeddings:
+        """Embed an already preprocessed (B, 3, S, S) tensor, `batch_size` images at a time; `factors`: the resize
+        factors it was made with (`retrieval.preprocess.resize_factor`; None: unknown), which the α estimator reads."""
+        return embed_model(self.model, batch, self.device, batch_size, self.estimator, factors)
 
-    def _inputs(self, images: ImageLike | Sequence[ImageLike], modality: str | None) -> Iterable[torch.Tensor]:
-        """Network inputs for arrays, tensors (raw 2D or preprocessed 3×S×S) and file paths."""
+    def _inputs(self, images: ImageLike | Sequence[ImageLike], modality: str | None) -> Iterable[tuple[torch.Tensor, float]]:
+        """Network inputs for arrays, tensors (raw 2D or preprocessed 3×S×S) and file paths, each with its resize
+        factor (NaN for a preprocessed input)."""
         items = [images] if isinstance(images, (str, Path)) or (hasattr(images, "ndim") and images.ndim in (2, 3)) else images
         for item in items:
             if isinstance(item, (str, Path)):
@@ -109,15 +113,15 @@ class DistortionAwareMetric:
             # any array a reader returns: flipped or turned views (negative strides), big-endian or integer pixels
             tensor = item.float() if isinstance(item, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(item, dtype=np.float32))
             if tensor.ndim == 3 and tensor.shape[0] == 3:
-                yield tensor
+                yield tensor, float("nan")
             elif tensor.ndim == 2:
                 if modality not in ("CT", "MR"):
                     raise ValueError("modality must be 'CT' or 'MR' for raw arrays (it cannot be read from a file)")
-                yield self.preprocess(tensor, modality)
+                yield self.preprocess(tensor, modality), resize_factor(tuple(tensor.shape), self.size)
             else:
                 raise ValueError(f"expected a 2D slice or a 3×H×W tensor, got shape {tuple(tensor.shape)}")
 
-    def _file_inputs(self, path: Path, modality: str | None) -> Iterable[torch.Tensor]:
+    def _file_inputs(self, path: Path, modality: str | None) -> Iterable[tuple[torch.Tensor, float]]:
         """Every slice of a file or folder, preprocessed with its own (or the given) modality."""
         from retrieval.io import Identity, Skipped, iter_slices
 
@@ -127,21 +131,32 @@ class DistortionAwareMetric:
             chosen = modality or item.modality
             if chosen not in ("CT", "MR"):
                 raise ValueError(f"{item.path}: modality {item.modality!r} is not CT or MR; pass modality=")
-            yield self.preprocess(item.pixels, chosen, item.spacing)
+            yield self.preprocess(item.pixels, chosen, item.spacing), resize_factor(item.pixels.shape, self.size, item.spacing)
 
-    def embed(self, images: ImageLike | Sequence[ImageLike], modality: str | None = None, batch_size: int = 32) -> Embeddings:
-        """Embed images (arrays in modality units, tensors or paths) in batches."""
+    def embed(self, images: ImageLike | Sequence[ImageLike], modality: str | None = None, batch_size: int = 32,
+              factors: Sequence[float] | None = None) -> Embeddings:
+        """Embed images (arrays in modality units, tensors or paths) in batches; `factors`, one per image, replace the
+        resize factors the α estimator reads (raw slices and files have their own; a preprocessed input has none)."""
+        given = None if factors is None else [float(f) for f in factors]
         parts: list[Embeddings] = []
-        batch: list[torch.Tensor] = []
-        for tensor in self._inputs(images, modality):
-            batch.append(tensor)
+        batch: list[tuple[torch.Tensor, float]] = []
+
+        def flush() -> None:
+            parts.append(self.embed_tensor(torch.stack([tensor for tensor, _ in batch]), batch_size, np.array([factor for _, factor in batch])))
+            batch.clear()
+
+        for count, (tensor, factor) in enumerate(self._inputs(images, modality)):
+            if given is not None and count >= len(given):
+                raise ValueError(f"{len(given)} resize factors for more images than that")
+            batch.append((tensor, factor if given is None else given[count]))
             if len(batch) == batch_size:
-                parts.append(self.embed_tensor(torch.stack(batch)))
-                batch = []
+                flush()
         if batch:
-            parts.append(self.embed_tensor(torch.stack(batch)))
+            flush()
         if not parts:
             raise ValueError("no images to embed")
+        if given is not None and sum(len(part.alpha) for part in parts) != len(given):
+            raise ValueError(f"{len(given)} resize factors for {sum(len(part.alpha) for part in parts)} images")
         return Embeddings.concat(parts)
 
     def alpha(self, images: ImageLike | Sequence[ImageLike], modality: str | None = None) -> np.ndarray:

@@ -103,8 +103,9 @@ class OnnxMetric:
         """One raw 2D slice in modality units → 3×S×S float32 network input."""
         return prepare(pixels, modality, self.size, spacing)
 
-    def embed_tensor(self, batch: Any, batch_size: int = 64) -> Embeddings:
-        """Embed a preprocessed (B, 3, S, S) array (or CPU tensor), `batch_size` images at a time."""
+    def embed_tensor(self, batch: Any, batch_size: int = 64, factors: np.ndarray | None = None) -> Embeddings:
+        """Embed a preprocessed (B, 3, S, S) array (or CPU tensor), `batch_size` images at a time; `factors`: the resize
+        factors it was made with (`retrieval.preprocess.resize_factor`; None: unknown), which the α estimator reads."""
         batch = np.asarray(batch, dtype=np.float32)
         if batch.ndim != 4 or batch.shape[1:] != (3, self.size, self.size):
             raise ValueError(f"expected preprocessed (B, 3, {self.size}, {self.size}) slices, got shape {batch.shape}")
@@ -112,12 +113,16 @@ class OnnxMetric:
         for start in range(0, len(batch), batch_size):
             chunk = np.ascontiguousarray(batch[start : start + batch_size])
             anatomy, noise, alpha = self.session.run(list(OUTPUTS), {"pixels": chunk})
-            alpha = alpha if self.estimator is None else self.estimator.estimate(chunk)
+            alpha = alpha if self.estimator is None else self.estimator.estimate(chunk, None if factors is None else factors[start : start + batch_size])
             parts.append(Embeddings(anatomy, noise, alpha, layout=layout_columns(self.config)))
         return Embeddings.concat(parts)
 
-    def embed(self, images: Sequence[np.ndarray], batch_size: int = 32) -> Embeddings:
-        """Embed preprocessed 3×S×S slices (from `preprocess`) in batches."""
+    def embed(self, images: Sequence[np.ndarray], batch_size: int = 32, factors: Sequence[float] | None = None) -> Embeddings:
+        """Embed preprocessed 3×S×S slices (from `preprocess`) in batches, with the resize `factors` they were made with
+        (None: unknown)."""
         if not len(images):
             raise ValueError("no images to embed")
-        return self.embed_tensor(np.stack([np.asarray(image, dtype=np.float32) for image in images]), batch_size)
+        if factors is not None and len(factors) != len(images):
+            raise ValueError(f"{len(factors)} resize factors for {len(images)} images")
+        return self.embed_tensor(np.stack([np.asarray(image, dtype=np.float32) for image in images]), batch_size,
+                                 None if factors is None else np.asarray(factors, dtype=np.float64))

@@ -88,7 +88,6 @@ class SearchResult:
     alpha: float
     results: list[PatientMatch] | list[GroupMatch]
     same_patient: dict[str, Any] | None = None  # --same-patient: the patient found, its distance, the runner-up's
-    native_scale: bool = False  # the query's slices are at most twice the working grid's side (see `print_result`)
 
     @property
     def distorted(self) -> bool:
@@ -98,8 +97,7 @@ class SearchResult:
     def as_dict(self) -> dict[str, Any]:
         """The JSON shape scripts rely on: {"query": {...}, "results": [{"patient_id", "distance", "slices": [...]}]}."""
         out = {
-            "query": {"path": self.path, "n_slices": self.n_slices, "alpha": round(self.alpha, 4), "tau": TAU, "distorted": self.distorted,
-                      "native_scale": self.native_scale},
+            "query": {"path": self.path, "n_slices": self.n_slices, "alpha": round(self.alpha, 4), "tau": TAU, "distorted": self.distorted},
             "results": [asdict(r) for r in self.results],
         }
         if self.same_patient is not None:
@@ -258,7 +256,7 @@ def own_series(slices: Sequence[Any]) -> tuple[Callable[["SliceInfo"], bool], se
 def query_embeddings(metric: "DistortionAwareMetric", path: str | Path, identity: "Identity", slice_index: int | None = None):  # type: ignore[no-untyped-def]
     """Embed a query file or series: every non-empty slice (or the one `slice_index`); returns the embeddings and those slices."""
     from retrieval.io import read_path
-    from retrieval.preprocess import is_empty
+    from retrieval.preprocess import is_empty, resize_factor
 
     slices = read_path(path, identity)
     if slice_index is not None:
@@ -270,7 +268,8 @@ def query_embeddings(metric: "DistortionAwareMetric", path: str | Path, identity
     if bad:
         raise ValueError(f"{bad[0].path}: modality {bad[0].modality} is not CT or MR; say which with --modality")
     kept = [s for s in slices if not is_empty(s.pixels, s.modality)] or slices
-    return metric.embed([metric.preprocess(s.pixels, s.modality, s.spacing) for s in kept]), kept
+    factors = [resize_factor(s.pixels.shape, metric.size, s.spacing) for s in kept]
+    return metric.embed([metric.preprocess(s.pixels, s.modality, s.spacing) for s in kept], factors=factors), kept
 
 
 def search_path(
@@ -295,7 +294,7 @@ def search_path(
 
     embedded, kept = query_embeddings(metric, path, identity, slice_index)
     name, alpha = path.name if isinstance(path, DicomWeb) else str(path), float(np.mean(embedded.alpha))
-    result = partial(SearchResult, name, len(kept), alpha, native_scale=max(max(s.pixels.shape[:2]) for s in kept) <= 2 * metric.size)
+    result = partial(SearchResult, name, len(kept), alpha)
     if by not in GROUPED:
         if same_patient:
             raise ValueError("--same-patient ranks series or studies: use it with --by series or --by study")
@@ -328,9 +327,6 @@ def print_result(result: SearchResult) -> None:
     print(f"query {result.path}: {result.n_slices} slice(s), predicted α {result.alpha:.3f}")
     if result.distorted:
         print(f"warning: the query's predicted α {result.alpha:.3f} is above TAU = {TAU}: it looks distorted, matches may be unreliable", file=sys.stderr)
-        if result.native_scale:  # â is fitted on slices resized down 4–8×; a small image keeps its own noise (docs/training.md)
-            print("note: the query is a small image, barely resized to the model's grid, so its own noise counts towards â and clean "
-                  "small crops read high; `retrieval qc --relative` compares slices with their own series instead", file=sys.stderr)
     if not result.results:
         print("no eligible slices in the index")
     if result.same_patient and result.same_patient["patient_id"]:

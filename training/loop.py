@@ -196,7 +196,8 @@ def validation_set(data: SliceSet, seed: int, estimator: AlphaEstimator | None =
         return network_input(distort_mixed(images[queries], modalities, levels, seeds), modalities)
 
     gallery, spread_views = network_input(images, data.modalities), distorted_queries(spread)
-    estimated = None if estimator is None else (estimator.estimate(gallery.numpy()), estimator.estimate(spread_views.numpy()))
+    factors = (None, None) if data.factors is None else (data.factors, data.factors[queries])
+    estimated = None if estimator is None else (estimator.estimate(gallery.numpy(), factors[0]), estimator.estimate(spread_views.numpy(), factors[1]))
     return ValidationSet(gallery, queries, relevant, distorted_queries(np.full(len(queries), 0.8, np.float32)), spread_views, spread, estimated)
 
 

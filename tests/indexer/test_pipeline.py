@@ -214,3 +214,25 @@ def test_worker_messages_group_small_series_into_one_tensor_and_flush_at_a_failu
     first = groups[0]
     assert len({c.pixels.untyped_storage().data_ptr() for c in first}) == 1  # one tensor per message
     assert all(torch.equal(c.pixels, pixels) for c, pixels in zip((c for g in groups for c in g), sent))
+
+
+def test_the_index_stores_the_alpha_a_query_of_the_same_file_reads(tmp_path) -> None:
+    """The reader workers carry each slice's resize factor to the α estimator: a small image (pydicom's 64² MR_small,
+    read by the shipped checkpoint's small-image trees) is stored with the â `DistortionAwareMetric.alpha` gives it,
+    below TAU, not the whole-slice trees' 0.38."""
+    from pydicom.data import get_testdata_file
+
+    from retrieval import TAU
+    from retrieval.metric import DistortionAwareMetric
+
+    folder = tmp_path / "package"
+    folder.mkdir()
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        (folder / name).symlink_to(get_testdata_file(name))
+    build_index([folder], tmp_path / "idx", Identity(), workers=0, show_progress=False)
+    with sqlite3.connect(tmp_path / "idx" / CATALOG_NAME) as db:
+        stored = {Path(path).name: alpha for path, alpha in db.execute("SELECT path, alpha FROM slices")}
+    metric = DistortionAwareMetric.load(device="cpu")
+    expected = {name: float(metric.alpha(folder / name)[0]) for name in stored}
+    assert stored.keys() == {"CT_small.dcm", "MR_small.dcm"} and max(stored.values()) < TAU, stored
+    assert all(abs(stored[name] - expected[name]) < 1e-4 for name in stored), (stored, expected)

@@ -3,6 +3,7 @@ scikit-learn's do, and a config that survives JSON."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -53,3 +54,18 @@ def test_trees_predict_what_scikit_learn_predicts_and_survive_json() -> None:
     assert restored is not None
     np.testing.assert_array_equal(restored.predict(probe), estimator.predict(probe))
     assert AlphaEstimator.from_config({"layout": 0.5}) is None  # older checkpoints: the α head reports â
+
+
+def test_small_images_are_read_by_the_small_image_trees() -> None:
+    """Slices resized by at most `small_factor` go to the small-image trees (which see the factor), the rest and the
+    slices of unknown factor to the whole-slice trees; both survive JSON."""
+    rng = np.random.default_rng(1)
+    statistics = rng.normal(size=(300, 23))
+    whole = AlphaEstimator.from_sklearn(HistGradientBoostingRegressor(max_iter=10, random_state=0).fit(statistics, np.full(300, 0.8)))
+    small = AlphaEstimator.from_sklearn(HistGradientBoostingRegressor(max_iter=10, random_state=0).fit(np.hstack([statistics, statistics[:, :1]]), np.full(300, 0.1)))
+    estimator = AlphaEstimator.from_config(json.loads(json.dumps({CONFIG_KEY: dataclasses.replace(whole, small=small, small_factor=2.0).to_config()})))
+    assert estimator is not None and estimator.small is not None and estimator.small_factor == 2.0
+    batch = np.stack([np.stack([np.full((16, 16), v, np.float32)] * 3) for v in np.linspace(0.2, 0.8, 4)]) + rng.uniform(0, 0.1, (4, 3, 16, 16)).astype(np.float32)
+    np.testing.assert_allclose(estimator.estimate(batch, np.array([1.0, 2.0, 2.5, 8.0])), [0.1, 0.1, 0.8, 0.8], atol=1e-6)
+    np.testing.assert_allclose(estimator.estimate(batch, np.array([1.0, np.nan, 0.5, 8.0])), [0.1, 0.8, 0.1, 0.8], atol=1e-6)
+    np.testing.assert_allclose(estimator.estimate(batch), [0.8] * 4, atol=1e-6)  # unknown factors: whole slices
