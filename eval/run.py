@@ -141,7 +141,7 @@ def bench(paths: Sequence[Path], identity: Identity, out_dir: Path, config: Benc
     console = Console(stderr=True, soft_wrap=True)
     skipped: list[Skipped] = []
     with console.status("reading the archive", spinner="dots") if console.is_terminal else nullcontext():
-        data = select_datasets(load_slices(paths, identity, metric.size, on_skip=skipped.append), config.datasets, config.exclude_datasets)
+        data = select_datasets(load_slices(paths, identity, metric.size, on_skip=skipped.append, native_views=False), config.datasets, config.exclude_datasets)
         data, honesty = held_out(data, metric.config, config.include_training)
         workload = build_workload(data, alphas, config.seed, QUERIES_PER_PATIENT, config.max_queries, config.gallery_per_patient)
     names = Names(archive_root(paths, identity.manifest), config.redact_paths)

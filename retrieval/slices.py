@@ -61,10 +61,11 @@ class SliceSet:
 
 
 def load_slices(
-    paths: Sequence[Path], identity: Identity, size: int, on_skip: Callable[[Skipped], None] | None = None
+    paths: Sequence[Path], identity: Identity, size: int, on_skip: Callable[[Skipped], None] | None = None, native_views: bool = True
 ) -> SliceSet:
     """Read every CT/MR slice under `paths`, drop empty ones, resize to size×size (modality units kept), noting each
-    slice's resize factor, and draw its seeded native view (`native_view`)."""
+    slice's resize factor, and draw its seeded native view (`native_view`; only the α estimator's fit reads them,
+    so a benchmark asks for none and holds half the memory)."""
     images, patients, modalities, sources, datasets, series, factors, native, native_factors = [], [], [], [], [], [], [], [], []
     for item in iter_slices(paths, identity):
         if isinstance(item, Skipped):
@@ -75,9 +76,10 @@ def load_slices(
             continue
         images.append(resize_square(item.pixels, size, item.spacing))
         factors.append(resize_factor(item.pixels.shape, size, item.spacing))
-        view, view_factor = native_view(item.pixels, size, item.spacing, np.random.default_rng([NATIVE_SEED, len(native)]))
-        native.append(view)
-        native_factors.append(view_factor)
+        if native_views:
+            view, view_factor = native_view(item.pixels, size, item.spacing, np.random.default_rng([NATIVE_SEED, len(images) - 1]))
+            native.append(view)
+            native_factors.append(view_factor)
         patients.append(item.patient_id)
         modalities.append(item.modality)
         sources.append(f"{item.path}#{item.index}")
@@ -86,7 +88,8 @@ def load_slices(
     if not images:
         raise ValueError(f"no usable CT/MR slices under {', '.join(map(str, paths))}")
     return SliceSet(np.stack(images).astype(np.float32), np.array(patients), np.array(modalities), np.array(sources), np.array(datasets),
-                    np.array(series), np.array(factors, np.float32), np.stack(native).astype(np.float32), np.array(native_factors, np.float32))
+                    np.array(series), np.array(factors, np.float32), np.stack(native).astype(np.float32) if native_views else None,
+                    np.array(native_factors, np.float32) if native_views else None)
 
 
 def cached_slices(paths: Sequence[Path], identity: Identity, size: int, cache_dir: Path | None,

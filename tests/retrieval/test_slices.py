@@ -9,7 +9,7 @@ import numpy as np
 from pydicom.data import get_testdata_file
 
 from retrieval.io import Identity, Skipped
-from retrieval.slices import FIELDS, cached_slices
+from retrieval.slices import FIELDS, cached_slices, load_slices
 
 
 def test_a_cache_hit_returns_the_slices_and_skipped_files_of_the_first_read(tmp_path: Path) -> None:
@@ -27,3 +27,7 @@ def test_a_cache_hit_returns_the_slices_and_skipped_files_of_the_first_read(tmp_
         np.testing.assert_array_equal(getattr(first, name), getattr(again, name))
     assert first.factors[0] == 2.0  # CT_small is 128² (MR_small is 64², its factor 1)
     assert first.native.shape == first.images.shape and np.all(first.native_factors <= first.factors + 1e-6)
+    bare = load_slices([archive], Identity(), 64, native_views=False)  # what a benchmark reads: no native views
+    assert bare.native is None and bare.native_factors is None
+    np.testing.assert_array_equal(bare.images, first.images)
+    np.testing.assert_array_equal(bare.subset(np.array([True, False])).factors, first.factors[:1])
