@@ -147,7 +147,7 @@ class DistortionAwareMetric:
 
         for count, (tensor, factor) in enumerate(self._inputs(images, modality)):
             if given is not None and count >= len(given):
-                raise ValueError(f"{len(given)} resize factors for more images than that")
+                raise ValueError(f"more images than the {len(given)} resize factors given")
             batch.append((tensor, factor if given is None else given[count]))
             if len(batch) == batch_size:
                 flush()
