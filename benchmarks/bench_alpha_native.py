@@ -52,10 +52,10 @@ def natively_distorted(archive: Path, per_dataset: int, size: int, seed: int) ->
         for row in rng.choice(rows, min(per_dataset, len(rows)), replace=False):
             item = items[row]
             pixels = np.asarray(item.pixels, np.float32)
+            factors += [resize_factor(pixels.shape, size, item.spacing)] * len(LEVELS)
             for level in LEVELS:
                 distorted = pixels if level == 0 else distort(pixels, level, item.modality, seed=int(rng.integers(2**31 - 1)))
                 inputs.append(prepare(distorted, item.modality, size, item.spacing))
-                factors.append(resize_factor(pixels.shape, size, item.spacing))
                 alphas.append(level)
                 modalities.append(item.modality)
                 datasets.append(name)

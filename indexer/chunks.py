@@ -134,7 +134,7 @@ class Batcher:
         """Queue a chunk's slices (and its series' completion when it is the last chunk)."""
         if len(chunk.indices):
             self.pixels.append(chunk.pixels)
-            self.meta.extend(zip([chunk.key] * len(chunk.indices), chunk.indices, chunk.paths, chunk.factors or [float("nan")] * len(chunk.indices)))
+            self.meta.extend(zip([chunk.key] * len(chunk.indices), chunk.indices, chunk.paths, chunk.factors, strict=True))
             self.queued += len(chunk.indices)
         if chunk.last:
             self.completions.append((self.queued, chunk.key))

@@ -180,8 +180,7 @@ class AlphaEstimator:
         features = estimator_features(batch, factors)
         alpha = self.predict(features)
         if self.small is not None:
-            with np.errstate(invalid="ignore"):
-                small = features[:, FACTOR_COLUMN] <= np.log2(self.small_factor)
+            small = features[:, FACTOR_COLUMN] <= np.log2(self.small_factor)  # NaN (unknown) compares False: a whole slice
             if small.any():
                 alpha[small] = self.small.predict(features[small])
         return alpha

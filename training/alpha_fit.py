@@ -14,7 +14,7 @@ from retrieval.slices import SliceSet
 TREES, DEPTH, RATE = 100, 3, 0.1  # picked for size among settings within 0.015 of each other on the folds (docs/training.md)
 DRAWS = 2  # distorted copies per slice at uniform α, beside its clean copy
 CHUNK = 256  # slices distorted and measured at a time
-MAX_SLICES = 20_000  # larger archives fit on a seeded sample: 60,000 views (clean and 2 distorted each) take minutes on 2 cores
+MAX_SLICES = 20_000  # larger archives fit on a seeded sample: up to 100,000 views (3 on the grid, 2 native a slice) take minutes on 2 cores
 SMALL_FACTOR = 2.0  # slices resized by at most this are read by the small-image trees: half the smallest whole-slice factor of the archive (docs/training.md)
 SMALL_FIT_FACTOR = 3.0  # native views resized by at most this join the small-image trees' fit
 
