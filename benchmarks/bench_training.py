@@ -41,11 +41,11 @@ def images_per_second(config: TrainConfig, data, steps: int) -> tuple[float, flo
         if step == 1:
             spent_views, images, started = 0.0, 0, time.perf_counter()
         tick = time.perf_counter()
-        x, patients, alphas = views(data, sampler.batch(step))
+        x, labels, alphas = views(data, sampler.batch(step))
         spent_views += time.perf_counter() - tick
         with autocast(device):
             outputs = model.forward_once(x.contiguous(memory_format=torch.channels_last))
-        terms = loss_terms(outputs, patients, alphas, config)
+        terms = loss_terms(outputs, labels, alphas, config)
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         optimizer.step()

@@ -62,6 +62,8 @@ class TrainConfig:
     layout_map: str = "silhouette"  # what the layout is: the slice's silhouette or its intensity thumbnail (retrieval/model.py; chosen on the folds)
     fused_infonce: bool = False  # InfoNCE on the fused similarity (code and layout at that weight): the code learns the rest
     held_out_datasets: tuple[str, ...] = ()  # whole datasets that validate and never train (leave-one-dataset-out)
+    memory: int = 0  # past anatomy codes kept as extra InfoNCE negatives and positives (cross-batch memory; 0: off)
+    ssl_epochs: int = 0  # first epochs label-free: instance positives under the full augmentation (SimCLR-style stage)
     validate_every: int = 1  # epochs between validations (the last epoch always validates)
 
     def check(self) -> None:
@@ -74,6 +76,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
         if not 0.0 <= self.layout < 1.0:
             raise ValueError(f"layout must be in [0, 1), got {self.layout}")
+        if not 0 <= self.ssl_epochs < self.epochs:
+            raise ValueError(f"ssl_epochs must be in [0, epochs), got {self.ssl_epochs}")
+        if self.memory and self.fused_infonce:
+            raise ValueError("memory holds codes without their layouts, so it cannot score the fused similarity: drop fused_infonce")
 
     def augment_config(self) -> AugmentConfig | None:
         """The augmentation families this run uses."""
@@ -108,8 +114,11 @@ def augmented_input(raw: torch.Tensor, modalities: np.ndarray, params: AugmentPa
     return x
 
 
-def views(data: SliceSet, batch: TripletBatch) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """Five views per triplet (anchor, positive clean, positive@α1, positive@α2, negative@α3), their patients and α."""
+def views(data: SliceSet, batch: TripletBatch, by_slice: bool = False) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Five views per triplet (anchor, positive clean, positive@α1, positive@α2, negative@α3), their integer labels and α.
+
+    A label is the view's patient (its index among the set's patients) or, `by_slice` (the label-free stage), its
+    slice (number of patients + row), so that labels of the two stages never meet in a cross-batch memory."""
     images = torch.from_numpy(data.images)
     zeros = np.zeros(len(batch.anchor))
     anchor = geometric(images[batch.anchor], batch.augment_anchor)
@@ -129,16 +138,18 @@ def views(data: SliceSet, batch: TripletBatch) -> tuple[torch.Tensor, np.ndarray
         tensors.append(augmented_input(raw, data.modalities[index], params))
         alphas.append(alpha)
     index_all = np.concatenate([p[0] for p in parts])
-    return torch.cat(tensors), data.patients[index_all], np.concatenate(alphas).astype(np.float32)
+    names, patient_of = np.unique(data.patients, return_inverse=True)
+    labels = len(names) + index_all if by_slice else patient_of[index_all]
+    return torch.cat(tensors), labels, np.concatenate(alphas).astype(np.float32)
 
 
 def loss_terms(
-    outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], patients: np.ndarray, alphas: np.ndarray, config: TrainConfig,
-    inputs: torch.Tensor | None = None,
+    outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], labels: np.ndarray, alphas: np.ndarray, config: TrainConfig,
+    inputs: torch.Tensor | None = None, memory: losses.PatientMemory | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The loss terms (in fp32) and their weighted total for the model outputs on one batch of views (`inputs` feed the structure term)."""
+    """The loss terms (in fp32) and their weighted total for the model outputs on one batch of views (`labels` from
+    `views`; `inputs` feed the structure term; with a `memory`, InfoNCE also counts its past codes)."""
     z_anat, z_noise, a_hat = (t.float() for t in outputs)
-    _, labels = np.unique(patients, return_inverse=True)
     labels_t = torch.as_tensor(labels, device=z_anat.device)
     alpha_t = torch.as_tensor(alphas, device=z_anat.device)
     b = z_anat.shape[0] // 5
@@ -148,7 +159,7 @@ def loss_terms(
     # the layout similarity (best over flips/turns), once: the structure term's teacher and the fused InfoNCE's prior
     layouts = losses.structure_similarity(inputs.to(z_anat.device), config.layout_map) if (distil or fused) and inputs is not None else None
     terms = {
-        "infonce": losses.info_nce(z_anat, labels_t, config.temperature, layouts if fused else None, config.layout),
+        "infonce": memory(z_anat, labels_t) if memory is not None else losses.info_nce(z_anat, labels_t, config.temperature, layouts if fused else None, config.layout),
         "distortion": 0.5 * (losses.distortion_regression(clean, d1, a1, config.d_max, config.k) + losses.distortion_regression(clean, d2, a2, config.d_max, config.k)),
         "ordering": losses.ordering(anatomical_distance(clean, d1), anatomical_distance(clean, d2), a1, a2),
         "alpha": losses.alpha_regression(a_hat, alpha_t),
@@ -275,6 +286,9 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total_steps))
     sampler = TripletSampler(train_data.patients, config.batch_patients, config.seed, train_data.datasets, config.balance,
                              config.augment_config(), config.instance, train_data.series, config.neighbour)
+    # the label-free stage: every anchor is its positive slice under another full augmentation (SimCLR-style)
+    ssl_sampler = TripletSampler(train_data.patients, config.batch_patients, config.seed + 1, augment=AugmentConfig(), instance=1.0)
+    memory = losses.PatientMemory(config.memory, config.temperature) if config.memory else None
     saved = json.loads(json.dumps(asdict(config) | {"device": None}))  # as it reads back from last.pt
     state: dict[str, Any] = {"epoch": 0, "history": [], "patient_key": new_patient_key()}
     last = out_dir / "last.pt"
@@ -286,6 +300,8 @@ def train(
         optimizer.load_state_dict(blob["optimizer"])
         scheduler.load_state_dict(blob["scheduler"])
         state = json.loads(blob["state"])
+        if memory is not None:
+            memory.restore(blob["memory"])
     estimator = fit_alpha_estimator(train_data, config.seed)
     checkpoint_config = with_estimator(config.checkpoint_config(train_data.summary(), sorted(set(train_data.patients.tolist())),
                                                                 sorted(set(val_data.patients.tolist())), state["patient_key"]),
@@ -298,11 +314,12 @@ def train(
         started = time.perf_counter()
         for step in range(config.steps_per_epoch):
             global_step = epoch * config.steps_per_epoch + step
-            x, patients, alphas = views(train_data, sampler.batch(global_step))
+            ssl = epoch < config.ssl_epochs
+            x, labels, alphas = views(train_data, (ssl_sampler if ssl else sampler).batch(global_step), by_slice=ssl)
             x = x.to(device).contiguous(memory_format=torch.channels_last)
             with autocast(device):
                 outputs = model.forward_once(x)
-            terms = loss_terms(outputs, patients, alphas, config, x)
+            terms = loss_terms(outputs, labels, alphas, config, x, memory)
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
             optimizer.step()
@@ -327,6 +344,6 @@ def train(
         state["epoch"] = epoch + 1
         tmp = last.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "config": json.dumps(saved), "state": json.dumps(state)}, tmp)
+                    "config": json.dumps(saved), "state": json.dumps(state), "memory": memory.state() if memory else None}, tmp)
         os.replace(tmp, last)
     return state

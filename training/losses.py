@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +68,31 @@ def info_nce(z: torch.Tensor, labels: torch.Tensor, temperature: float = TEMPERA
         return z.sum() * 0.0
     per_anchor = -(log_prob.masked_fill(~positives, 0.0).sum(1)[has_positive]) / counts[has_positive]
     return per_anchor.mean()
+
+
+class PatientMemory:
+    """Cross-batch memory (XBM, Wang et al. 2020): the last `size` anatomy codes and their labels stay as extra
+    positives and negatives of the multi-positive InfoNCE (pytorch-metric-learning's CrossBatchMemory around its
+    SupConLoss, which is `info_nce` without a prior), so a step sees many more patients than it draws."""
+
+    def __init__(self, size: int, temperature: float, dim: int = 128) -> None:
+        from pytorch_metric_learning.losses import CrossBatchMemory, SupConLoss
+
+        self.loss = CrossBatchMemory(SupConLoss(temperature=temperature), dim, memory_size=size)
+
+    def __call__(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """InfoNCE of the batch (z, global integer labels) against itself and the memory, which the batch then joins."""
+        return self.loss(z, labels)
+
+    def state(self) -> dict[str, Any]:
+        """What a resumed run needs to continue with the same memory."""
+        return {"embeddings": self.loss.embedding_memory.cpu(), "labels": self.loss.label_memory.cpu(),
+                "position": self.loss.queue_idx, "filled": self.loss.has_been_filled}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from `state()` of an earlier run."""
+        self.loss.embedding_memory, self.loss.label_memory = state["embeddings"], state["labels"]
+        self.loss.queue_idx, self.loss.has_been_filled = int(state["position"]), bool(state["filled"])
 
 
 def distortion_regression(z_clean: torch.Tensor, z_distorted: torch.Tensor, alpha: torch.Tensor, d_max: float = D_MAX, k: float = K) -> torch.Tensor:

@@ -33,6 +33,8 @@ def train(
     layout: Annotated[float, typer.Option(min=0.0, max=0.95, help="Weight of the slice's 16×16 layout in the anatomy cosine (0: the learned code alone).")] = 0.5,
     layout_map: Annotated[str, typer.Option(help="What the layout is: silhouette (where the slice has signal) or intensity (its 16×16 thumbnail).")] = "silhouette",
     fused_infonce: Annotated[bool, typer.Option("--fused-infonce", help="InfoNCE on the code and layout similarity at the layout weight, as search scores (tried; off).")] = False,
+    memory: Annotated[int, typer.Option(min=0, max=1_000_000, help="Past anatomy codes kept as extra InfoNCE negatives and positives (cross-batch memory; 0: off).")] = 0,
+    ssl_epochs: Annotated[int, typer.Option("--ssl-epochs", min=0, help="First epochs label-free (instance positives, full augmentation) before the patient-contrastive ones.")] = 0,
     validate_every: Annotated[int, typer.Option(min=1, help="Epochs between validations (the last epoch always validates).")] = 1,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     pretrained: Annotated[Optional[Path], typer.Option(callback=file_path, help="Local torchvision ResNet weights to start the encoder from.")] = None,
@@ -56,7 +58,7 @@ def train(
     config = TrainConfig(backbone=backbone, size=size, epochs=epochs, steps_per_epoch=steps_per_epoch, batch_patients=batch_patients,
                          lr=lr, seed=seed, val_fraction=val_fraction, device=device, pretrained=str(pretrained) if pretrained else None,
                          augment=augment, balance=balance, instance=instance, neighbour=neighbour, invariance=invariance, pooling=pooling, layout=layout, layout_map=layout_map, fused_infonce=fused_infonce, held_out_datasets=tuple(hold_out_dataset or ()),
-                         validate_every=validate_every)
+                         memory=memory, ssl_epochs=ssl_epochs, validate_every=validate_every)
     config.weights["structure"] = structure_weight
     try:
         config.check()

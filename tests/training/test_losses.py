@@ -46,6 +46,27 @@ def test_info_nce_prefers_patient_clusters_and_has_gradients() -> None:
     assert z.grad is not None and z.grad.abs().sum() > 0
 
 
+def test_memory_is_info_nce_on_a_first_batch_then_counts_past_codes() -> None:
+    """pytorch-metric-learning's SupConLoss inside CrossBatchMemory is this InfoNCE on a first batch; on the next
+    batch the earlier codes join as positives (same label) and negatives (the known value below)."""
+    torch.manual_seed(0)
+    first, labels = F.normalize(torch.randn(6, 128), dim=1), torch.tensor([0, 0, 1, 1, 2, 2])
+    memory, t = losses.PatientMemory(size=16, temperature=0.5), 0.5
+    assert memory(first, labels).item() == pytest.approx(losses.info_nce(first, labels, t).item(), rel=1e-5)
+    second, second_labels = F.normalize(torch.randn(2, 128), dim=1), torch.tensor([0, 3])
+    keys, key_labels = torch.cat([first, second]), torch.cat([labels, second_labels])
+    # anchor 0 of the second batch: its positives are rows 0 and 1 of the first; its denominator every other code
+    logits = second[0] @ keys.T / t
+    others = torch.ones(len(keys), dtype=torch.bool)
+    others[6] = False
+    log_prob = logits - torch.logsumexp(logits[others], dim=0)
+    expected = -log_prob[(key_labels == 0) & others].mean()  # anchor 1 (label 3) has no positive and does not count
+    assert memory(second, second_labels).item() == pytest.approx(expected.item(), rel=1e-5)
+    restored = losses.PatientMemory(size=16, temperature=0.5)
+    restored.restore(memory.state())
+    assert restored(first, labels).item() == pytest.approx(memory(first, labels).item(), rel=1e-6)
+
+
 def test_info_nce_with_a_prior_scores_the_fused_similarity() -> None:
     """s = (1 − w)·z zᵀ + w·prior: the known value with a prior, weight 0 is the plain loss, and a prior that already
     separates the patients leaves less for the code to do."""

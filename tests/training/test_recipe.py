@@ -59,6 +59,19 @@ def test_sampler_batches_are_pure_functions_of_seed_and_step(mixed: SliceSet) ->
     assert not torch.equal(views(mixed, a.batch(0))[0], views(mixed, a.batch(1))[0])
 
 
+def test_views_label_patients_or_slices_and_the_two_never_meet(mixed: SliceSet) -> None:
+    """Patient stage: one label per patient (anchor and positive share it); label-free stage: one per slice, above
+    every patient label, so a cross-batch memory never takes a slice label for a patient."""
+    batch = TripletSampler(mixed.patients, 4, seed=3, instance=1.0).batch(0)
+    _, by_patient, _ = views(mixed, batch)
+    _, by_slice, _ = views(mixed, batch, by_slice=True)
+    n, patients = len(batch.anchor), np.unique(mixed.patients)
+    assert np.array_equal(patients[by_patient[:n]], mixed.patients[batch.anchor])
+    assert np.array_equal(by_patient[:n], by_patient[n : 2 * n]) and np.array_equal(by_slice[:n], by_slice[n : 2 * n])
+    assert np.array_equal(by_slice - len(patients), np.concatenate([batch.anchor, *[batch.positive] * 3, batch.negative]))
+    assert by_slice.min() >= len(patients) > by_patient.max()
+
+
 def test_sampler_triplets_respect_patients(mixed: SliceSet) -> None:
     sampler = TripletSampler(mixed.patients, 5, seed=1, datasets=mixed.datasets, balance=1.0, augment=None)
     for step in range(20):

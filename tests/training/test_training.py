@@ -54,9 +54,11 @@ def test_short_training_lowers_infonce_and_beats_untrained_map(tiny_sets: tuple[
     assert saved["epoch"] == 5 and saved["validation"]["map_0"] == pytest.approx(rows[-1]["map_0"])
 
 
-def test_killed_run_resumes_to_the_same_result(tiny_sets: tuple[SliceSet, SliceSet], tmp_path: Path) -> None:
+@pytest.mark.parametrize("extra", [{}, {"memory": 64, "ssl_epochs": 1}], ids=["recipe", "memory-and-label-free-stage"])
+def test_killed_run_resumes_to_the_same_result(tiny_sets: tuple[SliceSet, SliceSet], tmp_path: Path, extra: dict[str, int]) -> None:
+    """Also with a cross-batch memory (its codes travel in last.pt) and a label-free first epoch."""
     train_set, val_set = tiny_sets
-    config = TrainConfig(epochs=2, **(TINY | {"steps_per_epoch": 4}))
+    config = TrainConfig(epochs=2, **(TINY | {"steps_per_epoch": 4} | extra))
     straight = tmp_path / "straight"
     train(config, train_set, val_set, straight)
 
@@ -132,13 +134,15 @@ def test_a_fold_never_trains_on_its_held_out_dataset(archive: Path, tmp_path: Pa
     ("--invariance", "c8", "--invariance must be one of none, d4, got 'c8'"),
     ("--augment", "mixup", "augment must be one of none, d4, geometric, intensity, all, got 'mixup'"),
     ("--layout-map", "edges", "--layout_map must be one of intensity, silhouette, got 'edges'"),
+    ("--ssl-epochs", "10", "--ssl_epochs must be in [0, epochs), got 10"),
+    ("--memory", "64 --fused-infonce", "--memory holds codes without their layouts"),
 ])
 def test_train_refuses_unknown_recipe_choices_in_one_line_before_reading(tmp_path: Path, option: str, value: str, message: str) -> None:
     from typer.testing import CliRunner
 
     from retrieval.cli import app
 
-    result = CliRunner().invoke(app, ["train", str(tmp_path), "--out", str(tmp_path / "run"), option, value])
+    result = CliRunner().invoke(app, ["train", str(tmp_path), "--out", str(tmp_path / "run"), option, *value.split()])
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "run").exists()
 
