@@ -78,6 +78,8 @@ class TrainConfig:
             raise ValueError(f"layout must be in [0, 1), got {self.layout}")
         if not 0 <= self.ssl_epochs < self.epochs:
             raise ValueError(f"ssl_epochs must be in [0, epochs), got {self.ssl_epochs}")
+        if 0 < self.memory < 5 * self.batch_patients:
+            raise ValueError(f"memory must be 0 or hold at least one step's {5 * self.batch_patients} codes, got {self.memory}")
         if self.memory and self.fused_infonce:
             raise ValueError("memory holds codes without their layouts, so it cannot score the fused similarity: drop fused_infonce")
 
@@ -287,7 +289,8 @@ def train(
     sampler = TripletSampler(train_data.patients, config.batch_patients, config.seed, train_data.datasets, config.balance,
                              config.augment_config(), config.instance, train_data.series, config.neighbour)
     # the label-free stage: every anchor is its positive slice under another full augmentation (SimCLR-style)
-    ssl_sampler = TripletSampler(train_data.patients, config.batch_patients, config.seed + 1, augment=AugmentConfig(), instance=1.0)
+    ssl_sampler = TripletSampler(train_data.patients, config.batch_patients, config.seed + 1, augment=AugmentConfig(),
+                                 instance=1.0) if config.ssl_epochs else sampler
     memory = losses.PatientMemory(config.memory, config.temperature) if config.memory else None
     saved = json.loads(json.dumps(asdict(config) | {"device": None}))  # as it reads back from last.pt
     state: dict[str, Any] = {"epoch": 0, "history": [], "patient_key": new_patient_key()}

@@ -135,7 +135,8 @@ def test_a_fold_never_trains_on_its_held_out_dataset(archive: Path, tmp_path: Pa
     ("--augment", "mixup", "augment must be one of none, d4, geometric, intensity, all, got 'mixup'"),
     ("--layout-map", "edges", "--layout_map must be one of intensity, silhouette, got 'edges'"),
     ("--ssl-epochs", "10", "--ssl_epochs must be in [0, epochs), got 10"),
-    ("--memory", "64 --fused-infonce", "--memory holds codes without their layouts"),
+    ("--memory", "128 --fused-infonce", "--memory holds codes without their layouts"),
+    ("--memory", "10", "--memory must be 0 or hold at least one step's 80 codes, got 10"),
 ])
 def test_train_refuses_unknown_recipe_choices_in_one_line_before_reading(tmp_path: Path, option: str, value: str, message: str) -> None:
     from typer.testing import CliRunner
