@@ -119,8 +119,8 @@ def augmented_input(raw: torch.Tensor, modalities: np.ndarray, params: AugmentPa
 def views(data: SliceSet, batch: TripletBatch, by_slice: bool = False) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Five views per triplet (anchor, positive clean, positive@α1, positive@α2, negative@α3), their integer labels and α.
 
-    A label is the view's patient (its index among the set's patients) or, `by_slice` (the label-free stage), its
-    slice (number of patients + row), so that labels of the two stages never meet in a cross-batch memory."""
+    A label is the view's patient (its index among the sampler's patients) or, `by_slice` (the label-free stage), its
+    slice (number of slices + row), so that labels of the two stages never meet in a cross-batch memory."""
     images = torch.from_numpy(data.images)
     zeros = np.zeros(len(batch.anchor))
     anchor = geometric(images[batch.anchor], batch.augment_anchor)
@@ -140,8 +140,7 @@ def views(data: SliceSet, batch: TripletBatch, by_slice: bool = False) -> tuple[
         tensors.append(augmented_input(raw, data.modalities[index], params))
         alphas.append(alpha)
     index_all = np.concatenate([p[0] for p in parts])
-    names, patient_of = np.unique(data.patients, return_inverse=True)
-    labels = len(names) + index_all if by_slice else patient_of[index_all]
+    labels = len(data) + index_all if by_slice else np.concatenate([batch.patient] * 4 + [batch.negative_patient])
     return torch.cat(tensors), labels, np.concatenate(alphas).astype(np.float32)
 
 

@@ -29,6 +29,8 @@ class TripletBatch:
     alpha_1: np.ndarray  # first distortion level of the positive
     alpha_2: np.ndarray  # second distortion level of the positive (for the ordering term)
     alpha_negative: np.ndarray  # distortion level of the negative
+    patient: np.ndarray  # index of the anchor's (and positive's) patient among the sampler's sorted patients
+    negative_patient: np.ndarray  # index of the negative's patient
     seeds: np.ndarray  # (B, 3) distortion seeds for positive@low, positive@high, negative
     augment_anchor: AugmentParams
     augment_positive: AugmentParams  # shared by the positive's clean and distorted views
@@ -65,7 +67,7 @@ class TripletSampler:
         rng = np.random.default_rng([self.seed, step])
         n = len(self.by_patient)
         chosen = rng.choice(n, size=self.batch_patients, replace=False, p=self.weights)
-        anchor, positive, negative = [], [], []
+        anchor, positive, negative, others = [], [], [], []
         for p in chosen:
             slices = self.by_patient[p]
             a, b = rng.choice(slices, size=2, replace=len(slices) < 2)
@@ -74,6 +76,7 @@ class TripletSampler:
             if rng.random() < self.instance:
                 a = b
             other = (p + rng.integers(1, n)) % n
+            others.append(other)
             anchor.append(a)
             positive.append(b)
             negative.append(rng.choice(self.by_patient[other]))
@@ -81,7 +84,8 @@ class TripletSampler:
         alphas = rng.uniform(0.0, 1.0, size=(3, size))
         seeds = rng.integers(0, 2**31 - 1, size=(size, 3))
         augment = [sample_params(rng, size, self.augment) for _ in range(3)]
-        return TripletBatch(np.array(anchor), np.array(positive), np.array(negative), alphas[0], alphas[1], alphas[2], seeds, *augment)
+        return TripletBatch(np.array(anchor), np.array(positive), np.array(negative), alphas[0], alphas[1], alphas[2], chosen,
+                            np.array(others), seeds, *augment)
 
 
 def _neighbours(patients: np.ndarray, series: np.ndarray) -> list[np.ndarray]:

@@ -68,7 +68,8 @@ def test_views_label_patients_or_slices_and_the_two_never_meet(mixed: SliceSet) 
     n, patients = len(batch.anchor), np.unique(mixed.patients)
     assert np.array_equal(patients[by_patient[:n]], mixed.patients[batch.anchor])
     assert np.array_equal(by_patient[:n], by_patient[n : 2 * n]) and np.array_equal(by_slice[:n], by_slice[n : 2 * n])
-    assert np.array_equal(by_slice - len(patients), np.concatenate([batch.anchor, *[batch.positive] * 3, batch.negative]))
+    assert np.array_equal(patients[by_patient[4 * n :]], mixed.patients[batch.negative])
+    assert np.array_equal(by_slice - len(mixed), np.concatenate([batch.anchor, *[batch.positive] * 3, batch.negative]))
     assert by_slice.min() >= len(patients) > by_patient.max()
 
 
