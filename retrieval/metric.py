@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence, Union
 
 import numpy as np
 import torch
@@ -23,7 +24,13 @@ from retrieval.embeddings import LAYOUT_COLUMNS, Embeddings, aligned_cosine
 from retrieval.model import DisentangledSiamese
 from retrieval.preprocess import DEFAULT_SIZE, intensity, resize_factor, resize_square
 
-ImageLike = np.ndarray | torch.Tensor | str | Path
+if TYPE_CHECKING:
+    from nibabel.spatialimages import SpatialImage
+    from pydicom import Dataset
+
+ImageLike = Union[np.ndarray, torch.Tensor, str, Path, "Dataset", "SpatialImage"]
+STORED_VALUES_WARNING = ("a CT array with no value below 0 looks like stored pixel values, not Hounsfield units: pass the "
+                         "pydicom Dataset itself, or apply its rescale first (pydicom.pixels.apply_modality_lut)")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -102,13 +109,19 @@ class DistortionAwareMetric:
         factors it was made with (`retrieval.preprocess.resize_factor`; None: unknown), which the α estimator reads."""
         return embed_model(self.model, batch, self.device, batch_size, self.estimator, factors)
 
-    def _inputs(self, images: ImageLike | Sequence[ImageLike], modality: str | None) -> Iterable[tuple[torch.Tensor, float]]:
-        """Network inputs for arrays, tensors (raw 2D or preprocessed 3×S×S) and file paths, each with its resize
-        factor (NaN for a preprocessed input)."""
-        items = [images] if isinstance(images, (str, Path)) or (hasattr(images, "ndim") and images.ndim in (2, 3)) else images
-        for item in items:
+    def _inputs(self, images: ImageLike | Sequence[ImageLike], modality: str | None,
+                spacing: tuple[float, float] | None) -> Iterable[tuple[torch.Tensor, float]]:
+        """Network inputs for arrays, tensors (raw 2D or preprocessed 3×S×S), file paths and the objects pydicom and
+        nibabel read, each with its resize factor (NaN for a preprocessed input)."""
+        from retrieval.io import Identity, is_reader_object, iter_slices, object_slices
+
+        single = isinstance(images, (str, Path)) or is_reader_object(images) or (hasattr(images, "ndim") and images.ndim in (2, 3))
+        for item in [images] if single else images:
             if isinstance(item, (str, Path)):
-                yield from self._file_inputs(Path(item), modality)
+                yield from self._slice_inputs(iter_slices([Path(item)], Identity(modality=modality)), modality)
+                continue
+            if is_reader_object(item):  # a Dataset or a volume image: rescale, spacing and modality from its header
+                yield from self._slice_inputs(object_slices(item, Identity(modality=modality)), modality)
                 continue
             # any array a reader returns: flipped or turned views (negative strides), big-endian or integer pixels
             tensor = item.float() if isinstance(item, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(item, dtype=np.float32))
@@ -117,15 +130,17 @@ class DistortionAwareMetric:
             elif tensor.ndim == 2:
                 if modality not in ("CT", "MR"):
                     raise ValueError("modality must be 'CT' or 'MR' for raw arrays (it cannot be read from a file)")
-                yield self.preprocess(tensor, modality), resize_factor(tuple(tensor.shape), self.size)
+                if modality == "CT" and len(tensor) and float(tensor.min()) >= 0:
+                    warnings.warn(STORED_VALUES_WARNING, stacklevel=3)  # at the caller of embed
+                yield self.preprocess(tensor, modality, spacing or (1.0, 1.0)), resize_factor(tuple(tensor.shape), self.size, spacing or (1.0, 1.0))
             else:
                 raise ValueError(f"expected a 2D slice or a 3×H×W tensor, got shape {tuple(tensor.shape)}")
 
-    def _file_inputs(self, path: Path, modality: str | None) -> Iterable[tuple[torch.Tensor, float]]:
-        """Every slice of a file or folder, preprocessed with its own (or the given) modality."""
-        from retrieval.io import Identity, Skipped, iter_slices
+    def _slice_inputs(self, items: Iterable[Any], modality: str | None) -> Iterable[tuple[torch.Tensor, float]]:
+        """Slices a reader gave, preprocessed with their own (or the given) modality and spacing; a Skipped raises."""
+        from retrieval.io import Skipped
 
-        for item in iter_slices([path], Identity(modality=modality)):
+        for item in items:
             if isinstance(item, Skipped):
                 raise ValueError(f"{item.path}: {item.reason}")
             chosen = modality or item.modality
@@ -134,9 +149,13 @@ class DistortionAwareMetric:
             yield self.preprocess(item.pixels, chosen, item.spacing), resize_factor(item.pixels.shape, self.size, item.spacing)
 
     def embed(self, images: ImageLike | Sequence[ImageLike], modality: str | None = None, batch_size: int = 32,
-              factors: Sequence[float] | None = None) -> Embeddings:
-        """Embed images (arrays in modality units, tensors or paths) in batches; `factors`, one per image, replace the
-        resize factors the α estimator reads (raw slices and files have their own; a preprocessed input has none)."""
+              factors: Sequence[float] | None = None, spacing: tuple[float, float] | None = None) -> Embeddings:
+        """Embed images in batches: 2D arrays in modality units (HU for CT) as a reader returns them, preprocessed
+        tensors, paths, or pydicom Datasets and nibabel images (every slice, rescaled, with the header's spacing).
+        `spacing` (row, column mm) is the pixel size of the raw arrays (default square pixels); `factors`, one per
+        image, replace the resize factors the α estimator reads (raw slices and files have their own)."""
+        if spacing is not None and not (len(spacing) == 2 and all(np.isfinite(v) and v > 0 for v in spacing)):
+            raise ValueError(f"spacing must be two positive millimetre sizes (row, column), got {spacing!r}")
         given = None if factors is None else [float(f) for f in factors]
         parts: list[Embeddings] = []
         batch: list[tuple[torch.Tensor, float]] = []
@@ -145,7 +164,7 @@ class DistortionAwareMetric:
             parts.append(self.embed_tensor(torch.stack([tensor for tensor, _ in batch]), batch_size, np.array([factor for _, factor in batch])))
             batch.clear()
 
-        for count, (tensor, factor) in enumerate(self._inputs(images, modality)):
+        for count, (tensor, factor) in enumerate(self._inputs(images, modality, spacing)):
             if given is not None and count >= len(given):
                 raise ValueError(f"more images than the {len(given)} resize factors given")
             batch.append((tensor, factor if given is None else given[count]))

@@ -6,7 +6,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from retrieval.io.archive import iter_slices, read_archive, read_path, scopes
+    from retrieval.io.archive import is_reader_object, iter_slices, object_slices, read_archive, read_path, scopes
     from retrieval.io.dicomweb import DicomWeb, SourceUnavailable, is_remote
     from retrieval.io.identity import Identity
     from retrieval.io.limits import Limits
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 _HOMES = {
     "iter_slices": "archive", "read_archive": "archive", "read_path": "archive", "Identity": "identity",
     "Limits": "limits", "Series": "slices", "Skipped": "slices", "Slice": "slices",
-    "scopes": "archive", "DicomWeb": "dicomweb", "SourceUnavailable": "dicomweb", "is_remote": "dicomweb",
+    "scopes": "archive", "object_slices": "archive", "is_reader_object": "archive", "DicomWeb": "dicomweb", "SourceUnavailable": "dicomweb", "is_remote": "dicomweb",
 }
 __all__ = sorted(_HOMES)
 

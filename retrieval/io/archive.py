@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
-from retrieval.io.dicom import Frame, group_series, read_header
+from retrieval.io.dicom import Frame, dataset_slices, group_series, read_header
 from retrieval.io.dicomweb import DicomWeb, is_remote
 from retrieval.io.formats import DICOM, ITK, NIFTI, Unsupported, sniff
 from retrieval.io.identity import Identity
 from retrieval.io.images import read_image
 from retrieval.io.limits import Limits, ReadTimeout, time_limit
 from retrieval.io.itk import is_detached_data, read_itk
-from retrieval.io.nifti import read_nifti
+from retrieval.io.nifti import image_slices, read_nifti
 from retrieval.io.slices import Series, Skipped, Slice
 
 PathLike = str | os.PathLike[str]
@@ -181,3 +181,20 @@ def read_path(
         reason = f"{problems[0].path}: {problems[0].reason}" if problems else f"{remote.name if remote else target}: no image files"
         raise ValueError(reason)
     return slices
+
+
+def is_reader_object(item: Any) -> bool:
+    """Whether `item` comes from pydicom or nibabel (what `dcmread` or `nibabel.load` returns), not an array."""
+    return type(item).__module__.split(".")[0] in ("pydicom", "nibabel")
+
+
+def object_slices(item: Any, identity: Identity | None = None) -> list[Slice]:
+    """Every slice of a pydicom Dataset or nibabel image already in memory, as `read_path` gives a file's."""
+    if type(item).__module__.startswith("nibabel"):
+        get_filename = getattr(item, "get_filename", lambda: None)
+        return image_slices(item, identity, name=str(get_filename() or "<nibabel image>"))
+    from pydicom import Dataset
+
+    if not isinstance(item, Dataset):
+        raise ValueError(f"a pydicom {type(item).__name__} is not a Dataset: pass what dcmread returns")
+    return dataset_slices(item, identity, name=str(getattr(item, "filename", None) or "<pydicom dataset>"))

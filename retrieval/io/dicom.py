@@ -245,7 +245,8 @@ def _rescale(ds: Any, index: int, image: np.ndarray) -> np.ndarray:
 
 
 def _assume_transfer_syntax(ds: Any) -> None:
-    """Give a dataset without a Transfer Syntax UID the native one it was parsed with, so it can decode."""
+    """Give a dataset without a Transfer Syntax UID the native one it was parsed with (little endian for one made in
+    memory), so it can decode."""
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -254,7 +255,7 @@ def _assume_transfer_syntax(ds: Any) -> None:
     if "TransferSyntaxUID" in ds.file_meta:
         return
     implicit, little = ds.original_encoding
-    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRBigEndian if little is False else ExplicitVRLittleEndian
 
 
 def _jp2_problem(ds: Any) -> str | None:
@@ -277,6 +278,12 @@ def _decode(path: str) -> tuple[Any, np.ndarray]:
 
     with quiet():
         ds = pydicom.dcmread(path, force=True)
+    return ds, _pixels(ds)
+
+
+def _pixels(ds: Any) -> np.ndarray:
+    """Decode a dataset's pixels into an array of shape (frames, rows, cols[, samples])."""
+    with quiet():
         _assume_transfer_syntax(ds)
         problem = _jp2_problem(ds) if ds.file_meta.TransferSyntaxUID in _J2K else None
         if problem:
@@ -294,7 +301,33 @@ def _decode(path: str) -> tuple[Any, np.ndarray]:
     expected_ndim = 4 if colour else 3
     if pixels.ndim != expected_ndim:
         raise ValueError(f"decoded pixel array has shape {pixels.shape}, expected {count} frame(s)")
-    return ds, pixels
+    return pixels
+
+
+def _image(ds: Any, pixels: np.ndarray, frame: int) -> np.ndarray:
+    """Frame `frame` of decoded `pixels` in modality units: grey, rescaled, MONOCHROME1 inverted."""
+    colour = int(ds.get("SamplesPerPixel") or 1) > 1
+    image = _rescale(ds, frame, to_grey(pixels[frame], colour) if colour else pixels[frame])
+    return -image if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1" else image
+
+
+def dataset_slices(ds: Any, identity: Identity | None = None, name: str = "<dataset>") -> list[Slice]:
+    """Every frame of an in-memory pydicom Dataset as a Slice, as the archive reader would give it (rescaled to
+    modality units, MONOCHROME1 inverted, spacing and identity from the header); raises ValueError in one line.
+    A dataset without a transfer syntax is given the native one (`_assume_transfer_syntax`)."""
+    reason = _non_image_reason(ds)
+    if reason:
+        raise ValueError(f"{name}: {reason}")
+    try:
+        pixels = _pixels(ds)
+        frames = _frames(Path(name), ds, identity or Identity())
+        return [
+            Slice(pixels=_image(ds, pixels, f.frame), patient_id=f.patient_id, series_id=f.series_uid, modality=f.modality,
+                  index=f.frame, path=name, spacing=f.spacing, study_id=f.study_id)
+            for f in frames
+        ]
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed datasets
+        raise ValueError(f"{name}: cannot decode pixel data: {one_line(exc)}") from None
 
 
 def load_frames(ordered: tuple[tuple[Frame, float | None], ...], series: SeriesKey) -> list[Slice | Skipped]:
@@ -307,13 +340,10 @@ def load_frames(ordered: tuple[tuple[Frame, float | None], ...], series: SeriesK
     for path, indices in by_file.items():
         try:
             ds, pixels = _decode(path)
-            colour = int(ds.get("SamplesPerPixel") or 1) > 1
-            invert = str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1"
             for index in indices:
                 frame, position = ordered[index]
-                image = _rescale(ds, frame.frame, to_grey(pixels[frame.frame], colour) if colour else pixels[frame.frame])
                 slices[index] = Slice(
-                    pixels=-image if invert else image, patient_id=series.patient_id, series_id=series.series_id,
+                    pixels=_image(ds, pixels, frame.frame), patient_id=series.patient_id, series_id=series.series_id,
                     modality=series.modality, index=index, path=path, spacing=frame.spacing,
                     study_id=series.study_id, position=position,
                 )

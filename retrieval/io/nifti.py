@@ -165,6 +165,29 @@ def load_volume(path: str, volume: int, axis: int | None, key: SeriesKey) -> lis
     return cut_volume(data, _geometry(img), axis, key, path)
 
 
+def image_slices(img: Any, identity: Identity | None = None, axis: int | None = None, name: str = "<image>") -> list[Slice]:
+    """Every slice of an in-memory nibabel volume image (each volume of a 4D one), cut and oriented as the archive
+    reader cuts files (`read_nifti`); raises ValueError in one line."""
+    import nibabel as nib
+
+    if not isinstance(img, nib.analyze.AnalyzeImage):
+        raise ValueError(f"{name}: {type(img).__name__} is not a NIfTI or Analyze volume image")
+    identity = identity or Identity()
+    try:
+        volumes, grid = _volume_count(img.shape), _geometry(img)
+        slice_axis(grid[1], grid[2], axis)  # a bad axis is this image's one-line reason
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # noqa: BLE001 - nibabel raises many types on malformed images
+        raise ValueError(f"{name}: unreadable volume: {one_line(exc)}") from None
+    patient, modality = identity.patient(Path(name)), identity.modality_of(Path(name))
+    slices: list[Slice] = []
+    for volume in range(volumes):
+        key = SeriesKey(patient, name + (f"#t{volume}" if volumes > 1 else ""), modality)
+        part = data[:, :, :, volume] if data.ndim >= 4 else data
+        slices += cut_volume(_as_grey(part).reshape(_shape3(img)), grid, axis, key, name)
+    return slices
+
+
 def cut_volume(data: np.ndarray, grid: Geometry, axis: int | None, key: SeriesKey, path: str) -> list[Slice]:
     """Reorient a 3D voxel array (voxel axes of `grid`) to the closest canonical and cut it into ordered Slices."""
     import nibabel as nib

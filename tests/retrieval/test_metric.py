@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
+import nibabel
 import numpy as np
 import pytest
 import torch
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
 
 from retrieval.checkpoint import save_checkpoint
@@ -62,6 +64,53 @@ def test_distance_is_anatomy_plus_beta_alpha_gap(metric: DistortionAwareMetric, 
     assert d_anat[0] == pytest.approx(expected, abs=1e-5)
     assert metric.distance(ea, eb)[0] == pytest.approx(d_anat[0] + BETA * abs(ea.alpha[0] - eb.alpha[0]), abs=1e-6)
     assert metric.anatomy_distance(base, base, modality="CT")[0] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_pydicom_datasets_and_nibabel_images_embed_as_their_files(metric: DistortionAwareMetric, ct_file: Path) -> None:
+    """What `dcmread` and `nibabel.load` return embeds as the file does: rescaled, with the header's spacing and modality."""
+    for path in (ct_file, Path(get_testdata_file("emri_small.dcm"))):  # one frame and ten
+        from_object, from_file = metric.embed(dcmread(path)), metric.embed(path)
+        frames = int(dcmread(path, stop_before_pixels=True).get("NumberOfFrames") or 1)
+        assert len(from_object.alpha) == len(from_file.alpha) == frames
+        np.testing.assert_allclose(from_object.anatomy, from_file.anatomy, atol=1e-6)
+    volume = Path(nibabel.__file__).parent / "tests" / "data" / "example4d.nii.gz"
+    from_object, from_file = metric.embed(nibabel.load(volume), modality="MR"), metric.embed(volume, modality="MR")
+    assert len(from_object.alpha) == 48  # 2 volumes × 24 slices
+    np.testing.assert_allclose(from_object.anatomy, from_file.anatomy, atol=1e-6)
+
+
+def test_a_dataset_made_in_memory_decodes_in_hounsfield_units(metric: DistortionAwareMetric, ct_file: Path) -> None:
+    """A Dataset built from an array (no file meta, stored values with an intercept) embeds as its HU array."""
+    hu = _hu(ct_file)
+    ds = Dataset()
+    ds.Modality, ds.Rows, ds.Columns, ds.PixelSpacing = "CT", *hu.shape, [0.5, 0.5]
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation, ds.SamplesPerPixel = 16, 16, 15, 0, 1
+    ds.PhotometricInterpretation, ds.RescaleSlope, ds.RescaleIntercept = "MONOCHROME2", 1, -1024
+    ds.PixelData = (hu + 1024).astype(np.uint16).tobytes()
+    np.testing.assert_allclose(metric.embed(ds).anatomy, metric.embed(hu, "CT").anatomy, atol=1e-6)
+    header_only = Dataset()
+    header_only.Modality, header_only.PatientID = "CT", "p1"
+    with pytest.raises(ValueError, match="<pydicom dataset>: non-image DICOM .*no image pixel data"):
+        metric.embed(header_only)
+    with pytest.raises(ValueError, match="DataElement is not a Dataset"):
+        metric.embed(ds["Modality"])
+
+
+def test_stored_ct_values_warn_and_spacing_keeps_the_field_of_view(metric: DistortionAwareMetric, ct_file: Path) -> None:
+    hu = _hu(ct_file)
+    with pytest.warns(UserWarning, match="stored pixel values, not Hounsfield units"):
+        metric.embed(dcmread(ct_file).pixel_array, modality="CT")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        metric.embed(hu, modality="CT")
+    reference = metric.embed(hu, "CT")
+    rows_halved = np.ascontiguousarray(hu[::2])  # 64 × 128 pixels of 2 × 1 mm: the same square field of view
+    with_spacing = metric.anatomy_distance(metric.embed(rows_halved, "CT", spacing=(2.0, 1.0)), reference)[0]
+    without = metric.anatomy_distance(metric.embed(rows_halved, "CT"), reference)[0]
+    assert with_spacing < 0.5 * without, (with_spacing, without)
+    for bad in ((0.0, 1.0), (1.0,), (float("nan"), 1.0)):
+        with pytest.raises(ValueError, match="spacing must be two positive"):
+            metric.embed(hu, "CT", spacing=bad)  # type: ignore[arg-type]
 
 
 def test_clear_errors_for_bad_inputs(metric: DistortionAwareMetric, tmp_path: Path) -> None:
