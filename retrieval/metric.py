@@ -22,15 +22,15 @@ from retrieval.alpha import AlphaEstimator
 from retrieval.checkpoint import DEFAULT_CHECKPOINT, file_sha256, load_checkpoint
 from retrieval.embeddings import LAYOUT_COLUMNS, Embeddings, aligned_cosine
 from retrieval.model import DisentangledSiamese
-from retrieval.preprocess import DEFAULT_SIZE, intensity, resize_factor, resize_square
+from retrieval.preprocess import DEFAULT_SIZE, STORED_CT_INTERCEPT, intensity, looks_like_stored_ct, resize_factor, resize_square
 
 if TYPE_CHECKING:
     from nibabel.spatialimages import SpatialImage
     from pydicom import Dataset
 
 ImageLike = Union[np.ndarray, torch.Tensor, str, Path, "Dataset", "SpatialImage"]
-STORED_VALUES_WARNING = ("a CT array with no value below 0 looks like stored pixel values, not Hounsfield units: pass the "
-                         "pydicom Dataset itself, or apply its rescale first (pydicom.pixels.apply_modality_lut)")
+STORED_VALUES_WARNING = ("a CT array with no value below -50 besides its padding holds stored pixel values, not Hounsfield "
+                         "units: read with the usual rescale intercept -1024; pass the pydicom Dataset (or HU) to be exact")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -130,8 +130,9 @@ class DistortionAwareMetric:
             elif tensor.ndim == 2:
                 if modality not in ("CT", "MR"):
                     raise ValueError("modality must be 'CT' or 'MR' for raw arrays (it cannot be read from a file)")
-                if modality == "CT" and len(tensor) and float(tensor.min()) >= 0:
+                if modality == "CT" and looks_like_stored_ct(tensor):  # ds.pixel_array without its rescale
                     warnings.warn(STORED_VALUES_WARNING, stacklevel=3)  # at the caller of embed
+                    tensor = tensor + STORED_CT_INTERCEPT
                 yield self.preprocess(tensor, modality, spacing or (1.0, 1.0)), resize_factor(tuple(tensor.shape), self.size, spacing or (1.0, 1.0))
             else:
                 raise ValueError(f"expected a 2D slice or a 3×H×W tensor, got shape {tuple(tensor.shape)}")

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 DEFAULT_SIZE = 256
 CT_WINDOWS: tuple[tuple[float, float], ...] = ((40.0, 400.0), (-600.0, 1500.0), (400.0, 1800.0))
 MR_PERCENTILES: tuple[float, float] = (1.0, 99.5)
+STORED_CT_INTERCEPT = -1024.0  # the rescale intercept of CT stored as unsigned values (every vendor's usual choice)
+STORED_CT_FLOOR = -50.0  # a CT slice in HU always has values below this besides its padding (air, lung, fat)
 CT_FOREGROUND_HU = -500.0  # tissue denser than this counts as foreground
 MR_FOREGROUND_FRACTION = 0.1  # of the 99.5th percentile
 MIN_FOREGROUND = 0.02  # a slice with less foreground than this fraction is empty background
@@ -127,6 +129,15 @@ def native_view(
         step = int(rng.integers(1, max(1, max(height, width) // size) + 1))
         view, spacing = image[::step, ::step], (spacing[0] * step, spacing[1] * step)
     return resize_square(view, size, spacing), resize_factor(view.shape, size, spacing)
+
+
+def looks_like_stored_ct(pixels: "np.ndarray | torch.Tensor") -> bool:
+    """Whether a CT slice holds stored pixel values instead of HU: nothing but its minimum (the padding) lies below
+    STORED_CT_FLOOR. In HU the air around and inside a body reads about −1,000 (every slice of the sample archive
+    goes below −1,000 besides its padding); stored with intercept −1,024 the same air reads about 0."""
+    image = _as_array(pixels)
+    rest = image[image > image.min()] if image.size else image
+    return bool(rest.size) and float(rest.min()) >= STORED_CT_FLOOR
 
 
 def ct_window(hu: np.ndarray, level: float, width: float) -> np.ndarray:

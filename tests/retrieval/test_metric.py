@@ -99,7 +99,8 @@ def test_a_dataset_made_in_memory_decodes_in_hounsfield_units(metric: Distortion
 def test_stored_ct_values_warn_and_spacing_keeps_the_field_of_view(metric: DistortionAwareMetric, ct_file: Path) -> None:
     hu = _hu(ct_file)
     with pytest.warns(UserWarning, match="stored pixel values, not Hounsfield units"):
-        metric.embed(dcmread(ct_file).pixel_array, modality="CT")
+        stored = metric.embed(dcmread(ct_file).pixel_array, modality="CT")  # CT_small: unsigned, intercept -1024
+    np.testing.assert_allclose(stored.anatomy, metric.embed(hu, "CT").anatomy, atol=1e-6)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         metric.embed(hu, modality="CT")

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.pixels import apply_modality_lut
 
 from retrieval.io import read_path
-from retrieval.preprocess import CT_WINDOWS, intensity, is_empty, native_view, prepare, resize_factor, resize_square, square_shape
+from retrieval.preprocess import (CT_WINDOWS, intensity, is_empty, looks_like_stored_ct, native_view, prepare, resize_factor,
+                                  resize_square, square_shape)
 
 # The README's documented defaults: (level, width) in HU for the three input channels.
 DOCUMENTED_WINDOWS = {"soft tissue": (40.0, 400.0), "lung": (-600.0, 1500.0), "bone": (400.0, 1800.0)}
@@ -120,3 +125,29 @@ def test_native_view_is_seeded_and_keeps_the_scanners_noise() -> None:
     assert np.median([noise(v) for v, _ in views]) > 2.0 * resized, ([round(noise(v), 2) for v, _ in views], resized)
     coarse = [noise(v) for v, f in views if f < 3.0]
     assert coarse and min(coarse) > 2.0 * resized  # the less a view was averaged, the more of the noise it keeps
+
+
+def test_stored_ct_values_are_told_from_hounsfield_units() -> None:
+    """CT_small's stored values (unsigned, intercept −1024) read as stored and its HU do not; padding below 0 (signed
+    storage) does not hide stored values."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    assert looks_like_stored_ct(ds.pixel_array) and not looks_like_stored_ct(apply_modality_lut(ds.pixel_array, ds))
+    air_and_water = np.random.default_rng(0).normal(-1000.0, 20.0, (32, 32)).astype(np.float32)  # air reads with noise
+    air_and_water[8:24, 8:24] += 1000.0
+    stored = np.maximum(air_and_water + 1024, 0)  # unsigned storage with intercept −1024
+    assert not looks_like_stored_ct(air_and_water) and looks_like_stored_ct(stored)
+    padded = np.pad(stored, 4, constant_values=-2000)  # signed storage: padding outside the field of view
+    assert looks_like_stored_ct(padded) and not looks_like_stored_ct(np.pad(air_and_water, 4, constant_values=-3024))
+
+
+@pytest.mark.archive
+def test_no_archive_ct_slice_in_hu_reads_as_stored_and_every_tcga_raw_array_does(archive: Path) -> None:
+    """tcga_lung stores unsigned and signed (padded) values with intercept −1024; the other CT datasets store HU."""
+    in_hu, tcga_raw = [], []
+    for path in sorted(p for p in (archive / "ct").rglob("*") if p.is_file() and p.suffix != ".csv"):
+        ds = pydicom.dcmread(path)
+        in_hu.append(looks_like_stored_ct(apply_modality_lut(ds.pixel_array, ds)))
+        if "tcga_lung" in path.parts:
+            tcga_raw.append(looks_like_stored_ct(ds.pixel_array))
+    assert len(in_hu) == 195 and not any(in_hu)
+    assert len(tcga_raw) == 77 and all(tcga_raw)
