@@ -178,11 +178,11 @@ class AlphaEstimator:
         """â ∈ [0, 1] of preprocessed (B, 3, S, S) slices with their `resize_factor`s (None or NaN: unknown, read as
         whole slices)."""
         features = estimator_features(batch, factors)
-        alpha = self.predict(features)
-        if self.small is not None:
-            small = features[:, FACTOR_COLUMN] <= np.log2(self.small_factor)  # NaN (unknown) compares False: a whole slice
-            if small.any():
-                alpha[small] = self.small.predict(features[small])
+        if self.small is None:
+            return self.predict(features)
+        small = features[:, FACTOR_COLUMN] <= np.log2(self.small_factor)  # NaN (unknown) compares False: a whole slice
+        alpha = np.empty(len(features), dtype=np.float32)
+        alpha[~small], alpha[small] = self.predict(features[~small]), self.small.predict(features[small])  # each row once
         return alpha
 
     def to_config(self) -> dict[str, Any]:
