@@ -125,7 +125,9 @@ class DistortionAwareMetric:
                 continue
             # any array a reader returns: flipped or turned views (negative strides), big-endian or integer pixels
             tensor = item.float() if isinstance(item, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(item, dtype=np.float32))
-            if tensor.ndim == 3 and tensor.shape[0] == 3:
+            if tensor.ndim == 3 and 1 in (tensor.shape[0], tensor.shape[2]) and min(tensor.shape) == 1:
+                tensor = tensor.squeeze(0 if tensor.shape[0] == 1 else 2)  # one slice kept 3D: data[:, :, k:k+1], (1, H, W)
+            if tensor.ndim == 3 and tensor.shape[0] == 3 and self._preprocessed(tensor):
                 yield tensor, float("nan")
             elif tensor.ndim == 2:
                 if modality not in ("CT", "MR"):
@@ -135,7 +137,12 @@ class DistortionAwareMetric:
                     tensor = tensor + STORED_CT_INTERCEPT
                 yield self.preprocess(tensor, modality, spacing or (1.0, 1.0)), resize_factor(tuple(tensor.shape), self.size, spacing or (1.0, 1.0))
             else:
-                raise ValueError(f"expected a 2D slice or a 3×H×W tensor, got shape {tuple(tensor.shape)}")
+                raise ValueError(f"expected a 2D slice or a preprocessed 3×{self.size}×{self.size} input in [0, 1], got shape "
+                                 f"{tuple(tensor.shape)}: pass a volume as its nibabel image or pydicom Dataset, or as a list of 2D slices")
+
+    def _preprocessed(self, tensor: torch.Tensor) -> bool:
+        """Whether a 3×H×W tensor is this checkpoint's network input (3×S×S in [0, 1]), not a volume of three slices."""
+        return tuple(tensor.shape[1:]) == (self.size, self.size) and float(tensor.min()) >= 0.0 and float(tensor.max()) <= 1.0
 
     def _slice_inputs(self, items: Iterable[Any], modality: str | None) -> Iterable[tuple[torch.Tensor, float]]:
         """Slices a reader gave, preprocessed with their own (or the given) modality and spacing; a Skipped raises."""

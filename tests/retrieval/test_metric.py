@@ -105,6 +105,8 @@ def test_stored_ct_values_warn_and_spacing_keeps_the_field_of_view(metric: Disto
         warnings.simplefilter("error")
         metric.embed(hu, modality="CT")
     reference = metric.embed(hu, "CT")
+    for kept_3d in (hu[None], hu[:, :, None]):  # one slice cut as data[k:k+1] or data[:, :, k:k+1]
+        np.testing.assert_allclose(metric.embed(kept_3d, "CT").anatomy, reference.anatomy, atol=1e-6)
     rows_halved = np.ascontiguousarray(hu[::2])  # 64 × 128 pixels of 2 × 1 mm: the same square field of view
     with_spacing = metric.anatomy_distance(metric.embed(rows_halved, "CT", spacing=(2.0, 1.0)), reference)[0]
     without = metric.anatomy_distance(metric.embed(rows_halved, "CT"), reference)[0]
@@ -119,6 +121,10 @@ def test_clear_errors_for_bad_inputs(metric: DistortionAwareMetric, tmp_path: Pa
         metric.embed(np.zeros((32, 32), np.float32))
     with pytest.raises(ValueError, match="expected a 2D slice"):
         metric.embed(np.zeros((2, 4, 32, 32), np.float32), modality="CT")
+    three_slices = np.full((3, metric.size, metric.size), -1000.0, np.float32)  # a volume, not a preprocessed input
+    with pytest.raises(ValueError, match="pass a volume as its nibabel image or pydicom Dataset, or as a list of 2D slices"):
+        metric.embed(three_slices, modality="CT")
+    assert len(metric.embed(list(three_slices), modality="CT").alpha) == 3
     broken = tmp_path / "broken.dcm"
     broken.write_bytes(b"DICM" * 10)
     with pytest.raises(ValueError, match="broken.dcm"):
