@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 DEFAULT_SIZE = 256
 CT_WINDOWS: tuple[tuple[float, float], ...] = ((40.0, 400.0), (-600.0, 1500.0), (400.0, 1800.0))
 MR_PERCENTILES: tuple[float, float] = (1.0, 99.5)
-STORED_CT_INTERCEPT = -1024.0  # the rescale intercept of CT stored as unsigned values (every vendor's usual choice)
-STORED_CT_FLOOR = -50.0  # a CT slice in HU always has values below this besides its padding (air, lung, fat)
+STORED_CT_INTERCEPT = -1024.0  # the usual rescale intercept of CT stored as unsigned values
+STORED_CT_FLOOR = -50.0  # a whole CT slice in HU has values below this besides its padding (air, lung, fat); a crop inside soft tissue may not
 CT_FOREGROUND_HU = -500.0  # tissue denser than this counts as foreground
 MR_FOREGROUND_FRACTION = 0.1  # of the 99.5th percentile
 MIN_FOREGROUND = 0.02  # a slice with less foreground than this fraction is empty background
