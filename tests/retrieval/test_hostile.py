@@ -69,9 +69,9 @@ def run(command: list[str]) -> tuple[subprocess.CompletedProcess[str], float, fl
 def test_every_hostile_file_is_refused_from_its_header_with_its_reason(corpus: tuple[Path, dict[str, str]]) -> None:
     folder, phrases = corpus
     for name, phrase in phrases.items():
-        started = time.process_time()
+        started = time.thread_time()
         outcomes = read_or_skip(folder / name)
-        seconds = time.process_time() - started
+        seconds = time.thread_time() - started
         assert outcomes and all(o.startswith("skipped: ") and phrase in o for o in outcomes), (name, outcomes)
         assert seconds < SECONDS_PER_FILE, (name, seconds)
 
@@ -83,10 +83,10 @@ def test_raised_limits_still_refuse_what_the_file_cannot_hold(corpus: tuple[Path
               "volumes_32767.nii.gz": "gzip-compressed", "j2k_8192_frames_of_8192.dcm": "encapsulated frames",
               "native_30M_frames.dcm": "image attributes need", "nifti2_100000x100000.nii": "truncated"}
     for name, phrase in expect.items():
-        started = time.process_time()
+        started = time.thread_time()
         (item,) = read_archive([folder / name], limits=NO_LIMITS)
         assert isinstance(item, Skipped) and phrase in item.reason, (name, item)
-        assert time.process_time() - started < SECONDS_PER_FILE, name
+        assert time.thread_time() - started < SECONDS_PER_FILE, name
 
 
 def test_limits_refuse_real_files_above_them_and_name_the_option(tmp_path: Path) -> None:
@@ -242,12 +242,14 @@ def test_any_nifti_header_numbers_are_read_or_skipped_cheaply(tmp_path: Path, di
 
 
 def _cheaply_read_or_skipped(path: Path) -> None:
-    """The reader contract on one file, within the per-file CPU bound and 1 GiB of traced allocations (numpy's included)."""
+    """The reader contract on one file, within the per-file CPU bound and 1 GiB of traced allocations (numpy's included).
+    CPU time is this thread's, where the read runs. Process time also counts threads that earlier tests left running
+    (ONNX Runtime, OpenMP pools), the likely reason a read that takes 0.6 s once measured 2.2 s in CI."""
     tracemalloc.start()
-    started = time.process_time()
+    started = time.thread_time()
     try:
         assert read_or_skip(path)
-        assert time.process_time() - started < SECONDS_PER_FILE
+        assert time.thread_time() - started < SECONDS_PER_FILE
         assert tracemalloc.get_traced_memory()[1] < SCAN_PEAK_MB * 2**20
     finally:
         tracemalloc.stop()
