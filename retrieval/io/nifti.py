@@ -167,11 +167,12 @@ def load_volume(path: str, volume: int, axis: int | None, key: SeriesKey) -> lis
 
 def image_slices(img: Any, identity: Identity | None = None, axis: int | None = None, name: str = "<image>") -> list[Slice]:
     """Every slice of an in-memory nibabel volume image (each volume of a 4D one), cut and oriented as the archive
-    reader cuts files (`read_nifti`); raises ValueError in one line."""
+    reader cuts files (`read_nifti`): NIfTI and Analyze, and the formats only nibabel reads (PAR/REC, MGH, MINC);
+    raises ValueError in one line."""
     import nibabel as nib
 
-    if not isinstance(img, nib.analyze.AnalyzeImage):
-        raise ValueError(f"{name}: {type(img).__name__} is not a NIfTI or Analyze volume image")
+    if not isinstance(img, nib.spatialimages.SpatialImage):
+        raise ValueError(f"{name}: {type(img).__name__} is not a volume image")
     identity = identity or Identity()
     try:
         volumes, grid = _volume_count(img.shape), _geometry(img)
