@@ -115,6 +115,7 @@ class DistortionAwareMetric:
         nibabel read, each with its resize factor (NaN for a preprocessed input)."""
         from retrieval.io import Identity, is_reader_object, iter_slices, object_slices
 
+        spacing = spacing or (1.0, 1.0)
         single = isinstance(images, (str, Path)) or is_reader_object(images) or (hasattr(images, "ndim") and images.ndim in (2, 3))
         for item in [images] if single else images:
             if isinstance(item, (str, Path)):
@@ -135,7 +136,7 @@ class DistortionAwareMetric:
                 if modality == "CT" and looks_like_stored_ct(tensor):  # ds.pixel_array without its rescale
                     warnings.warn(STORED_VALUES_WARNING, stacklevel=3)  # at the caller of embed
                     tensor = tensor + STORED_CT_INTERCEPT
-                yield self.preprocess(tensor, modality, spacing or (1.0, 1.0)), resize_factor(tuple(tensor.shape), self.size, spacing or (1.0, 1.0))
+                yield self.preprocess(tensor, modality, spacing), resize_factor(tuple(tensor.shape), self.size, spacing)
             else:
                 raise ValueError(f"expected a 2D slice or a preprocessed 3×{self.size}×{self.size} input in [0, 1], got shape "
                                  f"{tuple(tensor.shape)}: pass a volume as its nibabel image or pydicom Dataset, or as a list of 2D slices")

@@ -158,14 +158,19 @@ def load_volume(path: str, volume: int, axis: int | None, key: SeriesKey) -> lis
     try:
         with quiet():
             img = nib.load(path)
-            data = img.dataobj[:, :, :, volume] if len(img.shape) >= 4 else img.dataobj
-            data = _as_grey(np.asanyarray(data)).reshape(_shape3(img))
+            data = _voxels(img, volume)
     except Exception as exc:  # noqa: BLE001 - truncated or corrupt data: report the file, keep going
         return [Skipped(path, f"cannot read NIfTI voxels: {one_line(exc)}")]
     return cut_volume(data, _geometry(img), axis, key, path)
 
 
-def image_slices(img: Any, identity: Identity | None = None, axis: int | None = None, name: str = "<image>") -> list[Slice]:
+def _voxels(img: Any, volume: int) -> np.ndarray:
+    """One 3D volume of a nibabel image as float32 (grey for RGB) voxels, read through its data proxy."""
+    data = img.dataobj[:, :, :, volume] if len(img.shape) >= 4 else img.dataobj
+    return _as_grey(np.asanyarray(data)).reshape(_shape3(img))
+
+
+def image_slices(img: Any, identity: Identity | None = None, name: str = "<image>") -> list[Slice]:
     """Every slice of an in-memory nibabel volume image (each volume of a 4D one), cut and oriented as the archive
     reader cuts files (`read_nifti`): NIfTI and Analyze, and the formats only nibabel reads (PAR/REC, MGH, MINC);
     raises ValueError in one line."""
@@ -174,18 +179,15 @@ def image_slices(img: Any, identity: Identity | None = None, axis: int | None = 
     if not isinstance(img, nib.spatialimages.SpatialImage):
         raise ValueError(f"{name}: {type(img).__name__} is not a volume image")
     identity = identity or Identity()
+    patient, modality = identity.patient(Path(name)), identity.modality_of(Path(name))
     try:
         volumes, grid = _volume_count(img.shape), _geometry(img)
-        slice_axis(grid[1], grid[2], axis)  # a bad axis is this image's one-line reason
-        data = np.asanyarray(img.dataobj)
+        slices: list[Slice] = []
+        for volume in range(volumes):
+            key = SeriesKey(patient, name + (f"#t{volume}" if volumes > 1 else ""), modality)
+            slices += cut_volume(_voxels(img, volume), grid, None, key, name)
     except Exception as exc:  # noqa: BLE001 - nibabel raises many types on malformed images
         raise ValueError(f"{name}: unreadable volume: {one_line(exc)}") from None
-    patient, modality = identity.patient(Path(name)), identity.modality_of(Path(name))
-    slices: list[Slice] = []
-    for volume in range(volumes):
-        key = SeriesKey(patient, name + (f"#t{volume}" if volumes > 1 else ""), modality)
-        part = data[:, :, :, volume] if data.ndim >= 4 else data
-        slices += cut_volume(_as_grey(part).reshape(_shape3(img)), grid, axis, key, name)
     return slices
 
 
