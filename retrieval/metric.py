@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence, Union
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -21,16 +20,9 @@ from retrieval import BETA
 from retrieval.alpha import AlphaEstimator
 from retrieval.checkpoint import DEFAULT_CHECKPOINT, file_sha256, load_checkpoint
 from retrieval.embeddings import LAYOUT_COLUMNS, Embeddings, aligned_cosine
+from retrieval.inputs import ImageLike, check_modality, check_spacing, network_inputs
 from retrieval.model import DisentangledSiamese
-from retrieval.preprocess import DEFAULT_SIZE, STORED_CT_INTERCEPT, intensity, looks_like_stored_ct, resize_factor, resize_square
-
-if TYPE_CHECKING:
-    from nibabel.spatialimages import SpatialImage
-    from pydicom import Dataset
-
-ImageLike = Union[np.ndarray, torch.Tensor, str, Path, "Dataset", "SpatialImage"]
-STORED_VALUES_WARNING = ("a CT array with no value below -50 besides its padding holds stored pixel values, not Hounsfield "
-                         "units: read with the usual rescale intercept -1024; pass the pydicom Dataset (or HU) to be exact")
+from retrieval.preprocess import DEFAULT_SIZE, intensity, resize_square
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -109,62 +101,14 @@ class DistortionAwareMetric:
         factors it was made with (`retrieval.preprocess.resize_factor`; None: unknown), which the α estimator reads."""
         return embed_model(self.model, batch, self.device, batch_size, self.estimator, factors)
 
-    def _inputs(self, images: ImageLike | Sequence[ImageLike], modality: str | None,
-                spacing: tuple[float, float] | None) -> Iterable[tuple[torch.Tensor, float]]:
-        """Network inputs for arrays, tensors (raw 2D or preprocessed 3×S×S), file paths and the objects pydicom and
-        nibabel read, each with its resize factor (NaN for a preprocessed input)."""
-        from retrieval.io import Identity, is_reader_object, iter_slices, object_slices
-
-        spacing = spacing or (1.0, 1.0)
-        single = isinstance(images, (str, Path)) or is_reader_object(images) or (hasattr(images, "ndim") and images.ndim in (2, 3))
-        for item in [images] if single else images:
-            if isinstance(item, (str, Path)):
-                yield from self._slice_inputs(iter_slices([Path(item)], Identity(modality=modality)), modality)
-                continue
-            if is_reader_object(item):  # a Dataset or a volume image: rescale, spacing and modality from its header
-                yield from self._slice_inputs(object_slices(item, Identity(modality=modality)), modality)
-                continue
-            # any array a reader returns: flipped or turned views (negative strides), big-endian or integer pixels
-            tensor = item.float() if isinstance(item, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(item, dtype=np.float32))
-            if tensor.ndim == 3 and 1 in (tensor.shape[0], tensor.shape[2]) and min(tensor.shape) == 1:
-                tensor = tensor.squeeze(0 if tensor.shape[0] == 1 else 2)  # one slice kept 3D: data[:, :, k:k+1], (1, H, W)
-            if tensor.ndim == 3 and tensor.shape[0] == 3 and self._preprocessed(tensor):
-                yield tensor, float("nan")
-            elif tensor.ndim == 2:
-                if modality not in ("CT", "MR"):
-                    raise ValueError("modality must be 'CT' or 'MR' for raw arrays (it cannot be read from a file)")
-                if modality == "CT" and looks_like_stored_ct(tensor):  # ds.pixel_array without its rescale
-                    warnings.warn(STORED_VALUES_WARNING, stacklevel=3)  # at the caller of embed
-                    tensor = tensor + STORED_CT_INTERCEPT
-                yield self.preprocess(tensor, modality, spacing), resize_factor(tuple(tensor.shape), self.size, spacing)
-            else:
-                raise ValueError(f"expected a 2D slice or a preprocessed 3×{self.size}×{self.size} input in [0, 1], got shape "
-                                 f"{tuple(tensor.shape)}: pass a volume as its nibabel image or pydicom Dataset, or as a list of 2D slices")
-
-    def _preprocessed(self, tensor: torch.Tensor) -> bool:
-        """Whether a 3×H×W tensor is this checkpoint's network input (3×S×S in [0, 1]), not a volume of three slices."""
-        return tuple(tensor.shape[1:]) == (self.size, self.size) and float(tensor.min()) >= 0.0 and float(tensor.max()) <= 1.0
-
-    def _slice_inputs(self, items: Iterable[Any], modality: str | None) -> Iterable[tuple[torch.Tensor, float]]:
-        """Slices a reader gave, preprocessed with their own (or the given) modality and spacing; a Skipped raises."""
-        from retrieval.io import Skipped
-
-        for item in items:
-            if isinstance(item, Skipped):
-                raise ValueError(f"{item.path}: {item.reason}")
-            chosen = modality or item.modality
-            if chosen not in ("CT", "MR"):
-                raise ValueError(f"{item.path}: modality {item.modality!r} is not CT or MR; pass modality=")
-            yield self.preprocess(item.pixels, chosen, item.spacing), resize_factor(item.pixels.shape, self.size, item.spacing)
-
     def embed(self, images: ImageLike | Sequence[ImageLike], modality: str | None = None, batch_size: int = 32,
-              factors: Sequence[float] | None = None, spacing: tuple[float, float] | None = None) -> Embeddings:
+              factors: Sequence[float] | None = None, spacing: Any = None) -> Embeddings:
         """Embed images in batches: 2D arrays in modality units (HU for CT) as a reader returns them, preprocessed
-        tensors, paths, or pydicom Datasets and nibabel images (every slice, rescaled, with the header's spacing).
-        `spacing` (row, column mm) is the pixel size of the raw arrays (default square pixels); `factors`, one per
-        image, replace the resize factors the α estimator reads (raw slices and files have their own)."""
-        if spacing is not None and not (len(spacing) == 2 and all(np.isfinite(v) and v > 0 for v in spacing)):
-            raise ValueError(f"spacing must be two positive millimetre sizes (row, column), got {spacing!r}")
+        tensors, paths, pydicom Datasets and nibabel images (every slice, rescaled, with the header's spacing), or the
+        readers' `Slice`s. `spacing` is the pixel size of the raw arrays: a number or a (row, column) pair in mm for all
+        of them (default square pixels), or a list with one per raw array; `factors`, one per image, replace the resize
+        factors the α estimator reads (raw slices and files have their own)."""
+        modality, spacing = check_modality(modality), check_spacing(spacing)
         given = None if factors is None else [float(f) for f in factors]
         parts: list[Embeddings] = []
         batch: list[tuple[torch.Tensor, float]] = []
@@ -173,7 +117,7 @@ class DistortionAwareMetric:
             parts.append(self.embed_tensor(torch.stack([tensor for tensor, _ in batch]), batch_size, np.array([factor for _, factor in batch])))
             batch.clear()
 
-        for count, (tensor, factor) in enumerate(self._inputs(images, modality, spacing)):
+        for count, (tensor, factor) in enumerate(network_inputs(images, modality, spacing, self.size)):
             if given is not None and count >= len(given):
                 raise ValueError(f"more images than the {len(given)} resize factors given")
             batch.append((tensor, factor if given is None else given[count]))
@@ -187,20 +131,20 @@ class DistortionAwareMetric:
             raise ValueError(f"{len(given)} resize factors for {sum(len(part.alpha) for part in parts)} images")
         return Embeddings.concat(parts)
 
-    def alpha(self, images: ImageLike | Sequence[ImageLike], modality: str | None = None) -> np.ndarray:
-        """Predicted distortion severity â ∈ [0, 1] per image."""
-        return self.embed(images, modality).alpha
+    def alpha(self, images: ImageLike | Sequence[ImageLike], modality: str | None = None, spacing: Any = None) -> np.ndarray:
+        """Predicted distortion severity â ∈ [0, 1] per image (what `embed` takes)."""
+        return self.embed(images, modality, spacing=spacing).alpha
 
-    def _embeddings(self, x: Embeddings | ImageLike | Sequence[ImageLike], modality: str | None) -> Embeddings:
+    def _embeddings(self, x: Embeddings | ImageLike | Sequence[ImageLike], modality: str | None, spacing: Any) -> Embeddings:
         """Pass Embeddings through; embed anything else."""
-        return x if isinstance(x, Embeddings) else self.embed(x, modality)
+        return x if isinstance(x, Embeddings) else self.embed(x, modality, spacing=spacing)
 
-    def anatomy_distance(self, a: Any, b: Any, modality: str | None = None) -> np.ndarray:
+    def anatomy_distance(self, a: Any, b: Any, modality: str | None = None, spacing: Any = None) -> np.ndarray:
         """Row-aligned (or one-to-many) anatomical distance 0.5 · (1 − cos) between images or Embeddings."""
-        ea, eb = self._embeddings(a, modality), self._embeddings(b, modality)
+        ea, eb = self._embeddings(a, modality, spacing), self._embeddings(b, modality, spacing)
         return np.clip(0.5 * (1.0 - aligned_cosine(ea.anatomy, eb.anatomy, ea.layout)), 0.0, 1.0)
 
-    def distance(self, a: Any, b: Any, modality: str | None = None) -> np.ndarray:
+    def distance(self, a: Any, b: Any, modality: str | None = None, spacing: Any = None) -> np.ndarray:
         """Distortion-aware distance d_anat + BETA · |â_a − â_b| (see the module docstring)."""
-        ea, eb = self._embeddings(a, modality), self._embeddings(b, modality)
+        ea, eb = self._embeddings(a, modality, spacing), self._embeddings(b, modality, spacing)
         return self.anatomy_distance(ea, eb) + BETA * np.abs(ea.alpha - eb.alpha)

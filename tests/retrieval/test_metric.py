@@ -13,6 +13,7 @@ from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
 
 from retrieval.checkpoint import save_checkpoint
+from retrieval.io import Identity, read_path
 from retrieval.metric import BETA, DistortionAwareMetric, autocast, bf16_is_fast
 from retrieval.model import DisentangledSiamese
 
@@ -122,9 +123,26 @@ def test_stored_ct_values_warn_and_spacing_keeps_the_field_of_view(metric: Disto
     with_spacing = metric.anatomy_distance(metric.embed(rows_halved, "CT", spacing=(2.0, 1.0)), reference)[0]
     without = metric.anatomy_distance(metric.embed(rows_halved, "CT"), reference)[0]
     assert with_spacing < 0.5 * without, (with_spacing, without)
-    for bad in ((0.0, 1.0), (1.0,), (float("nan"), 1.0)):
-        with pytest.raises(ValueError, match="spacing must be two positive"):
+    for bad in ((0.0, 1.0), (1.0,), (float("nan"), 1.0), -2.0, "x", [(1.0, 1.0), (0.0, 1.0)]):
+        with pytest.raises(ValueError, match="spacing must be a positive millimetre size or a .row, column. pair"):
             metric.embed(hu, "CT", spacing=bad)  # type: ignore[arg-type]
+
+
+def test_spacing_is_one_size_for_all_raw_arrays_or_one_per_array(metric: DistortionAwareMetric, ct_file: Path) -> None:
+    hu = _hu(ct_file)
+    rows_halved = np.ascontiguousarray(hu[::2])
+    apart = np.concatenate([metric.embed(rows_halved, "CT", spacing=(2.0, 1.0)).anatomy, metric.embed(hu, "CT").anatomy])
+    together = metric.embed([rows_halved, hu], "CT", spacing=[(2.0, 1.0), (1.0, 1.0)])
+    np.testing.assert_allclose(together.anatomy, apart, atol=1e-6)
+    assert not np.allclose(metric.embed([rows_halved, hu], "CT").anatomy, apart, atol=1e-3)  # the spacings mattered
+    np.testing.assert_allclose(metric.embed(hu, "CT", spacing=0.7).anatomy, metric.embed(hu, "CT", spacing=(0.7, 0.7)).anatomy)
+    with pytest.raises(ValueError, match="more raw arrays than the 1 spacings given"):
+        metric.embed([rows_halved, hu], "CT", spacing=[(2.0, 1.0)])
+    with pytest.raises(ValueError, match="3 spacings for 2 raw arrays"):
+        metric.embed([rows_halved, hu], "CT", spacing=[(2.0, 1.0)] * 3)
+    files_too = metric.embed([ct_file, rows_halved], "CT", spacing=[(2.0, 1.0)])  # a file brings its own spacing
+    np.testing.assert_allclose(files_too.anatomy[1], apart[0], atol=1e-6)
+    np.testing.assert_allclose(metric.alpha(rows_halved, "CT", spacing=(2.0, 1.0)), metric.embed(rows_halved, "CT", spacing=(2.0, 1.0)).alpha)
 
 
 def test_clear_errors_for_bad_inputs(metric: DistortionAwareMetric, tmp_path: Path) -> None:
@@ -140,6 +158,23 @@ def test_clear_errors_for_bad_inputs(metric: DistortionAwareMetric, tmp_path: Pa
     broken.write_bytes(b"DICM" * 10)
     with pytest.raises(ValueError, match="broken.dcm"):
         metric.embed(broken)
+    for bad, reason in ((None, "nothing to embed: got None"), (np.zeros((0, 64)), r"an empty array \(shape \(0, 64\)\) holds no slice"),
+                        (np.ones((32, 32), complex), "complex pixels .*pass the magnitude"), (np.array([["a", "b"]]), "expected numeric pixels, got an array of <U1"),
+                        (np.full((32, 32), np.nan), "raw array 0 has no finite pixel value"), (torch.ones(8, 8, dtype=torch.complex64), "complex pixels")):
+        with pytest.raises(ValueError, match=reason):
+            metric.embed(bad, modality="MR")
+
+
+def test_modality_in_any_case_and_the_readers_own_slices(metric: DistortionAwareMetric, ct_file: Path) -> None:
+    hu = _hu(ct_file)
+    np.testing.assert_allclose(metric.embed(hu, " ct").anatomy, metric.embed(hu, "CT").anatomy)
+    with pytest.raises(ValueError, match="modality must be 'CT' or 'MR' for raw arrays .*got 'PET'"):
+        metric.embed(hu, "pet")
+    with pytest.raises(ValueError, match="modality must be 'CT' or 'MR', got 3"):
+        metric.embed(hu, 3)  # type: ignore[arg-type]
+    read = read_path(ct_file, Identity())
+    np.testing.assert_allclose(metric.embed(read).anatomy, metric.embed(ct_file).anatomy, atol=1e-6)
+    np.testing.assert_allclose(metric.embed(read[0]).alpha, metric.embed(ct_file).alpha, atol=1e-6)
 
 
 def test_autocast_uses_bf16_only_where_the_cpu_has_bf16_units() -> None:
