@@ -256,6 +256,20 @@ def validate(model: DisentangledSiamese, vset: ValidationSet, datasets: np.ndarr
     return figures
 
 
+# options added after runs were saved, at the value that earlier runs behaved as (layout_map's default changed later)
+PREDATED_OPTIONS: dict[str, Any] = {"layout_map": "intensity", "memory": 0, "ssl_epochs": 0}
+
+
+def check_same_run(stored: dict[str, Any], current: dict[str, Any], out_dir: Path) -> None:
+    """Refuse to resume a run whose configuration differs from this one, naming the options that differ. An option
+    the stored run predates (PREDATED_OPTIONS) counts at the value that run behaved as."""
+    stored = PREDATED_OPTIONS | stored
+    differ = sorted(key for key in stored.keys() | current.keys() if stored.get(key) != current.get(key))
+    if differ:
+        shown = ", ".join(f"{key}: {stored.get(key)!r} there, {current.get(key)!r} here" for key in differ)
+        raise ValueError(f"{out_dir}: holds a run with another configuration ({shown}); use a new --out or the same options")
+
+
 def warmup_cosine(step: int, total: int, warmup_share: float = 0.05) -> float:
     """Learning-rate factor: linear warm-up over the first 5% of steps, then cosine decay to 0."""
     warmup = max(1, round(total * warmup_share))
@@ -296,8 +310,7 @@ def train(
     last = out_dir / "last.pt"
     if last.is_file():
         blob = torch.load(last, map_location="cpu", weights_only=True)
-        if json.loads(blob["config"]) != saved:
-            raise ValueError(f"{out_dir}: holds a run with another configuration; use a new --out or the same options")
+        check_same_run(json.loads(blob["config"]), saved, out_dir)
         model.load_state_dict(blob["model"])
         optimizer.load_state_dict(blob["optimizer"])
         scheduler.load_state_dict(blob["scheduler"])

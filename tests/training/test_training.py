@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ from retrieval.model import DisentangledSiamese
 from retrieval.slices import SliceSet, load_slices
 from training.data import split_patients
 from training.folds import split_by_datasets
-from training.loop import TrainConfig, train, validate, validation_set
+from training.loop import TrainConfig, check_same_run, train, validate, validation_set
 
 # The old recipe (no augmentation, one view at inference) learns fastest at 32²: the learning test needs a minute at most.
 TINY = dict(backbone="resnet18", size=32, steps_per_epoch=12, batch_patients=12, lr=5e-4, seed=0, val_fraction=0.3, device="cpu",
@@ -81,8 +83,22 @@ def test_resume_refuses_another_configuration(tiny_sets: tuple[SliceSet, SliceSe
     train_set, val_set = tiny_sets
     config = TrainConfig(epochs=1, **(TINY | {"steps_per_epoch": 1}))
     train(config, train_set, val_set, tmp_path)
-    with pytest.raises(ValueError, match="another configuration"):
+    with pytest.raises(ValueError, match=r"another configuration \(lr: 0.0005 there, 0.0001 here\)"):
         train(TrainConfig(epochs=1, **(TINY | {"steps_per_epoch": 1, "lr": 1e-4})), train_set, val_set, tmp_path)
+
+
+def test_a_run_saved_before_an_option_existed_resumes_at_its_default(tmp_path: Path) -> None:
+    """A last.pt written before `memory`, `ssl_epochs` and `layout_map` existed ran without the first two and with the
+    intensity thumbnail: the same run as one with those values, and another run than today's silhouette default."""
+    current = json.loads(json.dumps(asdict(TrainConfig(epochs=3, layout_map="intensity")) | {"device": None}))
+    older = {key: value for key, value in current.items() if key not in ("memory", "ssl_epochs", "layout_map")}
+    check_same_run(older, current, tmp_path)
+    with pytest.raises(ValueError, match="memory: 0 there, 2048 here"):
+        check_same_run(older, current | {"memory": 2048}, tmp_path)
+    with pytest.raises(ValueError, match="layout_map: 'intensity' there, 'silhouette' here"):
+        check_same_run(older, current | {"layout_map": "silhouette"}, tmp_path)
+    with pytest.raises(ValueError, match="retired: 1 there, None here"):
+        check_same_run(current | {"retired": 1}, current, tmp_path)
 
 
 def test_kill_during_the_last_checkpoint_write_resumes_exactly(tiny_sets: tuple[SliceSet, SliceSet], tmp_path: Path,
