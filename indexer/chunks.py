@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
@@ -15,8 +16,7 @@ from indexer.catalog import SeriesRecord
 from indexer.quarantine import Watchdog
 from retrieval.io import Series, Skipped, SourceUnavailable
 from retrieval.io.pixels import one_line
-from retrieval.inputs import slice_input
-from retrieval.preprocess import is_empty
+from retrieval.preprocess import is_empty, prepare_slice
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,8 @@ def series_chunks(job: Job, size: int, chunk: int, watchdog: Watchdog | None = N
     kept = [s for s in slices if not is_empty(s.pixels, s.modality)]
     for start in range(0, max(1, len(kept)), chunk):
         part = kept[start : start + chunk]
-        inputs = [slice_input(s.pixels, s.modality, size, s.spacing) for s in part]
-        pixels = torch.stack([tensor for tensor, _ in inputs]) if part else torch.zeros(0, 3, size, size)
+        inputs = [prepare_slice(s.pixels, s.modality, size, s.spacing) for s in part]
+        pixels = torch.from_numpy(np.stack([array for array, _ in inputs])) if part else torch.zeros(0, 3, size, size)
         first = start == 0
         yield Chunk(key, pixels, [s.index for s in part], [s.path for s in part], start + chunk >= len(kept),
                     n_empty=len(slices) - len(kept) if first else 0, problems=list(job.series.skipped) if first else [],

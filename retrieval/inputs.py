@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence, Union
 import numpy as np
 import torch
 
-from retrieval.preprocess import STORED_CT_INTERCEPT, intensity, looks_like_stored_ct, resize_factor, resize_square
+from retrieval.preprocess import STORED_CT_INTERCEPT, looks_like_stored_ct, prepare_slice
 
 if TYPE_CHECKING:
     from nibabel.spatialimages import SpatialImage
@@ -88,8 +88,9 @@ def is_preprocessed(tensor: torch.Tensor, size: int) -> bool:
 
 
 def slice_input(pixels: np.ndarray | torch.Tensor, modality: str, size: int, spacing: Spacing) -> tuple[torch.Tensor, float]:
-    """One raw slice in modality units → its 3×S×S network input and its resize factor."""
-    return intensity(resize_square(pixels, size, spacing), modality), resize_factor(tuple(pixels.shape), size, spacing)
+    """One raw slice in modality units → its 3×S×S network input (a tensor) and its resize factor."""
+    array, factor = prepare_slice(pixels, modality, size, spacing)
+    return torch.from_numpy(array), factor
 
 
 def _reader_slices(items: Iterable[Any], modality: str | None, size: int) -> Iterator[tuple[torch.Tensor, float]]:

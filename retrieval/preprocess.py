@@ -178,6 +178,16 @@ def prepare(
     return intensity_array(resize_square(pixels, size, spacing), modality)
 
 
+def prepare_slice(
+    pixels: "np.ndarray | torch.Tensor",
+    modality: str,
+    size: int = DEFAULT_SIZE,
+    spacing: tuple[float, float] = (1.0, 1.0),
+) -> tuple[np.ndarray, float]:
+    """`prepare` and the slice's `resize_factor`: the network input and what the α estimator reads beside it."""
+    return prepare(pixels, modality, size, spacing), resize_factor(tuple(pixels.shape), size, spacing)
+
+
 def foreground_fraction(pixels: "np.ndarray | torch.Tensor", modality: str) -> float:
     """Fraction of pixels that are tissue: HU above -500 for CT, above 10% of the 99.5th percentile for MR."""
     x = _as_array(pixels)

@@ -256,7 +256,7 @@ def own_series(slices: Sequence[Any]) -> tuple[Callable[["SliceInfo"], bool], se
 def query_embeddings(metric: "DistortionAwareMetric", path: str | Path, identity: "Identity", slice_index: int | None = None):  # type: ignore[no-untyped-def]
     """Embed a query file or series: every non-empty slice (or the one `slice_index`); returns the embeddings and those slices."""
     from retrieval.io import read_path
-    from retrieval.preprocess import is_empty, resize_factor
+    from retrieval.preprocess import is_empty, prepare_slice
 
     slices = read_path(path, identity)
     if slice_index is not None:
@@ -268,8 +268,8 @@ def query_embeddings(metric: "DistortionAwareMetric", path: str | Path, identity
     if bad:
         raise ValueError(f"{bad[0].path}: modality {bad[0].modality} is not CT or MR; say which with --modality")
     kept = [s for s in slices if not is_empty(s.pixels, s.modality)] or slices
-    factors = [resize_factor(s.pixels.shape, metric.size, s.spacing) for s in kept]
-    return metric.embed([metric.preprocess(s.pixels, s.modality, s.spacing) for s in kept], factors=factors), kept
+    inputs = [prepare_slice(s.pixels, s.modality, metric.size, s.spacing) for s in kept]
+    return metric.embed([array for array, _ in inputs], factors=[factor for _, factor in inputs]), kept
 
 
 def search_path(

@@ -9,7 +9,7 @@ import typer
 
 from retrieval.cli.common import (
     LIMITS, CatalogOpt, CheckpointOpt, IndexDirOpt, JsonOpt, ManifestOpt, MaxFileMbOpt, MaxSecondsPerFileOpt, MaxSlicePixelsOpt, MaxSlicesPerFileOpt, ModalityOpt, PatientRegexOpt, fail,
-    PasswordFileOpt, SinceOpt, StudyOpt, TokenFileOpt, UserOpt, file_path, folder_path, identity_options, limits_options, open_index,
+    PasswordFileOpt, SinceOpt, StudyOpt, TokenFileOpt, UserOpt, folder_path, identity_options, limits_options, open_index,
     sources,
 )
 
