@@ -116,7 +116,7 @@ def network_inputs(images: ImageLike | Sequence[ImageLike], modality: str | None
         raise ValueError("nothing to embed: got None")
     per_array = spacing if isinstance(spacing, list) else None
     raw = 0
-    single = isinstance(images, (str, Path, Slice)) or is_reader_object(images) or (hasattr(images, "ndim") and images.ndim in (2, 3))
+    single = isinstance(images, (str, Path, Slice)) or is_reader_object(images) or (hasattr(images, "ndim") and images.ndim in (1, 2, 3))
     for item in [images] if single else images:
         if isinstance(item, (str, Path)):
             yield from _reader_slices(iter_slices([Path(item)], Identity(modality=modality)), modality, size)

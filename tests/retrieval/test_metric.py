@@ -160,7 +160,8 @@ def test_clear_errors_for_bad_inputs(metric: DistortionAwareMetric, tmp_path: Pa
         metric.embed(broken)
     for bad, reason in ((None, "nothing to embed: got None"), (np.zeros((0, 64)), r"an empty array \(shape \(0, 64\)\) holds no slice"),
                         (np.ones((32, 32), complex), "complex pixels .*pass the magnitude"), (np.array([["a", "b"]]), "expected numeric pixels, got an array of <U1"),
-                        (np.full((32, 32), np.nan), "raw array 0 has no finite pixel value"), (torch.ones(8, 8, dtype=torch.complex64), "complex pixels")):
+                        (np.full((32, 32), np.nan), "raw array 0 has no finite pixel value"), (torch.ones(8, 8, dtype=torch.complex64), "complex pixels"),
+                        (np.zeros(100), r"expected a 2D slice .*got shape \(100,\)")):
         with pytest.raises(ValueError, match=reason):
             metric.embed(bad, modality="MR")
 
