@@ -82,6 +82,14 @@ def _raw_array(item: Any) -> torch.Tensor:
     return tensor
 
 
+def _one_array(images: Any) -> bool:
+    """Whether `images` is one array (a slice, a preprocessed input, or a 1-D array refused as such), not a sequence of
+    items: a 1-D array of paths (a DataFrame column) is a sequence."""
+    if not hasattr(images, "ndim") or images.ndim not in (1, 2, 3):
+        return False
+    return images.ndim > 1 or isinstance(images, torch.Tensor) or np.issubdtype(images.dtype, np.number)
+
+
 def is_preprocessed(tensor: torch.Tensor, size: int) -> bool:
     """Whether a tensor is a checkpoint's network input (3×S×S in [0, 1]), not a volume of three slices."""
     return tensor.ndim == 3 and tuple(tensor.shape) == (3, size, size) and float(tensor.min()) >= 0.0 and float(tensor.max()) <= 1.0
@@ -116,7 +124,7 @@ def network_inputs(images: ImageLike | Sequence[ImageLike], modality: str | None
         raise ValueError("nothing to embed: got None")
     per_array = spacing if isinstance(spacing, list) else None
     raw = 0
-    single = isinstance(images, (str, Path, Slice)) or is_reader_object(images) or (hasattr(images, "ndim") and images.ndim in (1, 2, 3))
+    single = isinstance(images, (str, Path, Slice)) or is_reader_object(images) or _one_array(images)
     for item in [images] if single else images:
         if isinstance(item, (str, Path)):
             yield from _reader_slices(iter_slices([Path(item)], Identity(modality=modality)), modality, size)

@@ -174,6 +174,8 @@ def test_modality_in_any_case_and_the_readers_own_slices(metric: DistortionAware
     with pytest.raises(ValueError, match="modality must be 'CT' or 'MR', got 3"):
         metric.embed(hu, 3)  # type: ignore[arg-type]
     read = read_path(ct_file, Identity())
+    paths_column = np.array([str(ct_file), ct_file], dtype=object)  # e.g. a DataFrame column of paths
+    np.testing.assert_allclose(metric.embed(paths_column).anatomy, metric.embed([ct_file, ct_file]).anatomy, atol=1e-6)
     np.testing.assert_allclose(metric.embed(read).anatomy, metric.embed(ct_file).anatomy, atol=1e-6)
     np.testing.assert_allclose(metric.embed(read[0]).alpha, metric.embed(ct_file).alpha, atol=1e-6)
 
