@@ -28,8 +28,9 @@ STORED_VALUES_WARNING = ("a CT array with no value below -50 besides its padding
                          "units: read with the usual rescale intercept -1024; pass the pydicom Dataset (or HU) to be exact")
 
 
-def check_modality(modality: str | None) -> str | None:
-    """The modality in capitals ('ct' → 'CT'), or None; a non-string is refused."""
+def normalise_modality(modality: str | None) -> str | None:
+    """The modality in capitals ('ct' → 'CT'), or None; a non-string is refused. Which modalities an input may have
+    is checked where it is read (raw arrays: CT or MR; files: their own, or this)."""
     if modality is None:
         return None
     if not isinstance(modality, str):
@@ -43,7 +44,7 @@ def _pair(value: Any) -> Spacing:
     try:
         row, column = (float(v) for v in pair)
     except (TypeError, ValueError):
-        raise ValueError(f"spacing must be a positive millimetre size or a (row, column) pair of them, got {value!r}") from None
+        row = column = float("nan")
     if not (np.isfinite(row) and np.isfinite(column) and row > 0 and column > 0):
         raise ValueError(f"spacing must be a positive millimetre size or a (row, column) pair of them, got {value!r}")
     return row, column

@@ -20,7 +20,7 @@ from retrieval import BETA
 from retrieval.alpha import AlphaEstimator
 from retrieval.checkpoint import DEFAULT_CHECKPOINT, file_sha256, load_checkpoint
 from retrieval.embeddings import LAYOUT_COLUMNS, Embeddings, aligned_cosine
-from retrieval.inputs import ImageLike, check_modality, check_spacing, network_inputs
+from retrieval.inputs import ImageLike, check_spacing, network_inputs, normalise_modality
 from retrieval.model import DisentangledSiamese
 from retrieval.preprocess import DEFAULT_SIZE, intensity, resize_square
 
@@ -108,7 +108,7 @@ class DistortionAwareMetric:
         readers' `Slice`s. `spacing` is the pixel size of the raw arrays: a number or a (row, column) pair in mm for all
         of them (default square pixels), or a list with one per raw array; `factors`, one per image, replace the resize
         factors the α estimator reads (raw slices and files have their own)."""
-        modality, spacing = check_modality(modality), check_spacing(spacing)
+        modality, spacing = normalise_modality(modality), check_spacing(spacing)
         given = None if factors is None else [float(f) for f in factors]
         parts: list[Embeddings] = []
         batch: list[tuple[torch.Tensor, float]] = []

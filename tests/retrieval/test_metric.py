@@ -143,6 +143,10 @@ def test_spacing_is_one_size_for_all_raw_arrays_or_one_per_array(metric: Distort
     files_too = metric.embed([ct_file, rows_halved], "CT", spacing=[(2.0, 1.0)])  # a file brings its own spacing
     np.testing.assert_allclose(files_too.anatomy[1], apart[0], atol=1e-6)
     np.testing.assert_allclose(metric.alpha(rows_halved, "CT", spacing=(2.0, 1.0)), metric.embed(rows_halved, "CT", spacing=(2.0, 1.0)).alpha)
+    whole = metric.embed(hu, "CT")  # the distances embed their raw side with the spacing given
+    passed_through = metric.anatomy_distance(rows_halved, whole, "CT", spacing=(2.0, 1.0))[0]
+    assert passed_through == pytest.approx(float(metric.anatomy_distance(metric.embed(rows_halved, "CT", spacing=(2.0, 1.0)), whole)[0]), abs=1e-6)
+    assert passed_through < 0.5 * metric.anatomy_distance(rows_halved, whole, "CT")[0]
 
 
 def test_clear_errors_for_bad_inputs(metric: DistortionAwareMetric, tmp_path: Path) -> None:
