@@ -52,10 +52,11 @@ def _pair(value: Any) -> Spacing:
 
 def check_spacing(spacing: Any) -> Spacing | list[Spacing] | None:
     """None (square pixels of 1 mm), one pixel size for every raw array (a number or a (row, column) pair), or a
-    list of them, one per raw array in order (a sequence whose items are themselves sequences)."""
+    list of them, one per raw array in order (a sequence holding a sequence: [(0.9, 0.9), 1.2]; two numbers alone are
+    one (row, column) pair)."""
     if spacing is None:
         return None
-    if isinstance(spacing, (list, tuple)) and spacing and all(isinstance(v, (list, tuple, np.ndarray)) for v in spacing):
+    if isinstance(spacing, (list, tuple)) and any(isinstance(v, (list, tuple, np.ndarray)) for v in spacing):
         return [_pair(v) for v in spacing]
     return _pair(spacing)
 

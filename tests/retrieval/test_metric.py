@@ -136,6 +136,8 @@ def test_spacing_is_one_size_for_all_raw_arrays_or_one_per_array(metric: Distort
     np.testing.assert_allclose(together.anatomy, apart, atol=1e-6)
     assert not np.allclose(metric.embed([rows_halved, hu], "CT").anatomy, apart, atol=1e-3)  # the spacings mattered
     np.testing.assert_allclose(metric.embed(hu, "CT", spacing=0.7).anatomy, metric.embed(hu, "CT", spacing=(0.7, 0.7)).anatomy)
+    mixed = metric.embed([rows_halved, hu], "CT", spacing=[(2.0, 1.0), 1.0])  # the README's form: a number is square pixels
+    np.testing.assert_allclose(mixed.anatomy, apart, atol=1e-6)
     with pytest.raises(ValueError, match="more raw arrays than the 1 spacings given"):
         metric.embed([rows_halved, hu], "CT", spacing=[(2.0, 1.0)])
     with pytest.raises(ValueError, match="3 spacings for 2 raw arrays"):
