@@ -96,14 +96,14 @@ def main() -> None:
     parser.add_argument("--archive", type=Path, default=Path(os.environ.get("RETRIEVAL_SAMPLE_ARCHIVE", "../shared/data")))
     parser.add_argument("--cache", type=Path, help="the folder `retrieval train --cache` fills (reused when its key matches)")
     parser.add_argument("--size", type=int, default=64, help="network input side")
-    parser.add_argument("--weights-of-silhouette", type=float, nargs="+", default=[0.5, 0.75], dest="levels")
+    parser.add_argument("--silhouette-weights", type=float, nargs="+", default=[0.5, 0.75], help="layout weights w to try beside the features")
     args = parser.parse_args()
     if not args.weights.is_file():
         parser.error(f"{args.weights}: weights file not found")
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     features, convention = load_vgg16(args.weights)
     data = cached_slices([args.archive], Identity(manifest=args.archive / "manifest.csv"), args.size, args.cache)
-    header = ["fold", "features", "alone α=0 / 0.8", "silhouette alone"] + [f"⊕ silhouette w={w}" for w in args.levels]
+    header = ["fold", "features", "alone α=0 / 0.8", "silhouette alone"] + [f"⊕ silhouette w={w}" for w in args.silhouette_weights]
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for fold in plan_folds(data):
         vset = validation_set(data.subset(np.isin(data.datasets, fold.held_out)), 0)
@@ -113,7 +113,7 @@ def main() -> None:
         for tap in TAPS.values():
             unit, unit_08 = (f / np.linalg.norm(f, axis=1, keepdims=True) for f in (clean[tap], noisy[tap]))
             cells = [fold.name, tap, f"{mean_ap(vset, unit, unit[vset.queries], 0):.3f} / {mean_ap(vset, unit, unit_08, 0):.3f}", sil]
-            for w in args.levels:
+            for w in args.silhouette_weights:
                 gallery, queries = with_silhouette(clean[tap], vset.gallery, w), with_silhouette(noisy[tap], vset.at_08, w)
                 cells.append(f"{mean_ap(vset, gallery, gallery[vset.queries], LAYOUT_COLUMNS):.3f} / {mean_ap(vset, gallery, queries, LAYOUT_COLUMNS):.3f}")
             print("| " + " | ".join(cells) + " |", flush=True)
