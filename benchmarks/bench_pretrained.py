@@ -23,13 +23,12 @@ import numpy as np
 import torch
 import torchvision
 
-from eval.metrics import average_precision
 from retrieval.embeddings import LAYOUT_COLUMNS
 from retrieval.io import Identity
 from retrieval.model import IMAGENET_MEAN, IMAGENET_STD, dihedral, layout
 from retrieval.slices import cached_slices
 from training.folds import plan_folds
-from training.loop import ValidationSet, query_distances, validation_set
+from training.loop import ValidationSet, query_precision, validation_set
 
 TAPS = {15: "relu3_3", 22: "relu4_3", 29: "relu5_3"}  # torchvision vgg16().features indices
 HED_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)  # where the Keras file's 13 convolutions go
@@ -80,7 +79,7 @@ def vgg_features(features: torch.nn.Sequential, convention: str, x: torch.Tensor
 
 def mean_ap(vset: ValidationSet, gallery: np.ndarray, queries: np.ndarray, layout_columns: int) -> float:
     """Anatomy mAP of unit vectors, each query's own slice left out."""
-    return float(np.nanmean(average_precision(query_distances(queries, gallery, vset.queries, layout_columns), vset.relevant)))
+    return float(np.nanmean(query_precision(vset, queries, gallery, layout_columns)))
 
 
 def with_silhouette(features: np.ndarray, x: torch.Tensor, weight: float) -> np.ndarray:

@@ -28,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from scipy.stats import spearmanr  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from eval.metrics import average_precision  # noqa: E402
 from retrieval import TAU  # noqa: E402
 from retrieval.checkpoint import load_checkpoint  # noqa: E402
 from retrieval.metric import embed_model  # noqa: E402
@@ -36,7 +35,7 @@ from retrieval.embeddings import LAYOUT_SIDE  # noqa: E402
 from retrieval.model import DisentangledSiamese, dihedral, thumbnails  # noqa: E402
 from retrieval.io import Identity  # noqa: E402
 from retrieval.slices import cached_slices  # noqa: E402
-from training.loop import ValidationSet, query_distances, validation_set  # noqa: E402
+from training.loop import ValidationSet, query_precision, validation_set  # noqa: E402
 
 _Y, _X = torch.meshgrid(torch.linspace(-1, 1, LAYOUT_SIDE), torch.linspace(-1, 1, LAYOUT_SIDE), indexing="ij")
 TEMPLATE = _X * (1 + 0.3 * _Y) + 0.5 * _Y**2 + 0.21 * _X * _Y  # no symmetry of D4 maps it onto itself
@@ -46,7 +45,7 @@ def mean_ap(vset: ValidationSet, gallery: np.ndarray, queries: np.ndarray | None
     """Anatomy mAP of unit-norm features (queries: the gallery's own query rows unless given)."""
     gallery = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
     queries = gallery[vset.queries] if queries is None else queries / np.linalg.norm(queries, axis=1, keepdims=True)
-    return float(np.nanmean(average_precision(query_distances(queries, gallery, vset.queries), vset.relevant)))
+    return float(np.nanmean(query_precision(vset, queries, gallery)))
 
 
 def canonical(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -221,12 +221,18 @@ def query_distances(queries: np.ndarray, gallery: np.ndarray, own: np.ndarray, l
     return distances
 
 
+def query_precision(vset: ValidationSet, queries: np.ndarray, gallery: np.ndarray, layout: int = 0) -> np.ndarray:
+    """Per-query anatomy AP of unit query vectors against the unit gallery of `vset` (same patient = relevant; the
+    best over the query's layout flips/turns, each query's own slice left out)."""
+    from eval.metrics import average_precision
+
+    return average_precision(query_distances(queries, gallery, vset.queries, layout), vset.relevant)
+
+
 def validate(model: DisentangledSiamese, vset: ValidationSet, datasets: np.ndarray, device: torch.device) -> dict[str, float]:
     """Held-out figures: anatomy mAP (same patient = relevant) at α = 0 and 0.8, overall and per dataset; mAP of
     flipped and 90°-turned clean queries; Spearman of â against α and the median â of the clean slices, for the â the
     checkpoint reports (the α estimator's, when `vset` holds it) and for the network's α head."""
-    from eval.metrics import average_precision
-
     model.eval()
     gallery = embed_model(model, vset.gallery, device)
     clean = vset.gallery[vset.queries]
@@ -239,7 +245,7 @@ def validate(model: DisentangledSiamese, vset: ValidationSet, datasets: np.ndarr
     predicted = np.concatenate([clean_alpha[vset.queries], spread_alpha])
 
     def precision(queries: np.ndarray) -> np.ndarray:
-        return average_precision(query_distances(queries, gallery.anatomy, vset.queries, gallery.layout), vset.relevant)
+        return query_precision(vset, queries, gallery.anatomy, gallery.layout)
 
     ap_0 = precision(gallery.anatomy[vset.queries])
     figures = {
