@@ -36,7 +36,7 @@ def run_demo(index_dir: str | Path | None = None, checkpoint: str | Path | None 
     from indexer.pipeline import build_index
     from retrieval.distortions import distort
     from retrieval.io import Identity, read_path
-    from retrieval.preprocess import intensity, resize_factor, resize_square
+    from retrieval.preprocess import intensity, to_grid
     from retrieval.search import SearchResult, print_result, rank, search_path
 
     sources = demo_sources()
@@ -51,9 +51,9 @@ def run_demo(index_dir: str | Path | None = None, checkpoint: str | Path | None 
             print()
             print_result(search_path(directory, metric, query_path, identity, k=k))
             query = read_path(query_path, identity)[0]
-            grid = resize_square(query.pixels, metric.size, query.spacing)  # distort on the working grid, as training and bench do
+            grid, factor = to_grid(query.pixels, metric.size, query.spacing)  # distort on the working grid, as training and bench do
             noisy = distort(grid, QUERY_ALPHA, query.modality, seed=0)
-            embedded = metric.embed([intensity(noisy, query.modality)], factors=[resize_factor(query.pixels.shape, metric.size, query.spacing)])
+            embedded = metric.embed([intensity(noisy, query.modality)], factors=[factor])
             print()
             print_result(SearchResult(f"{query_path} distorted at α = {QUERY_ALPHA}", 1, float(embedded.alpha[0]), rank(directory, embedded.anatomy, k)))
         if index_dir is None:

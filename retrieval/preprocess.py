@@ -106,6 +106,13 @@ def resize_factor(shape: tuple[int, int], size: int, spacing: tuple[float, float
     return float(np.sqrt(shape[0] * shape[1] / (rows * cols)))
 
 
+def to_grid(pixels: "np.ndarray | torch.Tensor", size: int, spacing: tuple[float, float] = (1.0, 1.0)) -> tuple[np.ndarray, float]:
+    """`resize_square` and the slice's `resize_factor` together: every place a slice goes onto the grid keeps the
+    factor the α estimator reads beside it."""
+    grid = resize_square(pixels, size, spacing)  # refuses anything but a 2D slice first
+    return grid, resize_factor(tuple(pixels.shape), size, spacing)
+
+
 def native_view(
     pixels: "np.ndarray | torch.Tensor", size: int, spacing: tuple[float, float], rng: np.random.Generator
 ) -> tuple[np.ndarray, float]:
@@ -128,7 +135,7 @@ def native_view(
     else:
         step = int(rng.integers(1, max(1, max(height, width) // size) + 1))
         view, spacing = image[::step, ::step], (spacing[0] * step, spacing[1] * step)
-    return resize_square(view, size, spacing), resize_factor(view.shape, size, spacing)
+    return to_grid(view, size, spacing)
 
 
 def looks_like_stored_ct(pixels: "np.ndarray | torch.Tensor") -> bool:
@@ -185,7 +192,8 @@ def prepare_slice(
     spacing: tuple[float, float] = (1.0, 1.0),
 ) -> tuple[np.ndarray, float]:
     """`prepare` and the slice's `resize_factor`: the network input and what the α estimator reads beside it."""
-    return prepare(pixels, modality, size, spacing), resize_factor(tuple(pixels.shape), size, spacing)
+    grid, factor = to_grid(pixels, size, spacing)
+    return intensity_array(grid, modality), factor
 
 
 def foreground_fraction(pixels: "np.ndarray | torch.Tensor", modality: str) -> float:

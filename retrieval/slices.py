@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from retrieval.io import Identity, Skipped, iter_slices
-from retrieval.preprocess import is_empty, native_view, resize_factor, resize_square
+from retrieval.preprocess import is_empty, native_view, to_grid
 
 FIELDS = ("images", "patients", "modalities", "sources", "datasets", "series", "factors", "native", "native_factors")  # the cache's arrays, in SliceSet order
 NATIVE_SEED = 1729  # native views are drawn per slice from (NATIVE_SEED, slice number): the same archive gives the same views
@@ -74,8 +74,9 @@ def load_slices(
             continue
         if item.modality not in ("CT", "MR") or is_empty(item.pixels, item.modality):
             continue
-        images.append(resize_square(item.pixels, size, item.spacing))
-        factors.append(resize_factor(item.pixels.shape, size, item.spacing))
+        grid, factor = to_grid(item.pixels, size, item.spacing)
+        images.append(grid)
+        factors.append(factor)
         if native_views:
             view, view_factor = native_view(item.pixels, size, item.spacing, np.random.default_rng([NATIVE_SEED, len(images) - 1]))
             native.append(view)
