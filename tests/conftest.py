@@ -10,6 +10,11 @@ from pathlib import Path
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One pytest-xdist worker per core: a torch/faiss/BLAS thread pool per worker (and per command a test starts)
+    # would fight for the other worker's core: the suite took 372 s instead of 330 s (docs/benchmarks.md).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def archive_problem(value: str | None) -> str | None:
     """Why RETRIEVAL_SAMPLE_ARCHIVE cannot be used (None when it can)."""
