@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import torch
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut
 
 from retrieval.io import read_path
 from retrieval.preprocess import (CT_WINDOWS, intensity, is_empty, looks_like_stored_ct, native_view, prepare, resize_factor,
-                                  resize_square, square_shape)
+                                  resize_square, square_shape, to_grid)
 
 # The README's documented defaults: (level, width) in HU for the three input channels.
 DOCUMENTED_WINDOWS = {"soft tissue": (40.0, 400.0), "lung": (-600.0, 1500.0), "bone": (400.0, 1800.0)}
@@ -100,6 +101,15 @@ def test_resize_factor_is_how_many_native_pixels_a_grid_pixel_averages() -> None
     assert resize_factor((512, 512), 64) == 8.0 and resize_factor((64, 64), 64) == 1.0 and resize_factor((32, 32), 64) == 0.5
     assert resize_factor((512, 256), 64) == pytest.approx(np.sqrt(8 * 8))  # 64 × 32 on the grid: 8 per side
     assert resize_factor((512, 512), 64, (0.5, 1.0)) == pytest.approx(np.sqrt(16 * 8))  # half-millimetre rows: 32 × 64
+
+
+def test_to_grid_is_the_resize_and_its_factor_for_arrays_and_tensors() -> None:
+    slice_ = np.random.default_rng(0).normal(size=(300, 200)).astype(np.float32)
+    for pixels in (slice_, torch.from_numpy(slice_)):
+        grid, factor = to_grid(pixels, 64, (0.5, 1.0))
+        assert np.array_equal(grid, resize_square(slice_, 64, (0.5, 1.0))) and factor == resize_factor((300, 200), 64, (0.5, 1.0))
+    with pytest.raises(ValueError, match="expected a 2D slice"):
+        to_grid(slice_[None], 64)
 
 
 def test_native_view_is_seeded_and_keeps_the_scanners_noise() -> None:

@@ -22,7 +22,7 @@ from retrieval.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, trained_on
 from retrieval.distortions import distort
 from retrieval.io import Identity, read_path
 from retrieval.metric import DistortionAwareMetric
-from retrieval.preprocess import intensity, resize_factor, resize_square
+from retrieval.preprocess import intensity, to_grid
 from retrieval.slices import load_slices
 from training.loop import TrainConfig, validate, validation_set
 
@@ -74,9 +74,9 @@ def test_clean_package_images_are_not_flagged_and_alpha_rises_with_distortion(me
     levels = (0.0, 0.3, 0.6, 1.0)
     means = []
     for level in levels:
-        grid = resize_square(ct.pixels, metric.size, ct.spacing)  # distortions work on the working grid, as in training
+        grid, factor = to_grid(ct.pixels, metric.size, ct.spacing)  # distortions work on the working grid, as in training
         views = [intensity(torch.from_numpy(distort(grid, level, "CT", seed)), "CT") for seed in range(4)]
-        factors = [resize_factor(ct.pixels.shape, metric.size, ct.spacing)] * len(views)  # 2: the small-image trees read it
+        factors = [factor] * len(views)  # 2: the small-image trees read it
         means.append(float(metric.embed(views, factors=factors).alpha.mean()))
     assert means == sorted(means) and means[-1] > TAU, means
 
