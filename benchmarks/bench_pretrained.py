@@ -59,15 +59,15 @@ def load_vgg16(path: Path) -> tuple[torch.nn.Sequential, str]:
 @torch.inference_mode()
 def vgg_features(features: torch.nn.Sequential, convention: str, x: torch.Tensor, batch: int = 32) -> dict[str, np.ndarray]:
     """Globally averaged activations at each tap for network inputs x (N, 3, S, S) in [0, 1], mean over the 8 flips/turns."""
-    if convention == "caffe":
-        prepare = lambda v: v.flip(1) * 255 - torch.tensor(CAFFE_BGR_MEAN).view(1, 3, 1, 1)  # noqa: E731
-    else:
-        prepare = lambda v: (v - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)  # noqa: E731
+    caffe = convention == "caffe"
+    mean = torch.tensor(CAFFE_BGR_MEAN if caffe else IMAGENET_MEAN).view(1, 3, 1, 1)
+    scale = torch.ones(1, 3, 1, 1) if caffe else torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     out: dict[str, list[torch.Tensor]] = {name: [] for name in TAPS.values()}
     for start in range(0, len(x), batch):
         sums = {name: 0.0 for name in TAPS.values()}
         for k in range(8):
-            h = prepare(dihedral(x[start:start + batch], k))
+            view = dihedral(x[start:start + batch], k)
+            h = ((view.flip(1) * 255 if caffe else view) - mean) / scale  # Caffe: BGR 0–255 minus the mean
             for index, layer in enumerate(features[: max(TAPS) + 1]):
                 h = layer(h)
                 if index in TAPS:
@@ -82,10 +82,14 @@ def mean_ap(vset: ValidationSet, gallery: np.ndarray, queries: np.ndarray, layou
     return float(np.nanmean(query_precision(vset, queries, gallery, layout_columns)))
 
 
+def unit(features: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, as the product's code is."""
+    return features / np.linalg.norm(features, axis=1, keepdims=True)
+
+
 def with_silhouette(features: np.ndarray, x: torch.Tensor, weight: float) -> np.ndarray:
     """[√(1−w)·unit features, √w·silhouette]: the product's vector with these features as its code."""
-    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
-    return np.concatenate([np.sqrt(1 - weight) * unit, np.sqrt(weight) * layout(x, "silhouette").numpy()], 1)
+    return np.concatenate([np.sqrt(1 - weight) * unit(features), np.sqrt(weight) * layout(x, "silhouette").numpy()], 1)
 
 
 def main() -> None:
@@ -110,8 +114,8 @@ def main() -> None:
         silhouette = layout(vset.gallery, "silhouette").numpy()
         sil = f"{mean_ap(vset, silhouette, silhouette[vset.queries], LAYOUT_COLUMNS):.3f} / {mean_ap(vset, silhouette, layout(vset.at_08, 'silhouette').numpy(), LAYOUT_COLUMNS):.3f}"
         for tap in TAPS.values():
-            unit, unit_08 = (f / np.linalg.norm(f, axis=1, keepdims=True) for f in (clean[tap], noisy[tap]))
-            cells = [fold.name, tap, f"{mean_ap(vset, unit, unit[vset.queries], 0):.3f} / {mean_ap(vset, unit, unit_08, 0):.3f}", sil]
+            code, code_08 = unit(clean[tap]), unit(noisy[tap])
+            cells = [fold.name, tap, f"{mean_ap(vset, code, code[vset.queries], 0):.3f} / {mean_ap(vset, code, code_08, 0):.3f}", sil]
             for w in args.silhouette_weights:
                 gallery, queries = with_silhouette(clean[tap], vset.gallery, w), with_silhouette(noisy[tap], vset.at_08, w)
                 cells.append(f"{mean_ap(vset, gallery, gallery[vset.queries], LAYOUT_COLUMNS):.3f} / {mean_ap(vset, gallery, queries, LAYOUT_COLUMNS):.3f}")
