@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 
 ImageLike = Union[np.ndarray, torch.Tensor, str, Path, "Dataset", "SpatialImage", "Slice"]
 Spacing = tuple[float, float]
-STORED_VALUES_WARNING = ("a CT array with no value below -50 besides its padding holds stored pixel values, not Hounsfield "
-                         "units: read with the usual rescale intercept -1024; pass the pydicom Dataset (or HU) to be exact")
+STORED_VALUES_WARNING = ("a CT array with no value below -50 besides its padding and some above 700 holds stored pixel values, "
+                         "not Hounsfield units: read with the usual rescale intercept -1024; pass the pydicom Dataset (or HU) to be exact")
 
 
 def normalise_modality(modality: str | None) -> str | None:

@@ -27,6 +27,7 @@ CT_WINDOWS: tuple[tuple[float, float], ...] = ((40.0, 400.0), (-600.0, 1500.0), 
 MR_PERCENTILES: tuple[float, float] = (1.0, 99.5)
 STORED_CT_INTERCEPT = -1024.0  # the usual rescale intercept of CT stored as unsigned values
 STORED_CT_FLOOR = -50.0  # a whole CT slice in HU has values below this besides its padding (air, lung, fat); a crop inside soft tissue may not
+STORED_CT_BODY = 700.0  # stored with intercept −1,024, a body's soft tissue reads about 1,000–1,100; in HU a soft-tissue crop stays far below
 CT_FOREGROUND_HU = -500.0  # tissue denser than this counts as foreground
 MR_FOREGROUND_FRACTION = 0.1  # of the 99.5th percentile
 MIN_FOREGROUND = 0.02  # a slice with less foreground than this fraction is empty background
@@ -140,11 +141,13 @@ def native_view(
 
 def looks_like_stored_ct(pixels: "np.ndarray | torch.Tensor") -> bool:
     """Whether a CT slice holds stored pixel values instead of HU: nothing but its minimum (the padding) lies below
-    STORED_CT_FLOOR. In HU the air around and inside a body reads about −1,000 (every slice of the sample archive
-    goes below −1,000 besides its padding); stored with intercept −1,024 the same air reads about 0."""
+    STORED_CT_FLOOR, and something reaches STORED_CT_BODY. In HU the air around and inside a body reads about −1,000
+    (every slice of the sample archive goes below −1,000 besides its padding); stored with intercept −1,024 the same
+    air reads about 0 and soft tissue about 1,000, so a crop inside soft tissue (no air or fat) reads as HU when it
+    stays below 700. A crop of soft tissue and bone alone in HU is the case this cannot tell apart."""
     image = _as_array(pixels)
     rest = image[image > image.min()] if image.size else image
-    return bool(rest.size) and float(rest.min()) >= STORED_CT_FLOOR
+    return bool(rest.size) and float(rest.min()) >= STORED_CT_FLOOR and float(rest.max()) >= STORED_CT_BODY
 
 
 def ct_window(hu: np.ndarray, level: float, width: float) -> np.ndarray:

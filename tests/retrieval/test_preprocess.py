@@ -139,7 +139,7 @@ def test_native_view_is_seeded_and_keeps_the_scanners_noise() -> None:
 
 def test_stored_ct_values_are_told_from_hounsfield_units() -> None:
     """CT_small's stored values (unsigned, intercept −1024) read as stored and its HU do not; padding below 0 (signed
-    storage) does not hide stored values."""
+    storage) does not hide stored values; a crop inside soft tissue reads as HU in HU and as stored when stored."""
     ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     assert looks_like_stored_ct(ds.pixel_array) and not looks_like_stored_ct(apply_modality_lut(ds.pixel_array, ds))
     air_and_water = np.random.default_rng(0).normal(-1000.0, 20.0, (32, 32)).astype(np.float32)  # air reads with noise
@@ -148,6 +148,8 @@ def test_stored_ct_values_are_told_from_hounsfield_units() -> None:
     assert not looks_like_stored_ct(air_and_water) and looks_like_stored_ct(stored)
     padded = np.pad(stored, 4, constant_values=-2000)  # signed storage: padding outside the field of view
     assert looks_like_stored_ct(padded) and not looks_like_stored_ct(np.pad(air_and_water, 4, constant_values=-3024))
+    soft_tissue = np.random.default_rng(1).normal(50.0, 15.0, (32, 32)).astype(np.float32)  # a liver crop in HU: no air, no fat
+    assert not looks_like_stored_ct(soft_tissue) and looks_like_stored_ct(soft_tissue + 1024)
 
 
 @pytest.mark.archive
