@@ -143,8 +143,8 @@ def looks_like_stored_ct(pixels: "np.ndarray | torch.Tensor") -> bool:
     """Whether a CT slice holds stored pixel values instead of HU: nothing but its minimum (the padding) lies below
     STORED_CT_FLOOR, and something reaches STORED_CT_BODY. In HU the air around and inside a body reads about −1,000
     (every slice of the sample archive goes below −1,000 besides its padding); stored with intercept −1,024 the same
-    air reads about 0 and soft tissue about 1,000, so a crop inside soft tissue (no air or fat) reads as HU when it
-    stays below 700. A crop of soft tissue and bone alone in HU is the case this cannot tell apart."""
+    air reads about 0 and soft tissue about 1,000, so a crop inside soft tissue (no air or fat) reads as HU while it
+    stays below STORED_CT_BODY. A crop of soft tissue and bone alone in HU is the case this cannot tell apart."""
     image = _as_array(pixels)
     rest = image[image > image.min()] if image.size else image
     return bool(rest.size) and float(rest.min()) >= STORED_CT_FLOOR and float(rest.max()) >= STORED_CT_BODY
