@@ -21,7 +21,7 @@ from retrieval.io import Identity
 from retrieval.metric import autocast
 from retrieval.model import DisentangledSiamese
 from retrieval.slices import cached_slices
-from training.loop import TrainConfig, loss_terms, views
+from training.loop import TrainConfig, loss_terms, make_optimizer, views
 from training.sampler import TripletSampler
 
 RECIPES = {
@@ -33,7 +33,7 @@ RECIPES = {
 def images_per_second(config: TrainConfig, data, steps: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
     """(images/s of whole steps, share of a step spent building views) over `steps` steps after one warm-up step."""
     model = DisentangledSiamese(config.backbone, invariance=config.invariance).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
+    optimizer = make_optimizer(model, config)
     sampler = TripletSampler(data.patients, config.batch_patients, config.seed, data.datasets, config.balance, config.augment_config(), config.instance)
     device = torch.device("cpu")
     spent_views, images, started = 0.0, 0, 0.0

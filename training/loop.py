@@ -229,14 +229,14 @@ def query_precision(vset: ValidationSet, queries: np.ndarray, gallery: np.ndarra
     return average_precision(query_distances(queries, gallery, vset.queries, layout), vset.relevant)
 
 
-def validate(model: DisentangledSiamese, vset: ValidationSet, datasets: np.ndarray, device: torch.device) -> dict[str, float]:
+def validate(model: DisentangledSiamese, vset: ValidationSet, datasets: np.ndarray, device: torch.device,
+             turned: bool = True) -> dict[str, float]:
     """Held-out figures: anatomy mAP (same patient = relevant) at α = 0 and 0.8, overall and per dataset; mAP of
-    flipped and 90°-turned clean queries; Spearman of â against α and the median â of the clean slices, for the â the
-    checkpoint reports (the α estimator's, when `vset` holds it) and for the network's α head."""
+    flipped and 90°-turned clean queries (unless `turned` is False: a third of the embedding work); Spearman of â
+    against α and the median â of the clean slices, for the â the checkpoint reports (the α estimator's, when `vset`
+    holds it) and for the network's α head."""
     model.eval()
     gallery = embed_model(model, vset.gallery, device)
-    clean = vset.gallery[vset.queries]
-    turned = [embed_model(model, view, device).anatomy for view in (clean.flip(-1), torch.rot90(clean, 1, dims=(-2, -1)))]
     at_08 = embed_model(model, vset.at_08, device)
     spread = embed_model(model, vset.spread, device)
     true_alpha = np.concatenate([np.zeros(len(vset.queries)), vset.spread_alpha])
@@ -250,12 +250,15 @@ def validate(model: DisentangledSiamese, vset: ValidationSet, datasets: np.ndarr
     ap_0 = precision(gallery.anatomy[vset.queries])
     figures = {
         "map_0": float(np.nanmean(ap_0)), "map_0.8": float(np.nanmean(precision(at_08.anatomy))),
-        "map_0_flip": float(np.nanmean(precision(turned[0]))), "map_0_rot90": float(np.nanmean(precision(turned[1]))),
         "spearman_alpha": float(spearmanr(true_alpha, predicted).statistic),
         "alpha_clean_median": float(np.median(clean_alpha)),
         "spearman_alpha_head": float(spearmanr(true_alpha, head).statistic),
         "alpha_clean_median_head": float(np.median(gallery.alpha)),
     }
+    if turned:
+        clean = vset.gallery[vset.queries]
+        for key, view in (("map_0_flip", clean.flip(-1)), ("map_0_rot90", torch.rot90(clean, 1, dims=(-2, -1)))):
+            figures[key] = float(np.nanmean(precision(embed_model(model, view, device).anatomy)))
     query_datasets = datasets[vset.queries]
     for name in np.unique(query_datasets):
         figures[f"map_0[{name}]"] = float(np.nanmean(ap_0[query_datasets == name]))
@@ -274,6 +277,12 @@ def check_same_run(stored: dict[str, Any], current: dict[str, Any], out_dir: Pat
     if differ:
         shown = ", ".join(f"{key}: {stored.get(key)!r} there, {current.get(key)!r} here" for key in differ)
         raise ValueError(f"{out_dir}: holds a run with another configuration ({shown}); use a new --out or the same options")
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """The recipe's AdamW, fused: one kernel over every parameter instead of a loop of small ops (ResNet-18 on one
+    CPU thread: 0.08 → 0.03 s a step)."""
+    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
 
 
 def warmup_cosine(step: int, total: int, warmup_share: float = 0.05) -> float:
@@ -302,7 +311,7 @@ def train(
     model = DisentangledSiamese(config.backbone, pretrained=config.pretrained, invariance=config.invariance, pooling=config.pooling,
                                 layout=config.layout, layout_map=config.layout_map)
     model = model.to(device).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(model, config)
     total_steps = config.epochs * config.steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total_steps))
     sampler = TripletSampler(train_data.patients, config.batch_patients, config.seed, train_data.datasets, config.balance,
