@@ -6,7 +6,7 @@ of its slices were committed (`complete`); an incomplete series is redone on the
 Row ids are AUTOINCREMENT, so an id is never reused after a delete: FAISS ids stay unambiguous.
 Readers (search, info, qc) open the file read-only and never create tables; a missing, empty,
 truncated or damaged file is a CatalogError that names the file and how to recover. Everything
-SQLite-specific (URLs from paths, pragmas, read-only opening, file checks) is in `_sqlite_engine`.
+SQLite-specific (URLs from paths, pragmas, read-only opening, file checks) is in `indexer.engines`.
 A `postgresql://` URL instead of a path puts the same tables in PostgreSQL (psycopg): sequences never
 reuse ids either, and every batch is one transaction there too. A `catalog_meta` table records
 SCHEMA_VERSION; a catalog of another version is refused with a one-line error (files from before
@@ -15,30 +15,22 @@ the stamp are version 1, the same tables).
 
 from __future__ import annotations
 
-import os
-import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import quote
 
 import numpy as np
-from sqlalchemy import Boolean, Float, ForeignKey, Integer, LargeBinary, String, create_engine, delete, event, func, insert, inspect, select, update
-from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy import Boolean, Float, ForeignKey, Integer, LargeBinary, String, delete, func, insert, inspect, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
-from sqlalchemy.pool import QueuePool
+
+from indexer.engines import CatalogError, damaged, is_url, masked, server_engine, sqlite_engine
 
 T = TypeVar("T")
 CHUNK = 20_000  # ids per IN (...) clause, below SQLite's bound-parameter limit
-SQLITE_MAGIC = b"SQLite format 3\x00"
 TABLES = ("series", "slices")
 SCHEMA_VERSION = 1  # bump with any change to the tables: catalogs of another version are refused, not misread
-
-
-class CatalogError(ValueError):
-    """The catalog file is missing, empty, truncated, damaged or not a catalog of this tool."""
 
 
 class Base(DeclarativeBase):
@@ -132,98 +124,6 @@ class SliceInfo:
     alpha: float
 
 
-def _damaged(path: Path, why: str) -> CatalogError:
-    """The one-line error for an unusable catalog file, with the way to recover."""
-    return CatalogError(f"{path}: {why}; `retrieval index ARCHIVE --index {path.parent}` sets it aside and rebuilds the index")
-
-
-def _check_sqlite_file(path: Path) -> None:
-    """Refuse a missing, empty, non-SQLite or truncated file before SQLite sees it (it would take an empty file as a new database)."""
-    if not path.is_file():
-        raise _damaged(path, "missing")
-    size = path.stat().st_size
-    if size == 0:
-        raise _damaged(path, "empty (0 bytes)")
-    with open(path, "rb") as handle:
-        header = handle.read(100)
-    if not header.startswith(SQLITE_MAGIC) or len(header) < 100:
-        raise _damaged(path, "not an SQLite database")
-    page_size = int.from_bytes(header[16:18], "big") or 65_536  # 1 means 65,536
-    pages, changes, valid_for = (int.from_bytes(header[o : o + 4], "big") for o in (28, 24, 92))
-    if changes == valid_for and pages * (65_536 if page_size == 1 else page_size) > size:
-        raise _damaged(path, f"truncated ({size} of {pages * page_size} bytes)")
-
-
-def _readonly_storage(folder: Path) -> bool:
-    """True when nothing can be created in the folder (a read-only mount, an immutable folder), even as root."""
-    return not os.access(folder, os.W_OK) or bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
-
-
-def _sqlite_engine(path: Path, readonly: bool) -> Engine:
-    """An engine on an SQLite file. Writers: WAL journal, foreign keys. Readers: `mode=ro`, and `immutable=1`
-    on read-only storage unless a WAL file holds changes (then SQLite reads it read-only)."""
-    path = path.absolute()
-    if not readonly:
-        engine = create_engine(URL.create("sqlite", database=str(path)))  # any path, '?' and '#' included, stays a file name
-
-        @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")  # a killed writer never corrupts the file
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
-    else:
-        _check_sqlite_file(path)
-        wal = path.with_name(path.name + "-wal")
-        frozen = _readonly_storage(path.parent) and not (wal.is_file() and wal.stat().st_size)
-        uri = f"file:{quote(str(path))}?mode=ro" + ("&immutable=1" if frozen else "")
-        # QueuePool, not the SingletonThreadPool "sqlite://" implies: that one closes connections other threads are using (a server segfaults)
-        engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False), poolclass=QueuePool)
-
-    @event.listens_for(engine, "handle_error")
-    def _on_error(context) -> Exception | None:  # type: ignore[no-untyped-def]
-        error = context.original_exception
-        message = str(error)
-        if isinstance(error, sqlite3.DatabaseError) and not any(w in message for w in ("locked", "busy", "readonly")):
-            return _damaged(path, f"unreadable ({message})")
-        return None
-
-    return engine
-
-
-def is_url(location: str | Path) -> bool:
-    """True for a database URL (postgresql://…), false for an SQLite file path."""
-    return isinstance(location, str) and "://" in location
-
-
-def masked(location: str | Path) -> str:
-    """A catalog location as manifests and messages show it: URLs without their password (libpq finds it in PGPASSWORD or ~/.pgpass)."""
-    if not is_url(location):
-        return str(location)
-    try:
-        return make_url(str(location)).set(password=None).render_as_string(hide_password=False)
-    except ArgumentError:
-        return str(location).split("@")[-1]
-
-
-def _server_engine(url: str) -> Engine:
-    """An engine on a PostgreSQL catalog (psycopg 3), connections checked before use."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError as exc:
-        raise CatalogError(f"{url}: not a database URL ({exc})") from None
-    if parsed.get_backend_name() != "postgresql":
-        raise CatalogError(f"{masked(url)}: catalogs are an SQLite file or a postgresql:// URL")
-    try:
-        import psycopg  # noqa: F401 - the driver SQLAlchemy loads for postgresql+psycopg
-    except ImportError:
-        raise CatalogError(f'{masked(url)}: a PostgreSQL catalog needs psycopg: pip install -e ".[postgres]"') from None
-    if parsed.drivername == "postgresql":
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    return create_engine(parsed, pool_pre_ping=True)
-
-
 def _chunks(values: Iterable[T] | np.ndarray) -> Iterator[list[T]]:
     """Split ids or keys into lists small enough for one IN (...) clause."""
     values = values.tolist() if isinstance(values, np.ndarray) else [v.item() if isinstance(v, np.generic) else v for v in values]
@@ -238,13 +138,13 @@ class Catalog:
         self.location = masked(path)
         self.path = Path(path) if not is_url(path) else Path(self.location)
         self.readonly = readonly
-        self.engine = _server_engine(str(path)) if is_url(path) else _sqlite_engine(self.path, readonly)
+        self.engine = server_engine(str(path)) if is_url(path) else sqlite_engine(self.path, readonly)
         try:
             if not readonly:
                 Base.metadata.create_all(self.engine)
             found = set(inspect(self.engine).get_table_names())
             if not set(TABLES) <= found:
-                raise _damaged(self.path, f"not a catalog of this tool (no {' or '.join(sorted(set(TABLES) - found))} table)")
+                raise damaged(self.path, f"not a catalog of this tool (no {' or '.join(sorted(set(TABLES) - found))} table)")
             self._check_schema("catalog_meta" in found)
         except OperationalError as exc:
             self.engine.dispose()

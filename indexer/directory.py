@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from indexer.ann import REBUILD_TOMBSTONES, RecallProbe, build_hnsw, choose_kind, probe_target, tune_hnsw
-from indexer.catalog import Catalog, masked
+from indexer.catalog import Catalog
+from indexer.engines import masked
 from indexer.integrity import load_store, open_catalog
 from indexer.manifest import MANIFEST_NAME, IndexMismatch, Manifest, read_manifest, write_manifest
 from indexer.store import IVFPQ_MIN_VECTORS, REFINE, VectorStore, build_ivfpq, recall_at_k

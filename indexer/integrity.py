@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.catalog import Catalog, CatalogError, is_url
+from indexer.catalog import Catalog
+from indexer.engines import CatalogError, is_url
 from indexer.store import StoreError, VectorStore
 
 

@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader
 
 from indexer.chunks import Batcher, Job, SeriesDataset, drop_inherited_lock, keep
 from indexer.console import progress_bar
-from indexer.catalog import SeriesRecord, SliceRecord, masked
+from indexer.catalog import SeriesRecord, SliceRecord
+from indexer.engines import masked
 from indexer.directory import IndexDirectory
 from indexer.distributed import RaySource
 from indexer.manifest import new_manifest

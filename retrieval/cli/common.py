@@ -131,7 +131,7 @@ CatalogOpt = Annotated[Optional[str], typer.Option("--catalog", help="postgresql
 def open_index(index_dir: Path, writable: bool = False, catalog: Optional[str] = None) -> Iterator[Any]:
     """Open an index directory (consistency check included; repairs said on stderr) and close it; a one-line error
     for a missing, busy, read-only or damaged index, also when the damage shows while it is in use."""
-    from indexer.catalog import CatalogError
+    from indexer.engines import CatalogError
     from indexer.directory import IndexDirectory, IndexUnavailable
     from indexer.manifest import IndexMismatch
 
