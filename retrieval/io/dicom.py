@@ -76,8 +76,15 @@ def _functional(ds: Any, index: int, sequence: str, attribute: str) -> Any:
     return ds.get(attribute)
 
 
-def _non_image_reason(ds: Any) -> str | None:
-    """Why a dataset holds no anatomy image (SR, presentation state, RT, raw data, DICOMDIR…), or None."""
+def _image_type(ds: Any) -> list[str]:
+    """The values of ImageType (0008,0008), upper-case, whether pydicom gives them as a list or one string."""
+    value = ds.get("ImageType")
+    values = value.split("\\") if isinstance(value, str) else list(value or [])
+    return [str(v).strip().upper() for v in values]
+
+
+def _not_a_slice(ds: Any) -> str | None:
+    """Why a dataset holds no slice of anatomy (SR, presentation state, RT, raw data, DICOMDIR, a localizer…), or None."""
     from pydicom.uid import UID
 
     meta = getattr(ds, "file_meta", None)
@@ -91,6 +98,8 @@ def _non_image_reason(ds: Any) -> str | None:
         if "Image Storage" in name:
             return f"{name} without image attributes (no Rows/Columns)"
         return f"non-image DICOM ({name}): no image pixel data"
+    if "LOCALIZER" in _image_type(ds):  # a CT scout or MR plan: what DICOM-to-volume converters leave out too
+        return "localizer (ImageType LOCALIZER): a projection or planning image, not a slice of the series"
     return None
 
 
@@ -189,7 +198,7 @@ def read_header(path: Path, identity: Identity, limits: Limits = Limits()) -> li
         with quiet(), path.open("rb") as handle:
             ds = pydicom.dcmread(handle, stop_before_pixels=True, force=True)
             size = path.stat().st_size
-            reason = _non_image_reason(ds) or _budget_problem(ds, size, limits) or _pixel_problem(handle, ds, size)
+            reason = _not_a_slice(ds) or _budget_problem(ds, size, limits) or _pixel_problem(handle, ds, size)
             if reason:
                 return Skipped(str(path), reason)
             return _frames(path, ds, identity)
@@ -315,7 +324,7 @@ def dataset_slices(ds: Any, identity: Identity | None = None, name: str = "<data
     """Every frame of an in-memory pydicom Dataset as a Slice, as the archive reader would give it (rescaled to
     modality units, MONOCHROME1 inverted, spacing and identity from the header); raises ValueError in one line.
     A dataset without a transfer syntax is given the native one (`_assume_transfer_syntax`)."""
-    reason = _non_image_reason(ds)
+    reason = _not_a_slice(ds)
     if reason:
         raise ValueError(f"{name}: {reason}")
     try:

@@ -171,17 +171,17 @@ class DicomWeb:
             return sorted(_values(client.search_for_studies(fields=["StudyInstanceUID"], search_filters=filters, get_remaining=True), "0020000D"))
 
     def _series(self, study: str, series: str, instances: list[dict[str, Any]], identity: Identity) -> Iterator[Series | Skipped]:
-        """One Series from a series' QIDO-RS instance list; instances that hold no anatomy image are Skipped."""
+        """One Series from a series' QIDO-RS instance list; instances that hold no slice of anatomy are Skipped."""
         import pydicom
 
-        from retrieval.io.dicom import _non_image_reason
+        from retrieval.io.dicom import _not_a_slice
 
         base = self.series_path(study, series)
         usable: list[tuple[Any, str]] = []
         for item in instances:
             ds = pydicom.Dataset.from_json(item)
             url = f"{base}/instances/{ds.get('SOPInstanceUID', '')}"
-            reason = _non_image_reason(ds)
+            reason = _not_a_slice(ds)
             if reason:
                 yield Skipped(url, reason)
             else:

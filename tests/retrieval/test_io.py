@@ -16,7 +16,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file, get_testdata_files
 from pydicom.pixels import apply_modality_lut
 
-from retrieval.io import Identity, Series, Skipped, Slice, iter_slices, read_archive, read_path
+from retrieval.io import Identity, Series, Skipped, Slice, iter_slices, object_slices, read_archive, read_path
 from retrieval.io.nifti import slice_axis
 
 
@@ -43,6 +43,7 @@ def test_every_pydicom_test_file_is_read_or_skipped_with_a_reason() -> None:
     assert "Waveform" in reason["waveform_ecg.dcm"] and "DICOMDIR" in reason["DICOMDIR"]
     assert "truncated" in reason["MR_truncated.dcm"]
     assert "Dose" in reason["rtdose.dcm"] and "Segmentation" in reason["liver.dcm"]
+    assert "localizer" in reason["6293"] and "localizer" in reason["6924"]  # dicomdirtests' CT scouts (ImageType LOCALIZER)
     read = {Path(p).name for p, items in seen.items() if isinstance(items[0], Slice)}
     assert {"CT_small.dcm", "MR_small_RLE.dcm", "US1_J2KR.dcm", "emri_small_jpeg_ls_lossless.dcm", "SC_rgb_jpeg.dcm"} <= read
 
@@ -137,6 +138,22 @@ def test_dicom_series_are_grouped_by_uid_and_ordered_by_position(tmp_path: Path)
     assert [s.position for s in slices] == [-10.0, 10.0, 30.0]
     assert [Path(s.path).name for s in slices] == ["file1.dcm", "file2.dcm", "file0.dcm"]
     assert [s.index for s in slices] == [0, 1, 2] and series[1].files == [s.path for s in slices]
+
+
+def test_a_localizer_in_a_series_is_skipped_with_its_reason_and_refused_as_a_query(tmp_path: Path) -> None:
+    """A scout written into the series it planned (ImageType as one string, as some writers store it) is not a slice."""
+    paths = _write_copies(tmp_path, [0.0, 5.0, 10.0], [1, 2, 3], ["1.2.3"] * 3)
+    scout = pydicom.dcmread(paths[1])
+    scout.ImageType = "ORIGINAL\\PRIMARY\\LOCALIZER"
+    scout.save_as(paths[1])
+    items = list(iter_slices([tmp_path]))
+    skipped = [i for i in items if isinstance(i, Skipped)]
+    assert [Path(i.path).name for i in skipped] == ["file1.dcm"] and "localizer" in skipped[0].reason
+    assert sorted(Path(i.path).name for i in items if isinstance(i, Slice)) == ["file0.dcm", "file2.dcm"]
+    for query in (paths[1], scout):  # a file, and the Dataset that `DistortionAwareMetric.embed` takes
+        with pytest.raises(ValueError, match="localizer"):
+            read_path(query) if isinstance(query, Path) else object_slices(query)
+    assert len(read_path(paths[0])) == 1  # the same file without the flag is a slice
 
 
 def test_dicom_without_positions_is_ordered_by_instance_number(tmp_path: Path) -> None:
