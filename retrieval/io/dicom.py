@@ -77,10 +77,9 @@ def _functional(ds: Any, index: int, sequence: str, attribute: str) -> Any:
 
 
 def _image_type(ds: Any) -> list[str]:
-    """The values of ImageType (0008,0008), upper-case, whether pydicom gives them as a list or one string."""
+    """The values of ImageType (0008,0008), upper-case: pydicom gives one value as a str, several as a MultiValue."""
     value = ds.get("ImageType")
-    values = value.split("\\") if isinstance(value, str) else list(value or [])
-    return [str(v).strip().upper() for v in values]
+    return [str(v).strip().upper() for v in ([value] if isinstance(value, str) else value or [])]
 
 
 def _not_a_slice(ds: Any) -> str | None:
