@@ -40,6 +40,17 @@ def _as_array(pixels: Any) -> np.ndarray:
     return np.asarray(pixels, dtype=np.float32)
 
 
+def _slice_array(pixels: Any) -> np.ndarray:
+    """`_as_array` of one slice with its non-finite pixels set to its smallest finite value, the padding value: a
+    resampled volume is NaN outside the field of view it was resampled from (nibabel's `resampled_anat_moved.nii`),
+    and that is background, not a reason to call the slice empty or to pad it with 0 HU of water."""
+    image = _as_array(pixels)
+    finite = np.isfinite(image)
+    if finite.all():
+        return image
+    return np.where(finite, image, image[finite].min() if finite.any() else 0.0).astype(np.float32)
+
+
 @lru_cache(maxsize=64)
 def _taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     """Source indices and weights (n_out × taps) of antialiased bilinear resampling, as torch's `antialias=True` (PIL's).
@@ -82,11 +93,9 @@ def resize_square(
     pixels: "np.ndarray | torch.Tensor", size: int = DEFAULT_SIZE, spacing: tuple[float, float] = (1.0, 1.0)
 ) -> np.ndarray:
     """Resample a 2D slice into size×size (aspect kept by physical spacing, centred, padded with its minimum)."""
-    image = _as_array(pixels)
+    image = _slice_array(pixels)
     if image.ndim != 2:
         raise ValueError(f"expected a 2D slice, got shape {tuple(image.shape)}")
-    if not np.isfinite(image).all():
-        image = np.nan_to_num(image, nan=0.0, posinf=0.0, neginf=0.0)
     rows, cols = square_shape((image.shape[0], image.shape[1]), size, spacing)
     (row_index, row_weights), (col_index, col_weights) = _taps(image.shape[0], rows), _taps(image.shape[1], cols)
     resized = np.einsum("ot,otc->oc", row_weights, image[row_index])
@@ -124,7 +133,7 @@ def native_view(
     Either way its per-pixel noise is the scanner's, averaged down less than a whole slice's: such views teach the α
     estimator what clean and distorted slices look like at factors below a whole slice's (`training.alpha_fit`).
     """
-    image = _as_array(pixels)
+    image = _slice_array(pixels)
     height, width = image.shape
     if rng.random() < 0.5:
         side = min(height, width, int(np.exp(rng.uniform(np.log(48), np.log(max(49, min(height, width) // 2))))))
@@ -145,7 +154,7 @@ def looks_like_stored_ct(pixels: "np.ndarray | torch.Tensor") -> bool:
     (every slice of the sample archive goes below −1,000 besides its padding); stored with intercept −1,024 the same
     air reads about 0 and soft tissue about 1,000, so a crop inside soft tissue (no air or fat) reads as HU while it
     stays below STORED_CT_BODY. A crop of soft tissue and bone alone in HU is the case this cannot tell apart."""
-    image = _as_array(pixels)
+    image = _slice_array(pixels)
     rest = image[image > image.min()] if image.size else image
     return bool(rest.size) and float(rest.min()) >= STORED_CT_FLOOR and float(rest.max()) >= STORED_CT_BODY
 
@@ -201,7 +210,7 @@ def prepare_slice(
 
 def foreground_fraction(pixels: "np.ndarray | torch.Tensor", modality: str) -> float:
     """Fraction of pixels that are tissue: HU above -500 for CT, above 10% of the 99.5th percentile for MR."""
-    x = _as_array(pixels)
+    x = _slice_array(pixels)
     if modality == "CT":
         mask = x > CT_FOREGROUND_HU
     else:
@@ -215,7 +224,7 @@ def foreground_fraction(pixels: "np.ndarray | torch.Tensor", modality: str) -> f
 
 def is_empty(pixels: "np.ndarray | torch.Tensor", modality: str) -> bool:
     """True for background-only slices (under 2% foreground, or constant): they are not indexed or trained on."""
-    x = _as_array(pixels)
+    x = _slice_array(pixels)
     if float(x.max()) == float(x.min()):
         return True
     return foreground_fraction(x, modality) < MIN_FOREGROUND

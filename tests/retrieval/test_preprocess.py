@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nibabel
 import numpy as np
 import pydicom
 import pytest
@@ -11,7 +12,7 @@ import torch
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut
 
-from retrieval.io import read_path
+from retrieval.io import Identity, read_path
 from retrieval.preprocess import (CT_WINDOWS, intensity, is_empty, looks_like_stored_ct, native_view, prepare, resize_factor,
                                   resize_square, square_shape, to_grid)
 
@@ -95,6 +96,20 @@ def test_empty_slice_rule() -> None:
     assert is_empty(mr, "MR")
     mr[:10, :30] = 500.0  # 3% tissue
     assert not is_empty(mr, "MR")
+
+
+def test_pixels_outside_a_resampled_field_of_view_are_background() -> None:
+    """A resampled volume is NaN where its source had no data (nibabel ships one): such a slice is not empty, and
+    its NaN pixels are preprocessed as its padding value (the smallest finite one), not as 0 (water on CT)."""
+    (ct,) = read_path(get_testdata_file("CT_small.dcm"))
+    cut, padded = ct.pixels.copy(), ct.pixels.copy()
+    cut[:, :40], padded[:, :40] = np.nan, ct.pixels.min()
+    assert not is_empty(cut, "CT") and not looks_like_stored_ct(cut)
+    np.testing.assert_array_equal(prepare(cut, "CT", 64, ct.spacing), prepare(padded, "CT", 64, ct.spacing))
+    cut[0, 50], padded[0, 50] = np.inf, ct.pixels.min()  # an overflowed value is no data either
+    np.testing.assert_array_equal(resize_square(cut, 64), resize_square(padded, 64))
+    resampled = read_path(Path(nibabel.__file__).parent / "tests" / "data" / "resampled_anat_moved.nii", Identity(modality="MR"))
+    assert all(np.isnan(s.pixels).any() and not is_empty(s.pixels, "MR") for s in resampled)
 
 
 def test_resize_factor_is_how_many_native_pixels_a_grid_pixel_averages() -> None:
