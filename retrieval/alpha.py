@@ -177,7 +177,11 @@ class AlphaEstimator:
     def estimate(self, batch: np.ndarray, factors: "np.ndarray | None" = None) -> np.ndarray:
         """â ∈ [0, 1] of preprocessed (B, 3, S, S) slices with their `resize_factor`s (None or NaN: unknown, read as
         whole slices)."""
-        features = estimator_features(batch, factors)
+        return self.read(estimator_features(batch, factors))
+
+    def read(self, features: np.ndarray) -> np.ndarray:
+        """â ∈ [0, 1] for (B, 24) `estimator_features`: rows whose factor is at most `small_factor` by the small-image
+        trees, the rest by the whole-slice trees."""
         if self.small is None:
             return self.predict(features)
         small = features[:, FACTOR_COLUMN] <= np.log2(self.small_factor)  # NaN (unknown) compares False: a whole slice

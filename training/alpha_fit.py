@@ -14,29 +14,54 @@ from retrieval.slices import SliceSet
 TREES, DEPTH, RATE = 100, 3, 0.1  # picked for size among settings within 0.015 of each other on the folds (docs/training.md)
 DRAWS = 2  # distorted copies per slice at uniform α, beside its clean copy
 CHUNK = 256  # slices distorted and measured at a time
-MAX_SLICES = 20_000  # larger archives fit on a seeded sample: up to 100,000 views (3 on the grid, 2 native a slice) take minutes on 2 cores
+MAX_SLICES = 20_000  # larger archives fit on a seeded sample: up to 140,000 views (3 on the grid, 2 native and 2 small a slice) take minutes on 2 cores
 SMALL_FACTOR = 2.0  # slices resized by at most this are read by the small-image trees: half the smallest whole-slice factor of the archive (docs/training.md)
 SMALL_FIT_FACTOR = 3.0  # native views resized by at most this join the small-image trees' fit
+SMALL_SIDES = (16, 48)  # small views: a DICOM icon's side up to the smallest native crop's (docs/training.md)
 
 
-def training_statistics(data: SliceSet, seed: int, draws: int = DRAWS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(estimator features, α, whether the row is a native view) of every slice clean and at `draws` seeded uniform α
-    on the slices' grid, and of its native view (where the slices carry them, and it was resized by at most
-    SMALL_FIT_FACTOR) clean and at one seeded uniform α: a zoomed crop or a small image is clean at its own noise
-    level, and its resize factor tells the small-image trees which level that is."""
+def training_statistics(data: SliceSet, seed: int, draws: int = DRAWS, with_small: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(estimator features, α, whether the row is for the small-image trees) of every slice clean and at `draws`
+    seeded uniform α on the slices' grid; and, where the slices carry native views, of each native view resized by at
+    most SMALL_FIT_FACTOR and (`with_small`) each of its `small_views`, clean and at one seeded uniform α: a zoomed crop or a
+    small image is clean at its own noise level and spectrum, and its resize factor tells the small-image trees which."""
     rng = np.random.default_rng([seed, 7])
     rows = np.tile(np.arange(len(data)), draws + 1)
     alphas = np.concatenate([np.zeros(len(data)), rng.uniform(0.0, 1.0, size=len(data) * draws)]).astype(np.float32)
     features = [_features(data.images, data.modalities, data.factors, rows, alphas, rng.integers(0, 2**31 - 1, size=len(rows)))]
-    native = np.zeros(len(rows), bool)
+    whole = len(alphas)
     if data.native is not None and data.native_factors is not None:
-        rows = np.tile(np.arange(len(data)), 2)
-        native_alphas = np.concatenate([np.zeros(len(data)), rng.uniform(0.0, 1.0, size=len(data))]).astype(np.float32)
-        seeds = rng.integers(0, 2**31 - 1, size=len(rows))
-        kept = data.native_factors[rows] <= SMALL_FIT_FACTOR
-        features.append(_features(data.native, data.modalities, data.native_factors, rows[kept], native_alphas[kept], seeds[kept]))
-        alphas, native = np.concatenate([alphas, native_alphas[kept]]), np.concatenate([native, np.ones(int(kept.sum()), bool)])
-    return np.concatenate(features), alphas, native
+        native_features, native_alphas = _clean_and_distorted(data.native, data.native_factors, data.modalities, rng)
+        features.append(native_features)
+        alphas = np.concatenate([alphas, native_alphas])
+        if with_small:  # drawn after the native rows, which stay what they were without
+            small_features, small_alphas = _clean_and_distorted(*small_views(data.images, rng), data.modalities, rng)
+            features.append(small_features)
+            alphas = np.concatenate([alphas, small_alphas])
+    return np.concatenate(features), alphas, np.arange(len(alphas)) >= whole
+
+
+def small_views(images: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Each grid image averaged down to a seeded side of SMALL_SIDES pixels and resized back onto the grid, and the
+    resize factor that gives (0.25–0.75 on a 64² grid): a small or coarse image (a DICOM icon, a 4 mm volume).
+    Its upsampled spectrum has nothing near the grid's Nyquist frequency, which trees fitted without such views read as
+    a k-space cut-off (nibabel's clean 4 mm `reoriented_anat_moved.nii` read up to 0.44, docs/training.md)."""
+    from retrieval.preprocess import resize_square, to_grid
+
+    size = images.shape[-1]
+    sides = np.exp(rng.uniform(np.log(SMALL_SIDES[0]), np.log(SMALL_SIDES[1]), size=len(images))).round().astype(int)
+    pairs = [to_grid(resize_square(image, int(side)), size) for image, side in zip(images, sides)]
+    return np.stack([grid for grid, _ in pairs]).astype(np.float32), np.array([factor for _, factor in pairs], np.float32)
+
+
+def _clean_and_distorted(views: np.ndarray, factors: np.ndarray, modalities: np.ndarray,
+                         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Features and α of every view resized by at most SMALL_FIT_FACTOR, clean and at one seeded uniform α."""
+    rows = np.tile(np.arange(len(views)), 2)
+    alphas = np.concatenate([np.zeros(len(views)), rng.uniform(0.0, 1.0, size=len(views))]).astype(np.float32)
+    seeds = rng.integers(0, 2**31 - 1, size=len(rows))
+    kept = factors[rows] <= SMALL_FIT_FACTOR
+    return _features(views, modalities, factors, rows[kept], alphas[kept], seeds[kept]), alphas[kept]
 
 
 def _features(images: np.ndarray, modalities: np.ndarray, factors: np.ndarray | None, rows: np.ndarray, alphas: np.ndarray,
@@ -57,7 +82,7 @@ def _features(images: np.ndarray, modalities: np.ndarray, factors: np.ndarray | 
 
 def fit_alpha_estimator(data: SliceSet, seed: int = 0) -> AlphaEstimator:
     """The α estimator fitted on the slices (at most MAX_SLICES of them, a seeded sample) clean and distorted (seeded),
-    and on their native views."""
+    and on their native and small views."""
     if len(data) < 2:
         raise ValueError("the α estimator needs at least two training slices")
     if len(data) > MAX_SLICES:
@@ -66,8 +91,8 @@ def fit_alpha_estimator(data: SliceSet, seed: int = 0) -> AlphaEstimator:
 
 
 def fit_trees(features: np.ndarray, alphas: np.ndarray, native: np.ndarray, seed: int = 0) -> AlphaEstimator:
-    """The estimator fitted on (N, 24) features, their true α and which rows are native views: whole-slice trees on
-    the statistics of the whole slices, and (given native views) small-image trees on every row, factor included."""
+    """The estimator fitted on (N, 24) features, their true α and which rows are native or small views: whole-slice
+    trees on the statistics of the whole slices, and (given such views) small-image trees on every row, factor included."""
     whole = _trees(features[~native, :FACTOR_COLUMN], alphas[~native], seed)
     if not native.any():
         return whole

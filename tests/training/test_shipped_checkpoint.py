@@ -22,7 +22,7 @@ from retrieval.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, trained_on
 from retrieval.distortions import distort
 from retrieval.io import Identity, read_path
 from retrieval.metric import DistortionAwareMetric
-from retrieval.preprocess import intensity, to_grid
+from retrieval.preprocess import intensity, is_empty, to_grid
 from retrieval.slices import load_slices
 from training.loop import TrainConfig, validate, validation_set
 
@@ -41,13 +41,18 @@ def metric() -> DistortionAwareMetric:
     return DistortionAwareMetric.load(device="cpu")
 
 
+NIBABEL_HEADS = ("anatomical.nii", "reoriented_anat_moved.nii", "resampled_anat_moved.nii", "functional.nii", "example_nifti2.nii.gz")
+
+
 def _package_slices() -> list:  # type: ignore[type-arg]
     """Clean slices the model never saw: pydicom's CT_small and MR_small (a 2 × 2 cm crop at 0.31 mm, read by the
-    small-image trees), the middle slices of nibabel's 4D EPI and every slice of its small anatomical volume."""
+    small-image trees), the middle slices of nibabel's 4D EPI and every slice with signal of its other head images
+    (17–41 pixels a side at 2–4 mm, upsampled onto the grid: read by small-image trees that have seen small views)."""
     items = [read_path(get_testdata_file(name))[0] for name in ("CT_small.dcm", "MR_small.dcm")]
     data = Path(nibabel.__file__).parent / "tests" / "data"
     volume = read_path(data / "example4d.nii.gz", Identity(modality="MR"))
-    return items + volume[len(volume) // 2 - 2 : len(volume) // 2 + 2] + read_path(data / "anatomical.nii", Identity(modality="MR"))
+    heads = [s for name in NIBABEL_HEADS for s in read_path(data / name, Identity(modality="MR")) if not is_empty(s.pixels, s.modality)]
+    return items + volume[len(volume) // 2 - 2 : len(volume) // 2 + 2] + heads
 
 
 def test_shipped_checkpoint_is_small_and_holds_no_patient_ids(metric: DistortionAwareMetric, archive: Path) -> None:
