@@ -1,6 +1,7 @@
 """DICOM: headers without pixels, series grouping and ordering, and lazy pixel decoding to modality units.
 
-Files are grouped by (patient, SeriesInstanceUID); a multi-frame file contributes one entry per frame.
+Files are grouped by (patient, SeriesInstanceUID); a multi-frame file contributes one entry per frame, a Siemens
+mosaic one per tile (`_mosaic`).
 Order within a series: ImagePositionPatient projected on the slice normal (the cross product of
 ImageOrientationPatient) when every frame has both, else InstanceNumber; ties keep file path and frame order.
 Pixels are RescaleSlope × value + RescaleIntercept (per frame for enhanced multi-frame; a Modality LUT when
@@ -9,6 +10,7 @@ present), so CT is in Hounsfield units; colour becomes grey; MONOCHROME1 is nega
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from collections import Counter, defaultdict
@@ -82,6 +84,28 @@ def _image_type(ds: Any) -> list[str]:
     return [str(v).strip().upper() for v in ([value] if isinstance(value, str) else value or [])]
 
 
+def _mosaic(ds: Any) -> tuple[int, str | None]:
+    """How many slices a Siemens mosaic tiles into its one image (ImageType MOSAIC: fMRI, diffusion and perfusion
+    series store each volume so), from NumberOfImagesInMosaic in its CSA header as nibabel reads it, on a grid of
+    ⌈√n⌉ tiles a side, row by row (as dcm2niix and nibabel split it); 0 for any other image. And why it cannot be
+    split, or None."""
+    if "MOSAIC" not in _image_type(ds):
+        return 0, None
+    try:
+        with quiet():  # importing nibabel.nicom warns that its DICOM readers are experimental: only its CSA parser is used
+            from nibabel.nicom import csareader
+
+            count = int(csareader.get_n_mosaic(csareader.get_csa_header(ds, "image")) or 0)
+    except Exception as exc:  # noqa: BLE001 - a damaged or absent CSA header: nibabel raises several types
+        return 0, f"Siemens mosaic whose CSA header gives no NumberOfImagesInMosaic ({one_line(exc)}): its slices cannot be told apart"
+    side = math.ceil(math.sqrt(count)) if count > 0 else 0
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    if not side or rows % side or cols % side or _frame_count(ds) != 1 or int(ds.get("SamplesPerPixel") or 1) != 1:
+        return 0, (f"Siemens mosaic of {count} slices whose {rows} × {cols} image does not divide into a {side} × {side} grid"
+                   " of grey tiles: its slices cannot be told apart")
+    return count, None
+
+
 def _not_a_slice(ds: Any) -> str | None:
     """Why a dataset holds no slice of anatomy (SR, presentation state, RT, raw data, DICOMDIR, a localizer…), or None."""
     from pydicom.uid import UID
@@ -99,7 +123,7 @@ def _not_a_slice(ds: Any) -> str | None:
         return f"non-image DICOM ({name}): no image pixel data"
     if "LOCALIZER" in _image_type(ds):  # a CT scout or MR plan: what DICOM-to-volume converters leave out too
         return "localizer (ImageType LOCALIZER): a projection or planning image, not a slice of the series"
-    return None
+    return _mosaic(ds)[1]
 
 
 def _pixel_problem(handle: Any, ds: Any, size: int) -> str | None:
@@ -173,10 +197,14 @@ def _frames(path: Path, ds: Any, identity: Identity) -> list[Frame]:
     except (TypeError, ValueError):
         instance = None
     shape = (int(ds.Rows), int(ds.Columns))
+    tiles = _mosaic(ds)[0]
+    if tiles:  # one frame per tile; the mosaic's position is not any tile's, so tiles order by instance, then tile
+        side = math.ceil(math.sqrt(tiles))
+        count, shape = tiles, (shape[0] // side, shape[1] // side)
     frames = []
     for index in range(count):
         spacing = _floats(_functional(ds, index, "PixelMeasuresSequence", "PixelSpacing"), 2) or _floats(ds.get("ImagerPixelSpacing"), 2)
-        position = _functional(ds, index, "PlanePositionSequence", "ImagePositionPatient") if count == 1 or "PerFrameFunctionalGroupsSequence" in ds else None
+        position = _functional(ds, index, "PlanePositionSequence", "ImagePositionPatient") if not tiles and (count == 1 or "PerFrameFunctionalGroupsSequence" in ds) else None
         frames.append(
             Frame(
                 path=str(path), frame=index, patient_id=patient, modality=modality, series_uid=series,
@@ -309,6 +337,11 @@ def _pixels(ds: Any) -> np.ndarray:
     expected_ndim = 4 if colour else 3
     if pixels.ndim != expected_ndim:
         raise ValueError(f"decoded pixel array has shape {pixels.shape}, expected {count} frame(s)")
+    tiles = _mosaic(ds)[0]
+    if tiles:  # (1, side·r, side·c) → (tiles, r, c), row by row
+        side = math.ceil(math.sqrt(tiles))
+        rows, cols = pixels.shape[1] // side, pixels.shape[2] // side
+        pixels = pixels[0].reshape(side, rows, side, cols).swapaxes(1, 2).reshape(side * side, rows, cols)[:tiles]
     return pixels
 
 

@@ -158,6 +158,31 @@ def test_a_localizer_in_a_series_is_skipped_with_its_reason_and_refused_as_a_que
     assert len(read_path(paths[0])) == 1  # the same file without the flag is a slice
 
 
+def test_a_siemens_mosaic_is_split_into_its_slices_as_nibabel_splits_it(tmp_path: Path) -> None:
+    """nibabel ships the header of a real Siemens fMRI mosaic (32 slices on a 6 × 6 grid of 64² tiles) without its
+    pixels: the test gives it 32 different tiles, and the reader must return them in order, as nibabel's own
+    MosaicWrapper unfolds them. nibabel's DTI mosaic `0.dcm` (48 slices in a 256² image: no 7 × 7 grid divides it) is
+    refused with the reason, where it used to be read as one slice of 48 thumbnails."""
+    ds = pydicom.dcmread(Path(nib.__file__).parent / "nicom" / "tests" / "data" / "csa_slice_norm.dcm")
+    rng = np.random.default_rng(0)
+    tiles = rng.integers(0, 4000, size=(32, 64, 64)).astype(np.uint16)
+    grid = np.zeros((36, 64, 64), np.uint16)
+    grid[:32] = tiles
+    ds.PixelData = grid.reshape(6, 6, 64, 64).swapaxes(1, 2).reshape(384, 384).tobytes()
+    ds["PixelData"].VR = "OW"
+    path = tmp_path / "mosaic.dcm"
+    ds.save_as(path)
+    slices = read_path(path)
+    assert [s.pixels.shape for s in slices] == [(64, 64)] * 32 and all(s.spacing == (1.5, 1.5) for s in slices)
+    np.testing.assert_array_equal(np.stack([s.pixels for s in slices]), tiles)
+    from nibabel.nicom.dicomwrappers import wrapper_from_file
+
+    np.testing.assert_array_equal(np.moveaxis(wrapper_from_file(path).get_data(), -1, 0), tiles)
+    assert len(object_slices(pydicom.dcmread(path))) == 32  # the Dataset path of `DistortionAwareMetric.embed`
+    with pytest.raises(ValueError, match="mosaic of 48 slices whose 256 × 256 image does not divide into a 7 × 7 grid"):
+        read_path(Path(nibabel_data) / "0.dcm")
+
+
 def test_dicom_without_positions_is_ordered_by_instance_number(tmp_path: Path) -> None:
     _write_copies(tmp_path, [None, None, None], [3, 1, 2], ["1.2.3"] * 3)
     (series,) = [s for s in read_archive([tmp_path]) if isinstance(s, Series)]
