@@ -107,7 +107,8 @@ def _mosaic(ds: Any) -> tuple[int, str | None]:
 
 
 def _not_a_slice(ds: Any) -> str | None:
-    """Why a dataset holds no slice of anatomy (SR, presentation state, RT, raw data, DICOMDIR, a localizer…), or None."""
+    """Why a dataset holds no slice of anatomy (SR, presentation state, RT, raw data, DICOMDIR, a localizer…), or None:
+    from the attributes a QIDO-RS listing gives too (`INSTANCE_FIELDS` of retrieval.io.dicomweb)."""
     from pydicom.uid import UID
 
     meta = getattr(ds, "file_meta", None)
@@ -123,7 +124,7 @@ def _not_a_slice(ds: Any) -> str | None:
         return f"non-image DICOM ({name}): no image pixel data"
     if "LOCALIZER" in _image_type(ds):  # a CT scout or MR plan: what DICOM-to-volume converters leave out too
         return "localizer (ImageType LOCALIZER): a projection or planning image, not a slice of the series"
-    return _mosaic(ds)[1]
+    return None
 
 
 def _pixel_problem(handle: Any, ds: Any, size: int) -> str | None:
@@ -225,7 +226,7 @@ def read_header(path: Path, identity: Identity, limits: Limits = Limits()) -> li
         with quiet(), path.open("rb") as handle:
             ds = pydicom.dcmread(handle, stop_before_pixels=True, force=True)
             size = path.stat().st_size
-            reason = _not_a_slice(ds) or _budget_problem(ds, size, limits) or _pixel_problem(handle, ds, size)
+            reason = _not_a_slice(ds) or _mosaic(ds)[1] or _budget_problem(ds, size, limits) or _pixel_problem(handle, ds, size)
             if reason:
                 return Skipped(str(path), reason)
             return _frames(path, ds, identity)
@@ -356,7 +357,7 @@ def dataset_slices(ds: Any, identity: Identity | None = None, name: str = "<data
     """Every frame of an in-memory pydicom Dataset as a Slice, as the archive reader would give it (rescaled to
     modality units, MONOCHROME1 inverted, spacing and identity from the header); raises ValueError in one line.
     A dataset without a transfer syntax is given the native one (`_assume_transfer_syntax`)."""
-    reason = _not_a_slice(ds)
+    reason = _not_a_slice(ds) or _mosaic(ds)[1]
     if reason:
         raise ValueError(f"{name}: {reason}")
     try:

@@ -30,7 +30,9 @@ from retrieval.io.slices import Series, SeriesKey, Skipped, Slice
 PREFIX = "dicomweb:"
 RETRY_STATUSES = (408, 429, 500, 502, 503, 504)
 # What QIDO-RS must return per instance for the series header (servers add their defaults).
-INSTANCE_FIELDS = ("SOPClassUID", "InstanceNumber", "Rows", "Columns", "NumberOfFrames", "PixelSpacing", "PatientID", "Modality")
+# ImageType: a series of localizers is skipped from the listing, never fetched (Orthanc reads the files for Rows and
+# PixelSpacing anyway: asking for it cost 151 instances 0.03–0.05 s more, 2026-12-04)
+INSTANCE_FIELDS = ("SOPClassUID", "ImageType", "InstanceNumber", "Rows", "Columns", "NumberOfFrames", "PixelSpacing", "PatientID", "Modality")
 _STORED_SYNTAX = (("application/dicom", "*"),)  # as stored: no transcoding, so pixels equal the uploaded files'
 
 

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import pydicom
 import pytest
 import torch
 from orthanc_server import Orthanc, available
+from pydicom.uid import generate_uid
 from typer.testing import CliRunner
 
 from indexer.directory import CATALOG_NAME, IndexDirectory
@@ -108,6 +110,17 @@ def test_a_series_added_is_picked_up_and_a_changed_one_redone(archive, tmp_path,
     for patient, _, _ in rows(tmp_path / "idx"):
         counts[patient] = counts.get(patient, 0) + 1
     assert counts["QMNx85rKkkg"] == 5 and consistent(tmp_path / "idx") == (sum(counts.values()), 0)
+
+
+def test_a_series_of_localizers_is_skipped_from_the_listing_and_never_fetched(archive, tmp_path, orthanc, checkpoint) -> None:
+    """A scout series (ImageType LOCALIZER) is reported with its reason from the QIDO-RS listing alone."""
+    scout = pydicom.dcmread(archive / STUDIES[1])
+    scout.ImageType, scout.SeriesInstanceUID, scout.SOPInstanceUID = ["ORIGINAL", "PRIMARY", "LOCALIZER"], generate_uid(), generate_uid()
+    scout.save_as(tmp_path / "scout.dcm")
+    orthanc.upload([archive / STUDIES[0], tmp_path / "scout.dcm"])
+    report = build_index([orthanc.source], tmp_path / "idx", Identity(), checkpoint=checkpoint, workers=0, show_progress=False)
+    assert report.series_indexed == 1 and orthanc.series_retrieved() == 1
+    assert [s.path.rsplit("/", 1)[-1] for s in report.skipped] == [scout.SOPInstanceUID] and "localizer" in report.skipped[0].reason
 
 
 def test_orthanc_stopped_mid_run_gives_one_line_error_and_an_index_the_rerun_completes(archive, tmp_path, orthanc, checkpoint) -> None:
