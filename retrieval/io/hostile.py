@@ -64,7 +64,7 @@ def _nifti(name: str, folder: Path, shape: tuple[int, ...], dtype: type, version
     (folder / name).write_bytes(gzip.compress(raw, 9) if name.endswith(".gz") else raw)
 
 
-def _nrrd(name: str, folder: Path, sizes: tuple[int, int, int]) -> None:
+def _nrrd(name: str, folder: Path, sizes: str) -> None:
     """A gzip-encoded float NRRD written by SimpleITK (8×9×10 zeros) whose header is edited to declare `sizes`."""
     import re
 
@@ -74,7 +74,7 @@ def _nrrd(name: str, folder: Path, sizes: tuple[int, int, int]) -> None:
 
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((8, 9, 10), np.float32)), str(folder / name), useCompression=True)
     head, body = (folder / name).read_bytes().split(b"\n\n", 1)
-    (folder / name).write_bytes(re.sub(rb"sizes: .*", b"sizes: " + " ".join(map(str, sizes)).encode(), head) + b"\n\n" + body)
+    (folder / name).write_bytes(re.sub(rb"sizes: .*", b"sizes: " + sizes.encode(), head) + b"\n\n" + body)
 
 
 def _png(name: str, folder: Path, width: int, height: int) -> None:
@@ -135,8 +135,8 @@ SHAPES: dict[str, tuple[Callable[[str, Path], None], str]] = {
     "cube_512_float32.nii.gz": (lambda n, f: _nifti(n, f, (512, 512, 512), np.float32), "gzip-compressed"),
     "nifti2_100000x100000.nii": (lambda n, f: _nifti(n, f, (100_000, 100_000, 1), np.uint8, version=2), "--max-slice-pixels"),
     "nifti_512_cube_empty.nii": (lambda n, f: _nifti(n, f, (512, 512, 512), np.int16), "truncated"),
-    "nrrd_1024_cube_float.nrrd": (lambda n, f: _nrrd(n, f, (1024, 1024, 1024)), "--max-file-mb"),
-    "nrrd_512_cube_float_gzip.nrrd": (lambda n, f: _nrrd(n, f, (512, 512, 512)), "deflate-compressed"),
+    "nrrd_1024_cube_float.nrrd": (lambda n, f: _nrrd(n, f, "1024 1024 1024"), "--max-file-mb"),
+    "nrrd_512_cube_float_gzip.nrrd": (lambda n, f: _nrrd(n, f, "512 512 512"), "deflate-compressed"),
     "png_100000x100000.png": (lambda n, f: _png(n, f, 100_000, 100_000), "pixels"),
     "png_10000x10000.png": (lambda n, f: _png(n, f, 10_000, 10_000), "--max-slice-pixels"),
     "jpeg_65500x65500.jpg": (lambda n, f: _jpeg(n, f, 65_500, 65_500), "pixels"),
@@ -146,6 +146,8 @@ SHAPES: dict[str, tuple[Callable[[str, Path], None], str]] = {
     "rle_segment_overrun.dcm": (_rle_overrun, "decoder failed on corrupt data"),  # found by the fuzzer: escaped as a panic
     "jp2_zero_length_box.dcm": (_jp2_zero_box, "zero-length JP2 box"),  # found by the fuzzer: pydicom's box walk never ended
     "tiff_page_1_size_tags_late.tif": (lambda n, f: _tiff_chain(n, f, 2, {1: (16_777_224, 8)}, junk_tags=20), "page 1 of 16777224×8"),
+    # found by the fuzzer: ITK's NRRD reader segfaults formatting its error about a long malformed header line
+    "nrrd_long_sizes_line.nrrd": (lambda n, f: _nrrd(n, f, "x" * 2000), "header line 7 is 2,007 bytes long"),
 }
 
 
