@@ -1,7 +1,7 @@
 """DICOM: headers without pixels, series grouping and ordering, and lazy pixel decoding to modality units.
 
 Files are grouped by (patient, SeriesInstanceUID); a multi-frame file contributes one entry per frame, a Siemens
-mosaic one per tile (`_mosaic`).
+mosaic one per tile. Why a file cannot be used is decided from its header in `retrieval.io.dicom_checks`.
 Order within a series: ImagePositionPatient projected on the slice normal (the cross product of
 ImageOrientationPatient) when every frame has both, else InstanceNumber; ties keep file path and frame order.
 Pixels are RescaleSlope × value + RescaleIntercept (per frame for enhanced multi-frame; a Modality LUT when
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import struct
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from functools import partial
@@ -21,24 +20,13 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from retrieval.io.dicom_checks import budget_problem, frame_count, jp2_problem, mosaic, not_a_slice, pixel_problem
 from retrieval.io.identity import Identity
-from retrieval.io.limits import FLOAT32, Cost, Limits, deflate_floor, rle_floor, short_of
+from retrieval.io.limits import Limits
 from retrieval.io.pixels import one_line, quiet, to_grey
 from retrieval.io.slices import Series, SeriesKey, Skipped, Slice
 
-_DICOMDIR = "1.2.840.10008.1.3.10"
-_DEFLATED = "1.2.840.10008.1.2.1.99"
-_RLE = "1.2.840.10008.1.2.5"
-_NATIVE = {"", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 _J2K = {f"1.2.840.10008.1.2.4.{n}" for n in (90, 91, 92, 93, 201, 202, 203)}
-_JP2_SIGNATURE = b"\x00\x00\x00\x0c\x6a\x50\x20\x20"
-_NOT_ANATOMY = {  # image SOP classes whose pixels are labels or dose, not anatomy
-    "1.2.840.10008.5.1.4.1.1.481.2",  # RT Dose
-    "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation
-    "1.2.840.10008.5.1.4.1.1.66.7",  # Label Map Segmentation
-}
-_PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}
-_LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN"}
 
 
 @dataclass(frozen=True)
@@ -78,116 +66,9 @@ def _functional(ds: Any, index: int, sequence: str, attribute: str) -> Any:
     return ds.get(attribute)
 
 
-def _image_type(ds: Any) -> list[str]:
-    """The values of ImageType (0008,0008), upper-case: pydicom gives one value as a str, several as a MultiValue."""
-    value = ds.get("ImageType")
-    return [str(v).strip().upper() for v in ([value] if isinstance(value, str) else value or [])]
-
-
-def _mosaic(ds: Any) -> tuple[int, str | None]:
-    """How many slices a Siemens mosaic tiles into its one image (ImageType MOSAIC: fMRI, diffusion and perfusion
-    series store each volume so), from NumberOfImagesInMosaic in its CSA header as nibabel reads it, on a grid of
-    ⌈√n⌉ tiles a side, row by row (as dcm2niix and nibabel split it); 0 for any other image. And why it cannot be
-    split, or None."""
-    if "MOSAIC" not in _image_type(ds):
-        return 0, None
-    try:
-        with quiet():  # importing nibabel.nicom warns that its DICOM readers are experimental: only its CSA parser is used
-            from nibabel.nicom import csareader
-
-            count = int(csareader.get_n_mosaic(csareader.get_csa_header(ds, "image")) or 0)
-    except Exception as exc:  # noqa: BLE001 - a damaged or absent CSA header: nibabel raises several types
-        return 0, f"Siemens mosaic whose CSA header gives no NumberOfImagesInMosaic ({one_line(exc)}): its slices cannot be told apart"
-    side = math.ceil(math.sqrt(count)) if count > 0 else 0
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    if not side or rows % side or cols % side or _frame_count(ds) != 1 or int(ds.get("SamplesPerPixel") or 1) != 1:
-        return 0, (f"Siemens mosaic of {count} slices whose {rows} × {cols} image does not divide into a {side} × {side} grid"
-                   " of grey tiles: its slices cannot be told apart")
-    return count, None
-
-
-def _not_a_slice(ds: Any) -> str | None:
-    """Why a dataset holds no slice of anatomy (SR, presentation state, RT, raw data, DICOMDIR, a localizer…), or None:
-    from the attributes a QIDO-RS listing gives too (`INSTANCE_FIELDS` of retrieval.io.dicomweb)."""
-    from pydicom.uid import UID
-
-    meta = getattr(ds, "file_meta", None)
-    sop = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta else None)
-    name = UID(str(sop)).name if sop else "no SOP class"
-    if sop == _DICOMDIR:
-        return "DICOMDIR: a directory index, not an image"
-    if sop in _NOT_ANATOMY:
-        return f"non-image DICOM ({name}): its pixels are labels or dose, not anatomy"
-    if "Rows" not in ds or "Columns" not in ds:
-        if "Image Storage" in name:
-            return f"{name} without image attributes (no Rows/Columns)"
-        return f"non-image DICOM ({name}): no image pixel data"
-    if "LOCALIZER" in _image_type(ds):  # a CT scout or MR plan: what DICOM-to-volume converters leave out too
-        return "localizer (ImageType LOCALIZER): a projection or planning image, not a slice of the series"
-    return None
-
-
-def _pixel_problem(handle: Any, ds: Any, size: int) -> str | None:
-    """Check the Pixel Data element where the header read stopped: present, and long enough when native."""
-    meta = getattr(ds, "file_meta", None)
-    if meta is not None and meta.get("TransferSyntaxUID") == _DEFLATED:
-        return None  # the header was read from an inflated stream: positions in the file do not apply
-    start = handle.tell()
-    head = handle.read(12)
-    implicit, little = getattr(ds, "original_encoding", (None, True))
-    implicit = implicit or not (head[4:6].isalpha() and head[4:6].isupper())  # files that lie about their VR
-    endian = "<" if little is not False else ">"
-    if len(head) < 8 or struct.unpack(endian + "HH", head[:4]) not in _PIXEL_TAGS:
-        return "no Pixel Data element (missing, or the file is truncated before it)"
-    if implicit or head[4:6] in _LONG_VRS:
-        offset, length = (8, struct.unpack(endian + "I", head[4:8])[0]) if implicit else (12, struct.unpack(endian + "I", head[8:12])[0])
-    else:
-        offset, length = 8, struct.unpack(endian + "H", head[6:8])[0]
-    if length == 0xFFFFFFFF:
-        return None  # encapsulated (compressed): checked when decoded
-    held = size - start - offset
-    if held < length:
-        return f"truncated: Pixel Data declares {length} bytes, the file holds {max(held, 0)}"
-    from pydicom.pixels.utils import get_expected_length
-
-    try:
-        expected = get_expected_length(ds)
-    except Exception:  # noqa: BLE001 - malformed image attributes surface when decoding
-        return None
-    if length < expected:
-        return f"Pixel Data holds {length} bytes but the image attributes need {expected}"
-    return None
-
-
-def _frame_count(ds: Any) -> int:
-    """NumberOfFrames as the decoder will see it (1 when absent or malformed)."""
-    try:
-        return max(1, int(ds.get("NumberOfFrames") or 1))
-    except (TypeError, ValueError):
-        return 1
-
-
-def _budget_problem(ds: Any, size: int, limits: Limits) -> str | None:
-    """Refuse, from the header alone, a file above the limits or declaring more pixels than its `size` bytes can hold."""
-    rows, cols, frames = int(ds.Rows), int(ds.Columns), _frame_count(ds)
-    samples = max(1, int(ds.get("SamplesPerPixel") or 1))
-    depth = max(1, -(-int(ds.get("BitsAllocated") or 8) // 8))
-    decoded = rows * cols * frames * samples * depth
-    reason = limits.refuse(Cost((rows, cols), frames, decoded + rows * cols * frames * FLOAT32))
-    meta = getattr(ds, "file_meta", None)
-    syntax = str(meta.get("TransferSyntaxUID") or "") if meta is not None else ""
-    if reason or syntax in _NATIVE:
-        return reason  # native pixel data is checked against the file by _pixel_problem
-    if syntax == _RLE:
-        return short_of(decoded, rle_floor(frames, rows * cols, samples * depth), size, "as RLE (2 bytes per 128-byte run, 72 per frame)")
-    if syntax == _DEFLATED:
-        return short_of(decoded, deflate_floor(decoded), size, "deflated (at most 1032× expansion)")
-    return short_of(decoded, 8 * frames, size, f"as {frames:,} encapsulated frames (an 8-byte item each)")
-
-
 def _frames(path: Path, ds: Any, identity: Identity) -> list[Frame]:
     """One Frame per frame of a dataset, with identity, position and spacing resolved."""
-    count = _frame_count(ds)
+    count = frame_count(ds)
     patient = identity.patient(path, str(ds.get("PatientID") or "") or None)
     modality = identity.modality_of(path, str(ds.get("Modality") or "") or None)
     series = str(ds.get("SeriesInstanceUID") or "") or str(path)
@@ -198,7 +79,7 @@ def _frames(path: Path, ds: Any, identity: Identity) -> list[Frame]:
     except (TypeError, ValueError):
         instance = None
     shape = (int(ds.Rows), int(ds.Columns))
-    tiles = _mosaic(ds)[0]
+    tiles = mosaic(ds)[0]
     if tiles:  # one frame per tile; the mosaic's position is not any tile's, so tiles order by instance, then tile
         side = math.ceil(math.sqrt(tiles))
         count, shape = tiles, (shape[0] // side, shape[1] // side)
@@ -226,7 +107,7 @@ def read_header(path: Path, identity: Identity, limits: Limits = Limits()) -> li
         with quiet(), path.open("rb") as handle:
             ds = pydicom.dcmread(handle, stop_before_pixels=True, force=True)
             size = path.stat().st_size
-            reason = _not_a_slice(ds) or _mosaic(ds)[1] or _budget_problem(ds, size, limits) or _pixel_problem(handle, ds, size)
+            reason = not_a_slice(ds) or mosaic(ds)[1] or budget_problem(ds, size, limits) or pixel_problem(handle, ds, size)
             if reason:
                 return Skipped(str(path), reason)
             return _frames(path, ds, identity)
@@ -295,20 +176,6 @@ def _assume_transfer_syntax(ds: Any) -> None:
     ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRBigEndian if little is False else ExplicitVRLittleEndian
 
 
-def _jp2_problem(ds: Any) -> str | None:
-    """A JP2-wrapped JPEG 2000 frame with a zero-length box before its codestream: pydicom's box walk never ends on it."""
-    from pydicom.encaps import generate_fragments
-
-    for fragment in generate_fragments(ds.PixelData):
-        offset = 12 if fragment.startswith(_JP2_SIGNATURE) else len(fragment)
-        while offset < len(fragment) and fragment[offset + 4 : offset + 8] != b"jp2c":  # the walk of pydicom's get_j2k_parameters
-            length = int.from_bytes(fragment[offset : offset + 4], "big")
-            if length == 0:
-                return f"JPEG 2000 frame with a zero-length JP2 box at byte {offset} (a parser loop, not an image)"
-            offset += length
-    return None
-
-
 def _decode(path: str) -> tuple[Any, np.ndarray]:
     """Read one file with pixels: the dataset and an array of shape (frames, rows, cols[, samples])."""
     import pydicom
@@ -322,7 +189,7 @@ def _pixels(ds: Any) -> np.ndarray:
     """Decode a dataset's pixels into an array of shape (frames, rows, cols[, samples])."""
     with quiet():
         _assume_transfer_syntax(ds)
-        problem = _jp2_problem(ds) if ds.file_meta.TransferSyntaxUID in _J2K else None
+        problem = jp2_problem(ds) if ds.file_meta.TransferSyntaxUID in _J2K else None
         if problem:
             raise ValueError(problem)
         try:
@@ -331,14 +198,14 @@ def _pixels(ds: Any) -> np.ndarray:
             if type(exc).__name__ != "PanicException":
                 raise
             raise ValueError(f"the decoder failed on corrupt data ({one_line(exc)})") from None
-    count = _frame_count(ds)
+    count = frame_count(ds)
     colour = int(ds.get("SamplesPerPixel") or 1) > 1
     if count == 1:
         pixels = pixels[None]
     expected_ndim = 4 if colour else 3
     if pixels.ndim != expected_ndim:
         raise ValueError(f"decoded pixel array has shape {pixels.shape}, expected {count} frame(s)")
-    tiles = _mosaic(ds)[0]
+    tiles = mosaic(ds)[0]
     if tiles:  # (1, side·r, side·c) → (tiles, r, c), row by row
         side = math.ceil(math.sqrt(tiles))
         rows, cols = pixels.shape[1] // side, pixels.shape[2] // side
@@ -357,7 +224,7 @@ def dataset_slices(ds: Any, identity: Identity | None = None, name: str = "<data
     """Every frame of an in-memory pydicom Dataset as a Slice, as the archive reader would give it (rescaled to
     modality units, MONOCHROME1 inverted, spacing and identity from the header); raises ValueError in one line.
     A dataset without a transfer syntax is given the native one (`_assume_transfer_syntax`)."""
-    reason = _not_a_slice(ds) or _mosaic(ds)[1]
+    reason = not_a_slice(ds) or mosaic(ds)[1]
     if reason:
         raise ValueError(f"{name}: {reason}")
     try:

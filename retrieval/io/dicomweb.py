@@ -176,14 +176,14 @@ class DicomWeb:
         """One Series from a series' QIDO-RS instance list; instances that hold no slice of anatomy are Skipped."""
         import pydicom
 
-        from retrieval.io.dicom import _not_a_slice
+        from retrieval.io.dicom_checks import not_a_slice
 
         base = self.series_path(study, series)
         usable: list[tuple[Any, str]] = []
         for item in instances:
             ds = pydicom.Dataset.from_json(item)
             url = f"{base}/instances/{ds.get('SOPInstanceUID', '')}"
-            reason = _not_a_slice(ds)
+            reason = not_a_slice(ds)
             if reason:
                 yield Skipped(url, reason)
             else:
