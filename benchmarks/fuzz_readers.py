@@ -3,7 +3,8 @@
 Run: nice -n 15 python benchmarks/fuzz_readers.py [--seconds 240] [--out /tmp/fuzz]
 Seeds: pydicom's and pydicom-data's test files, nibabel's test volumes (cropped to a few KiB with their headers
 kept), small PNG/JPEG/TIFF files and the hostile corpus (retrieval/io/hostile.py). The first input byte picks
-the file kind (.dcm, .nii, .nii.gz gzipped by the harness so mutations reach the header, .png, .jpg, .tif, .nrrd).
+the file kind (.dcm, .nii, .nii.gz and .mgz gzipped by the harness so mutations reach the header, .png, .jpg, .tif,
+.nrrd, .mnc).
 Every input must be read or skipped with a reason (`hostile.read_or_skip`): an escaped exception is a crash,
 so is an input over the per-input time limit (libFuzzer -timeout) or the memory limit (-rss_limit_mb). The
 readers run under tight limits, so memory beyond them means a cost the header check missed. After a crash the
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's packages, whatever the install points at
-KINDS = (".dcm", ".nii", ".nii.gz", ".png", ".jpg", ".tif", ".nrrd")  # the first input byte picks one
+KINDS = (".dcm", ".nii", ".nii.gz", ".png", ".jpg", ".tif", ".nrrd", ".mgz", ".mnc")  # the first input byte picks one
 MAX_LEN = 65536
 LIMITS = {"max_slice_pixels": 2048 * 2048, "max_slices_per_file": 512, "max_file_mb": 128}
 
@@ -67,6 +68,8 @@ def _seed_files() -> list[tuple[int, bytes]]:
             continue
     for header in ("nifti1.hdr", "nifti2.hdr"):
         seeds.append((1, (nib_data / header).read_bytes()))
+    seeds.append((7, gzip.decompress((nib_data / "test.mgz").read_bytes())))  # MGH: the harness gzips .mgz inputs
+    seeds += [(8, Path(name).read_bytes()) for name in sorted(glob.glob(str(nib_data / "*.mnc")))]  # MINC-1 (netCDF) and -2 (HDF5)
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         for kind, name, array, options in ((3, "grey.png", rng.integers(0, 256, (16, 12), np.uint8), {}),
@@ -108,7 +111,7 @@ def _worker(argv: list[str]) -> None:
                 return
             suffix = KINDS[data[0] % len(KINDS)]
             path = work / f"input{suffix}"
-            path.write_bytes(gzip.compress(data[1:], 1) if suffix == ".nii.gz" else data[1:])
+            path.write_bytes(gzip.compress(data[1:], 1) if suffix.endswith("gz") else data[1:])
             read_or_skip(path, limits)
 
         for seed in sorted(Path(argv[-1]).glob("seed-*"))[::10]:  # a sample of each kind loads the lazily imported codecs

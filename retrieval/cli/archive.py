@@ -13,7 +13,7 @@ from retrieval.cli.common import (
 )
 
 def scan(
-    paths: Annotated[list[str], typer.Argument(help="Archive folders or files (DICOM, NIfTI, NRRD, MetaImage, PNG/JPEG/TIFF), or dicomweb:http://host:port/dicom-web.")],
+    paths: Annotated[list[str], typer.Argument(help="Archive folders or files (DICOM, NIfTI, NRRD, MetaImage, PAR/REC, MGH, MINC, AFNI, PNG/JPEG/TIFF), or dicomweb:http://host:port/dicom-web.")],
     manifest: ManifestOpt = None,
     patient_regex: PatientRegexOpt = None,
     modality: ModalityOpt = None,

@@ -8,12 +8,12 @@ from typing import Any, Callable, Iterable, Iterator
 
 from retrieval.io.dicom import Frame, dataset_slices, group_series, read_header
 from retrieval.io.dicomweb import DicomWeb, is_remote
-from retrieval.io.formats import DICOM, ITK, NIFTI, Unsupported, sniff
+from retrieval.io.formats import DICOM, ITK, NIBABEL, NIFTI, Unsupported, sniff
 from retrieval.io.identity import Identity
 from retrieval.io.images import read_image
 from retrieval.io.limits import Limits, ReadTimeout, time_limit
 from retrieval.io.itk import is_detached_data, read_itk
-from retrieval.io.nifti import image_slices, read_nifti
+from retrieval.io.nifti import image_slices, is_pair_data, read_nifti
 from retrieval.io.slices import Series, Skipped, Slice
 
 PathLike = str | os.PathLike[str]
@@ -78,8 +78,9 @@ def walk(root: Path) -> Iterator[Path | Skipped]:
 
 
 def _is_pair_data(path: Path) -> bool:
-    """True for the data half of a header/data pair (.hdr+.img, .mhd+.raw, .nhdr+.raw): it is read with its header."""
-    return (path.suffix.lower() == ".img" and path.with_suffix(".hdr").is_file()) or is_detached_data(path)
+    """True for the data half of a header/data pair (.hdr+.img, .PAR+.REC, .HEAD+.BRIK, .mhd+.raw, .nhdr+.raw): it is
+    read with its header."""
+    return is_pair_data(path) or is_detached_data(path)
 
 
 def _read_file(path: Path, identity: Identity, slice_axis: int | None, limits: Limits) -> tuple[list[Frame], list[Series | Skipped]]:
@@ -93,8 +94,8 @@ def _read_file(path: Path, identity: Identity, slice_axis: int | None, limits: L
             if kind == DICOM:
                 header = read_header(path, identity, limits)
                 return ([], [header]) if isinstance(header, Skipped) else (header, [])
-            if kind in (NIFTI, ITK):
-                volumes = (read_nifti if kind == NIFTI else read_itk)(path, identity, slice_axis, limits)
+            if kind in (NIFTI, NIBABEL, ITK):
+                volumes = (read_itk if kind == ITK else read_nifti)(path, identity, slice_axis, limits)
                 return [], volumes if isinstance(volumes, list) else [volumes]
             return [], [read_image(path, identity, limits)]
     except ReadTimeout as exc:

@@ -10,12 +10,19 @@ from pathlib import Path
 
 DICOM, NIFTI, IMAGE = "dicom", "nifti", "image"
 ITK = "itk"  # NRRD and MetaImage volumes, read through SimpleITK
+NIBABEL = "nibabel"  # the other volume formats nibabel reads: Philips PAR/REC, FreeSurfer MGH/MGZ, MINC-1/2, AFNI
+_PAR_MAGIC = b"# === DATA DESCRIPTION FILE"
+_MINC_MAGIC = (b"CDF\x01", b"CDF\x02", b"\x89HDF\r\n\x1a\n")  # MINC-1 is netCDF, MINC-2 is HDF5
+_MGH_VERSION = b"\x00\x00\x00\x01"  # an MGH header starts with version 1 (big-endian int32)
+_AFNI_HEADER = re.compile(rb"\s*type\s*=\s*(string|integer|float)-attribute")
+_NAMES = "DICOM, NIfTI, NRRD, MetaImage, PAR/REC, MGH, MINC, AFNI, PNG, JPEG or TIFF"
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*")
 _NIFTI_NAMES = (".nii", ".nii.gz", ".hdr")
 _CLAIMS = {
     ".dcm": "DICOM", ".dicom": "DICOM", ".ima": "DICOM", ".nii": "NIfTI", ".gz": "NIfTI (gzip)",
     ".hdr": "NIfTI/Analyze header", ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF",
-    ".nrrd": "NRRD", ".nhdr": "NRRD", ".mha": "MetaImage", ".mhd": "MetaImage",
+    ".nrrd": "NRRD", ".nhdr": "NRRD", ".mha": "MetaImage", ".mhd": "MetaImage", ".par": "a PAR/REC header",
+    ".mgh": "MGH", ".mgz": "MGH (gzip)", ".mnc": "MINC", ".head": "an AFNI header",
 }
 # NRRD magic (any version), or the first key of a MetaImage text header.
 _ITK_HEADER = re.compile(rb"NRRD000\d|\s*(ObjectType|NDims|ObjectSubType|Comment)\s*=")
@@ -44,7 +51,7 @@ def _gunzip_head(path: Path, size: int) -> bytes:
 
 
 def sniff(path: Path) -> str:
-    """Return DICOM, NIFTI or IMAGE for a readable file, judged by its content; raise Unsupported otherwise."""
+    """Return DICOM, NIFTI, ITK, NIBABEL or IMAGE for a readable file, judged by its content; raise Unsupported otherwise."""
     try:
         with path.open("rb") as handle:
             head = handle.read(540)
@@ -59,10 +66,14 @@ def sniff(path: Path) -> str:
         return IMAGE
     if _ITK_HEADER.match(head):
         return ITK
+    if _nibabel_only(name, head):
+        return NIBABEL
     if head.startswith(b"\x1f\x8b"):
         if name.endswith(".nii.gz") and _nifti_magic(_gunzip_head(path, 540)):
             return NIFTI
-        raise Unsupported("gzip file that is not a .nii.gz NIfTI volume")
+        if name.endswith(".mgz") and _gunzip_head(path, 4) == _MGH_VERSION:
+            return NIBABEL
+        raise Unsupported("gzip file that is not a .nii.gz NIfTI or .mgz MGH volume")
     if name.endswith(_NIFTI_NAMES) and _nifti_magic(head):
         return NIFTI
     if len(head) >= 8:
@@ -74,4 +85,16 @@ def sniff(path: Path) -> str:
     if suffix in _CLAIMS:
         raise Unsupported(f"named {suffix} but the content is not {_CLAIMS[suffix]}")
     kind = f"a {suffix} file" if suffix else "a file without extension"
-    raise Unsupported(f"not an image: {kind} whose content is not DICOM, NIfTI, NRRD, MetaImage, PNG, JPEG or TIFF")
+    raise Unsupported(f"not an image: {kind} whose content is not {_NAMES}")
+
+
+def _nibabel_only(name: str, head: bytes) -> bool:
+    """True for the first bytes of a volume only nibabel reads here (its name tells MINC, MGH and AFNI headers from
+    other netCDF, HDF5 and text files)."""
+    if head.startswith(_PAR_MAGIC):
+        return True
+    if name.endswith(".mnc"):
+        return head.startswith(_MINC_MAGIC)
+    if name.endswith(".mgh"):
+        return head.startswith(_MGH_VERSION)
+    return name.endswith(".head") and bool(_AFNI_HEADER.match(head))

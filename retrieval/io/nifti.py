@@ -1,4 +1,5 @@
-"""NIfTI (and Analyze) volumes: header-only series, pixels reoriented to the closest canonical (RAS+) on load.
+"""NIfTI (and Analyze) volumes, and the other volume formats nibabel reads (Philips PAR/REC, FreeSurfer MGH/MGZ,
+MINC-1/2, AFNI): header-only series, pixels reoriented to the closest canonical (RAS+) on load.
 
 Reorientation is the transform of `nibabel.as_closest_canonical` (io_orientation + apply_orientation),
 applied per 3D volume so that a 4D file is read one volume at a time; each volume of a 4D file is a series.
@@ -39,7 +40,7 @@ def slice_axis(shape: tuple[int, int, int], zooms: tuple[float, float, float], a
 
 def _shape3(img: Any) -> tuple[int, int, int]:
     """The first three dimensions of an image, a 2D image counting as one slice thick."""
-    return tuple(img.shape[:3]) + (1,) * (3 - min(3, len(img.shape)))  # type: ignore[return-value]
+    return tuple(int(n) for n in img.shape[:3]) + (1,) * (3 - min(3, len(img.shape)))  # type: ignore[return-value]  # MGH gives numpy ints
 
 
 Geometry = tuple[np.ndarray, tuple[int, int, int], tuple[float, float, float], np.ndarray]
@@ -73,8 +74,8 @@ def _volume_count(shape: tuple[int, ...]) -> int:
     """Number of 3D volumes (1 for 2D/3D, the 4th dimension for 4D); ValueError for 5D and beyond."""
     extra = [n for n in shape[4:] if n != 1]
     if len(shape) < 2 or extra:
-        raise ValueError(f"unsupported NIfTI shape {shape}: only 2D, 3D and 4D images are read")
-    return shape[3] if len(shape) >= 4 else 1
+        raise ValueError(f"unsupported shape {shape}: only 2D, 3D and 4D images are read")
+    return int(shape[3]) if len(shape) >= 4 else 1
 
 
 def volume_cost(shape: tuple[int, int, int], zooms: tuple[float, float, float], axis: int | None, volumes: int, itemsize: int) -> Cost:
@@ -84,52 +85,87 @@ def volume_cost(shape: tuple[int, int, int], zooms: tuple[float, float, float], 
     return Cost((shape[second], shape[first]), shape[cut] * volumes, math.prod(shape) * (itemsize + FLOAT32))
 
 
-def _stored_problem(path: Path, img: Any, data_bytes: int) -> str | None:
-    """Refuse a file too short for the voxels it declares: raw byte for byte, gzip by its 1032× bound, then by its length."""
-    needed = int(img.dataobj.offset) + data_bytes  # where nibabel reads from (a single file's vox_offset 0 means 352)
-    if path.name.lower().endswith(".gz"):
-        short = short_of(data_bytes, deflate_floor(needed), path.stat().st_size, "gzip-compressed (at most 1032× expansion)")
-        length = gzip_length(path, needed) if not short else needed
+_FORMATS = {".par": "PAR/REC", ".mgh": "MGH", ".mgz": "MGH", ".mnc": "MINC", ".head": "AFNI"}  # else NIfTI (or Analyze)
+_PAIRS = {".hdr": (".img", ".IMG"), ".par": (".REC", ".rec"), ".head": (".BRIK", ".BRIK.gz", ".brik", ".brik.gz")}  # header → data names
+
+
+def _format(path: Path | str) -> str:
+    """The volume format a file name says, for messages."""
+    return _FORMATS.get(Path(path).suffix.lower(), "NIfTI")
+
+
+def _missing_data(path: Path) -> str | None:
+    """The reason a header's data file (.hdr+.img, .PAR+.REC, .HEAD+.BRIK[.gz]) is missing, or None."""
+    datas = _PAIRS.get(path.suffix.lower(), ())
+    if not datas or any(path.with_suffix(data).is_file() for data in datas):
+        return None
+    return f"header of an image pair whose data file {path.with_suffix(datas[0]).name} is missing"
+
+
+def is_pair_data(path: Path) -> bool:
+    """True for the data half of a header/data pair (.hdr+.img, .PAR+.REC, .HEAD+.BRIK[.gz]): it is read with its header."""
+    for header, datas in _PAIRS.items():
+        for data in datas:
+            if path.name.endswith(data) and any(path.with_name(path.name[: -len(data)] + h).is_file() for h in (header, header.upper())):
+                return True
+    return False
+
+
+def _stored_problem(img: Any, data_bytes: int) -> str | None:
+    """Refuse a file too short for the voxels it declares: raw byte for byte, gzip by its 1032× bound, then by its
+    length. MINC (netCDF, HDF5) lays out its own data: a short one fails when its voxels are read."""
+    if not hasattr(img.dataobj, "offset") and type(img).__name__ != "PARRECImage":
+        return None
+    data = Path(img.file_map["image"].filename)
+    needed = int(getattr(img.dataobj, "offset", 0)) + data_bytes  # where nibabel reads from (a single file's vox_offset 0 means 352)
+    if data.name.lower().endswith((".gz", ".mgz")):
+        short = short_of(data_bytes, deflate_floor(needed), data.stat().st_size, "gzip-compressed (at most 1032× expansion)")
+        length = gzip_length(data, needed) if not short else needed
         return short or (f"truncated: the header needs {needed:,} bytes, the gzip stream holds {length:,}" if length < needed else None)
-    data = path.with_suffix(".img") if path.suffix.lower() == ".hdr" else path
     held = data.stat().st_size
     return f"truncated: the header needs {needed:,} bytes, {data.name} holds {held:,}" if held < needed else None
 
 
 def read_nifti(path: Path, identity: Identity, axis: int | None = None, limits: Limits = Limits()) -> list[Series] | Skipped:
-    """Headers of a NIfTI file as one Series per 3D volume, or the reason it cannot be used (limits included)."""
+    """Headers of a NIfTI (or other nibabel) volume file as one Series per 3D volume, or the reason it cannot be used
+    (limits included)."""
     import nibabel as nib
 
-    if path.suffix.lower() == ".hdr" and not path.with_suffix(".img").is_file():
-        return Skipped(str(path), f"header of an image pair whose data file {path.with_suffix('.img').name} is missing")
+    missing = _missing_data(path)
+    if missing:
+        return Skipped(str(path), missing)
     try:
         with quiet():
             img = nib.load(str(path))
-        if not isinstance(img, nib.analyze.AnalyzeImage):  # NIfTI-1/2 and Analyze, not CIFTI or surfaces
+        if not isinstance(img, nib.spatialimages.SpatialImage):  # not CIFTI or surfaces
             return Skipped(str(path), f"{type(img).__name__} is not a volume image")
+        if isinstance(img, (nib.minc1.Minc1Image, nib.minc2.Minc2Image)) and len(img.shape) > 3:
+            return Skipped(str(path), f"MINC with {len(img.shape)} dimensions: only 2D and 3D MINC are read (its time axis comes first)")
         if np.issubdtype(img.get_data_dtype(), np.complexfloating):
-            return Skipped(str(path), "complex-valued NIfTI is not supported")
+            return Skipped(str(path), f"complex-valued {_format(path)} is not supported")
         volumes = _volume_count(img.shape)
         _, shape, zooms, _ = _geometry(img)
         slice_axis(shape, zooms, axis)  # a bad axis is this file's one-line reason
+        itemsize = img.get_data_dtype().itemsize
+        reason = limits.refuse(volume_cost(shape, zooms, axis, volumes, itemsize)) or _stored_problem(img, math.prod(shape) * itemsize * volumes)
     except Exception as exc:  # noqa: BLE001 - nibabel raises many types on corrupt headers
-        return Skipped(str(path), f"unreadable NIfTI header: {one_line(exc)}")
-    itemsize = img.get_data_dtype().itemsize
-    reason = limits.refuse(volume_cost(shape, zooms, axis, volumes, itemsize)) or _stored_problem(path, img, math.prod(shape) * itemsize * volumes)
+        return Skipped(str(path), f"unreadable {_format(path)} header: {one_line(exc)}")
     if reason:
         return Skipped(str(path), reason)
-    files = [str(path)] + ([str(path.with_suffix(".img"))] if path.suffix == ".hdr" else [])
-    return volume_series(path, files, volumes, shape, zooms, axis, identity, load_volume)
+    files = list(dict.fromkeys([str(path), str(img.file_map["image"].filename)]))
+    modality = "MR" if isinstance(img, nib.parrec.PARRECImage) else None  # Philips PAR/REC is MR export
+    return volume_series(path, files, volumes, shape, zooms, axis, identity, load_volume, modality)
 
 
 def volume_series(
     path: Path, files: list[str], volumes: int, shape: tuple[int, int, int], zooms: tuple[float, float, float],
     axis: int | None, identity: Identity, load: Callable[[str, int, int | None, SeriesKey], list[Slice | Skipped]],
+    header_modality: str | None = None,
 ) -> list[Series]:
     """One lazily loaded Series per 3D volume of a volume file, from its canonical shape and zooms."""
     cut = slice_axis(shape, zooms, axis)
     first, second = _in_plane(cut)
-    patient, modality = identity.patient(path), identity.modality_of(path)
+    patient, modality = identity.patient(path), identity.modality_of(path, header_modality)
     series = []
     for volume in range(volumes):
         series_id = files[0] + (f"#t{volume}" if volumes > 1 else "")
@@ -160,7 +196,7 @@ def load_volume(path: str, volume: int, axis: int | None, key: SeriesKey) -> lis
             img = nib.load(path)
             data = _voxels(img, volume)
     except Exception as exc:  # noqa: BLE001 - truncated or corrupt data: report the file, keep going
-        return [Skipped(path, f"cannot read NIfTI voxels: {one_line(exc)}")]
+        return [Skipped(path, f"cannot read {_format(path)} voxels: {one_line(exc)}")]
     return cut_volume(data, _geometry(img), axis, key, path)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import pickle
 import shutil
@@ -244,6 +245,32 @@ def test_nibabel_test_volumes() -> None:
     items = list(read_archive([Path(nibabel_data) / "analyze.hdr", Path(nibabel_data) / "row_major.dconn.nii"]))
     assert all(isinstance(i, Skipped) for i in items)
     assert "analyze.img is missing" in items[0].reason and "not a volume" in items[1].reason
+
+
+@pytest.mark.parametrize("name", ["phantom_EPI_asc_CLEAR_2_1.PAR", "test.mgz", "tiny.mnc", "example4d+orig.HEAD"])
+def test_the_other_volume_formats_nibabel_reads_are_cut_as_its_own_images(name: str) -> None:
+    """Philips PAR/REC, FreeSurfer MGZ, MINC-1 and AFNI files nibabel ships are read from a folder with the slices that
+    `embed` cuts from nibabel's own image of them; PAR/REC is MR by its nature."""
+    path = Path(nibabel_data) / name
+    series = [s for s in read_archive([path]) if isinstance(s, Series)]
+    read = [s for one in series for s in one.load()]
+    cut = object_slices(nib.load(path))
+    assert len(series) == (nib.load(path).shape + (1,))[3] and len(read) == len(cut) > 0
+    for mine, theirs in zip(read, cut):
+        np.testing.assert_array_equal(mine.pixels, theirs.pixels)
+        assert mine.spacing == theirs.spacing
+    assert {s.modality for s in read} == {"MR" if name.endswith(".PAR") else "OT"}
+
+
+def test_nibabel_formats_that_cannot_be_read_are_skipped_with_the_reason(tmp_path: Path) -> None:
+    data = Path(nibabel_data)
+    reasons = {Path(i.path).name: i.reason for i in read_archive([data / n for n in ("T1.PAR", "phantom_truncated.PAR", "minc1_4d.mnc")])}
+    assert reasons["T1.PAR"] == "header of an image pair whose data file T1.REC is missing"
+    assert "unreadable PAR/REC header: Header inconsistency" in reasons["phantom_truncated.PAR"]
+    assert "only 2D and 3D MINC are read" in reasons["minc1_4d.mnc"]
+    (tmp_path / "cut.mgz").write_bytes(gzip.compress(gzip.decompress((data / "test.mgz").read_bytes())[:300]))  # a whole gzip stream, short of voxels
+    (cut,) = read_archive([tmp_path / "cut.mgz"])
+    assert isinstance(cut, Skipped) and cut.reason == "truncated: the header needs 764 bytes, the gzip stream holds 300"
 
 
 def test_two_d_images(tmp_path: Path) -> None:
