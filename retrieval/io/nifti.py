@@ -113,9 +113,7 @@ def is_pair_data(path: Path) -> bool:
 
 def _stored_problem(img: Any, data_bytes: int) -> str | None:
     """Refuse a file too short for the voxels it declares: raw byte for byte, gzip by its 1032× bound, then by its
-    length. MINC (netCDF, HDF5) lays out its own data: a short one fails when its voxels are read."""
-    if not hasattr(img.dataobj, "offset") and type(img).__name__ != "PARRECImage":
-        return None
+    length (NIfTI, Analyze, MGH, PAR/REC, AFNI: the voxels start at the proxy's offset of the data file)."""
     data = Path(img.file_map["image"].filename)
     needed = int(getattr(img.dataobj, "offset", 0)) + data_bytes  # where nibabel reads from (a single file's vox_offset 0 means 352)
     if data.name.lower().endswith((".gz", ".mgz")):
@@ -139,7 +137,8 @@ def read_nifti(path: Path, identity: Identity, axis: int | None = None, limits: 
             img = nib.load(str(path))
         if not isinstance(img, nib.spatialimages.SpatialImage):  # not CIFTI or surfaces
             return Skipped(str(path), f"{type(img).__name__} is not a volume image")
-        if isinstance(img, (nib.minc1.Minc1Image, nib.minc2.Minc2Image)) and len(img.shape) > 3:
+        minc = isinstance(img, (nib.minc1.Minc1Image, nib.minc2.Minc2Image))  # netCDF or HDF5 lays out its own data
+        if minc and len(img.shape) > 3:
             return Skipped(str(path), f"MINC with {len(img.shape)} dimensions: only 2D and 3D MINC are read (its time axis comes first)")
         if np.issubdtype(img.get_data_dtype(), np.complexfloating):
             return Skipped(str(path), f"complex-valued {_format(path)} is not supported")
@@ -147,7 +146,8 @@ def read_nifti(path: Path, identity: Identity, axis: int | None = None, limits: 
         _, shape, zooms, _ = _geometry(img)
         slice_axis(shape, zooms, axis)  # a bad axis is this file's one-line reason
         itemsize = img.get_data_dtype().itemsize
-        reason = limits.refuse(volume_cost(shape, zooms, axis, volumes, itemsize)) or _stored_problem(img, math.prod(shape) * itemsize * volumes)
+        reason = limits.refuse(volume_cost(shape, zooms, axis, volumes, itemsize)) or (
+            None if minc else _stored_problem(img, math.prod(shape) * itemsize * volumes))  # a short MINC fails when its voxels are read
     except Exception as exc:  # noqa: BLE001 - nibabel raises many types on corrupt headers
         return Skipped(str(path), f"unreadable {_format(path)} header: {one_line(exc)}")
     if reason:
