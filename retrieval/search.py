@@ -342,4 +342,5 @@ def print_result(result: SearchResult) -> None:
             print(f"{rank_:>3}. {match.patient_id}  distance {match.distance:.4f}")
         for s in match.slices:
             query = f"  ← query slice {s.query_slice}" if isinstance(s, SlicePair) else ""
-            print(f"       {s.distance:.4f}  α {s.alpha:.3f}  {s.modality}  {s.path} [slice {s.slice_index}]{query}")
+            volume = s.series_id[len(s.path):] if s.series_id.startswith(s.path + "#") else ""  # "#t3": which volume of a 4D file
+            print(f"       {s.distance:.4f}  α {s.alpha:.3f}  {s.modality}  {s.path}{volume} [slice {s.slice_index}]{query}")

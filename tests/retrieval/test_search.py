@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from nibabel.testing import data_path as nibabel_data
 from typer.testing import CliRunner
 
 from indexer.directory import IndexDirectory
@@ -202,6 +203,16 @@ def test_search_json_shape_and_order(archive, index_dir) -> None:
             assert {"path", "slice_index", "distance", "alpha", "modality", "series_id"} <= set(s) and s["series_id"]
     by_slice = cli("search", str(archive / TCGA[2]), "--index", str(index_dir), "-k", "5", "--by", "slice", "--modality", "CT")
     assert len(by_slice["results"]) == 5 and all(r["slices"][0]["modality"] == "CT" for r in by_slice["results"])
+
+
+def test_printed_matches_name_the_volume_of_a_4d_file(tmp_path) -> None:
+    """The slices of a 4D file's volumes share its path and slice numbers: the printed line names the volume (#tK)."""
+    example = Path(nibabel_data) / "example4d.nii.gz"
+    build_index([example], tmp_path / "idx", Identity(modality="MR"), workers=0, show_progress=False)
+    result = CliRunner().invoke(app, ["search", str(example), "--modality", "MR", "--slice", "12", "--by", "slice", "-k", "2", "--index", str(tmp_path / "idx")])
+    assert result.exit_code == 0, result.output
+    lines = sorted(line.split("/")[-1] for line in result.stdout.splitlines() if "[slice " in line)
+    assert lines == ["example4d.nii.gz#t0 [slice 12]", "example4d.nii.gz#t1 [slice 12]"], result.stdout
 
 
 def test_remove_patient_then_it_never_appears(archive, index_dir, tmp_path) -> None:
