@@ -90,7 +90,7 @@ def _seed_files() -> list[tuple[int, bytes]]:
             if name in SHAPES:
                 raw = (Path(tmp) / name).read_bytes()
                 kind = next(i for i, suffix in reversed(list(enumerate(KINDS))) if name.endswith(suffix))
-                seeds.append((kind, gzip.decompress(raw) if name.endswith(".gz") else raw))
+                seeds.append((kind, gzip.decompress(raw) if name.endswith("gz") else raw))  # .nii.gz and .mgz: the harness gzips them
     return [(kind, data) for kind, data in seeds if len(data) < MAX_LEN]
 
 

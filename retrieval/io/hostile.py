@@ -64,6 +64,16 @@ def _nifti(name: str, folder: Path, shape: tuple[int, ...], dtype: type, version
     (folder / name).write_bytes(gzip.compress(raw, 9) if name.endswith(".gz") else raw)
 
 
+def _mgh(name: str, folder: Path, shape: tuple[int, ...]) -> None:
+    """A gzipped FreeSurfer MGH header declaring float32 voxels of `shape`, and none of them."""
+    import nibabel as nib
+
+    header = nib.freesurfer.mghformat.MGHHeader()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.float32)
+    (folder / name).write_bytes(gzip.compress(header.binaryblock, 9))
+
+
 def _nrrd(name: str, folder: Path, sizes: str) -> None:
     """A gzip-encoded float NRRD written by SimpleITK (8×9×10 zeros) whose header is edited to declare `sizes`."""
     import re
@@ -135,6 +145,8 @@ SHAPES: dict[str, tuple[Callable[[str, Path], None], str]] = {
     "cube_512_float32.nii.gz": (lambda n, f: _nifti(n, f, (512, 512, 512), np.float32), "gzip-compressed"),
     "nifti2_100000x100000.nii": (lambda n, f: _nifti(n, f, (100_000, 100_000, 1), np.uint8, version=2), "--max-slice-pixels"),
     "nifti_512_cube_empty.nii": (lambda n, f: _nifti(n, f, (512, 512, 512), np.int16), "truncated"),
+    "mgz_100000x100000.mgz": (lambda n, f: _mgh(n, f, (100_000, 100_000, 1)), "--max-slice-pixels"),
+    "mgz_512_cube_float32.mgz": (lambda n, f: _mgh(n, f, (512, 512, 512)), "gzip-compressed"),
     "nrrd_1024_cube_float.nrrd": (lambda n, f: _nrrd(n, f, "1024 1024 1024"), "--max-file-mb"),
     "nrrd_512_cube_float_gzip.nrrd": (lambda n, f: _nrrd(n, f, "512 512 512"), "deflate-compressed"),
     "png_100000x100000.png": (lambda n, f: _png(n, f, 100_000, 100_000), "pixels"),
