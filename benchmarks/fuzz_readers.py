@@ -2,7 +2,8 @@
 
 Run: nice -n 15 python benchmarks/fuzz_readers.py [--seconds 240] [--out /tmp/fuzz]
 Seeds: pydicom's and pydicom-data's test files, nibabel's test volumes (cropped to a few KiB with their headers
-kept), small PNG/JPEG/TIFF files and the hostile corpus (retrieval/io/hostile.py). The first input byte picks
+kept; its MGZ and MINC files), a Siemens mosaic on nibabel's real CSA header, small PNG/JPEG/TIFF files and the
+hostile corpus (retrieval/io/hostile.py). The first input byte picks
 the file kind (.dcm, .nii, .nii.gz and .mgz gzipped by the harness so mutations reach the header, .png, .jpg, .tif,
 .nrrd, .mnc).
 Every input must be read or skipped with a reason (`hostile.read_or_skip`): an escaped exception is a crash,
@@ -69,6 +70,13 @@ def _seed_files() -> list[tuple[int, bytes]]:
     for header in ("nifti1.hdr", "nifti2.hdr"):
         seeds.append((1, (nib_data / header).read_bytes()))
     seeds.append((7, gzip.decompress((nib_data / "test.mgz").read_bytes())))  # MGH: the harness gzips .mgz inputs
+    mosaic = pydicom.dcmread(nib_data.parent.parent / "nicom" / "tests" / "data" / "csa_slice_norm.dcm")  # a real Siemens CSA header
+    mosaic.Rows = mosaic.Columns = 48  # its 32 slices on a 6 × 6 grid of 8² tiles
+    mosaic.PixelData = np.arange(48 * 48, dtype=np.uint16).tobytes()
+    mosaic["PixelData"].VR = "OW"
+    with tempfile.TemporaryDirectory() as tmp:
+        mosaic.save_as(Path(tmp) / "mosaic.dcm")
+        seeds.append((0, (Path(tmp) / "mosaic.dcm").read_bytes()))
     seeds += [(8, Path(name).read_bytes()) for name in sorted(glob.glob(str(nib_data / "*.mnc")))]  # MINC-1 (netCDF) and -2 (HDF5)
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
