@@ -17,6 +17,7 @@ from retrieval.io import Identity, Skipped, iter_slices
 from retrieval.preprocess import is_empty, native_view, to_grid
 
 FIELDS = ("images", "patients", "modalities", "sources", "datasets", "series", "factors", "native", "native_factors")  # the cache's arrays, in SliceSet order
+CACHE_VERSION = 5  # bumped when the same archive would read differently (v5: NaN-padded slices, mosaics, PAR/MGH/MINC/AFNI)
 NATIVE_SEED = 1729  # native views are drawn per slice from (NATIVE_SEED, slice number): the same archive gives the same views
 
 
@@ -100,7 +101,7 @@ def cached_slices(paths: Sequence[Path], identity: Identity, size: int, cache_di
     if cache_dir is None:
         return load_slices(paths, identity, size, on_skip)
     key_source = json.dumps([sorted(str(Path(p).resolve()) for p in paths), repr(identity), size])
-    target = Path(cache_dir) / f"slices-v4-{hashlib.sha1(key_source.encode()).hexdigest()[:16]}.npz"
+    target = Path(cache_dir) / f"slices-v{CACHE_VERSION}-{hashlib.sha1(key_source.encode()).hexdigest()[:16]}.npz"
     if target.is_file():
         with np.load(target) as blob:
             if on_skip is not None:
