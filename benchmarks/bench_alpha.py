@@ -34,7 +34,7 @@ from retrieval.io import Identity
 from retrieval.metric import DistortionAwareMetric
 from retrieval.preprocess import network_input
 from retrieval.slices import SliceSet, cached_slices
-from training.alpha_fit import fit_trees, small_views, training_statistics
+from training.alpha_fit import SMALL, WHOLE, fit_trees, small_views, training_statistics
 from training.folds import plan_folds, split_by_datasets
 
 Predictor = Callable[[np.ndarray], np.ndarray]
@@ -61,10 +61,11 @@ def regressors(train: SliceSet, seed: int) -> dict[str, Predictor]:
     """The shipped trees, the same without small views, and ridge and MLP regressions fitted on the same statistics
     of the same distortions (measured once; the archive is under the estimator's sampling cap, so the trees are what
     `fit_alpha_estimator` fits)."""
-    features, alphas, native = training_statistics(train, seed)
-    trees = fit_trees(features, alphas, native, seed)
-    without_small = fit_trees(*training_statistics(train, seed, with_small=False), seed)
-    whole, whole_alphas = features[~native, :FACTOR_COLUMN], alphas[~native]
+    features, alphas, kinds = training_statistics(train, seed)
+    trees = fit_trees(features, alphas, kinds != WHOLE, seed)
+    drawn = kinds != SMALL  # the rows a fit without small views draws (the small ones are drawn last)
+    without_small = fit_trees(features[drawn], alphas[drawn], kinds[drawn] != WHOLE, seed)
+    whole, whole_alphas = features[kinds == WHOLE, :FACTOR_COLUMN], alphas[kinds == WHOLE]
     ridge = make_pipeline(StandardScaler(), RidgeCV()).fit(whole, whole_alphas)
     mlp = make_pipeline(StandardScaler(), MLPRegressor(hidden_layer_sizes=(32, 16), alpha=1e-3, max_iter=2000, random_state=seed)).fit(whole, whole_alphas)
     return {"trees (shipped)": trees.read, "trees without small views": without_small.read,

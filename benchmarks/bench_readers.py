@@ -1,4 +1,5 @@
-"""Time the archive readers and preprocessing on a real archive: headers only, full decode, prepare().
+"""Time the archive readers and preprocessing on a real archive: headers only, full decode, prepare(), and the
+empty-slice check with the resize onto the 64² grid that indexing runs on every slice.
 
 Run: python benchmarks/bench_readers.py [ARCHIVE] [--repeats 3]   (ARCHIVE defaults to $RETRIEVAL_SAMPLE_ARCHIVE)
 Each figure is the best of `repeats` runs in this process (warm file cache), per source format, so the
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 
 from retrieval.io import Series, read_archive
-from retrieval.preprocess import prepare
+from retrieval.preprocess import is_empty, prepare, to_grid
 
 
 def _kind(series: Series) -> str:
@@ -59,6 +60,7 @@ def main() -> None:
     prep = best(args.repeats, lambda: [prepare(s.pixels, s.modality, 256, s.spacing) for s in loaded])
     torch.set_num_threads(1)
     prep_one = best(args.repeats, lambda: [prepare(s.pixels, s.modality, 256, s.spacing) for s in loaded])
+    index_checks = best(args.repeats, lambda: [(is_empty(s.pixels, s.modality), to_grid(s.pixels, 64, s.spacing)) for s in loaded])
     print(f"# readers on {args.archive} ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs)")
     print(f"headers only: {len(series)} series in {headers:.2f} s ({sum(slices.values()) / headers:,.0f} slices/s)")
     print("| format | series slices | MiB on disk | decode s | slices/s | MiB/s |")
@@ -69,6 +71,7 @@ def main() -> None:
     per = 1000 / max(1, len(loaded))
     print(f"prepare() to 3×256×256, {len(loaded)} slices: {prep * per:.2f} ms per slice with {threads} torch threads, "
           f"{prep_one * per:.2f} ms with 1 (ratio {prep / prep_one:.1f})")
+    print(f"is_empty + to_grid(64), {len(loaded)} slices: {index_checks * per:.3f} ms per slice")
 
 
 if __name__ == "__main__":

@@ -210,7 +210,11 @@ def prepare_slice(
 
 def foreground_fraction(pixels: "np.ndarray | torch.Tensor", modality: str) -> float:
     """Fraction of pixels that are tissue: HU above -500 for CT, above 10% of the 99.5th percentile for MR."""
-    x = _slice_array(pixels)
+    return _foreground(_slice_array(pixels), modality)
+
+
+def _foreground(x: np.ndarray, modality: str) -> float:
+    """`foreground_fraction` of a finite float32 slice."""
     if modality == "CT":
         mask = x > CT_FOREGROUND_HU
     else:
@@ -227,7 +231,7 @@ def is_empty(pixels: "np.ndarray | torch.Tensor", modality: str) -> bool:
     x = _slice_array(pixels)
     if float(x.max()) == float(x.min()):
         return True
-    return foreground_fraction(x, modality) < MIN_FOREGROUND
+    return _foreground(x, modality) < MIN_FOREGROUND
 
 
 def network_input(images: "torch.Tensor", modalities: np.ndarray) -> "torch.Tensor":

@@ -18,27 +18,24 @@ MAX_SLICES = 20_000  # larger archives fit on a seeded sample: up to 140,000 vie
 SMALL_FACTOR = 2.0  # slices resized by at most this are read by the small-image trees: half the smallest whole-slice factor of the archive (docs/training.md)
 SMALL_FIT_FACTOR = 3.0  # native views resized by at most this join the small-image trees' fit
 SMALL_SIDES = (16, 48)  # small views: a DICOM icon's side up to the smallest native crop's (docs/training.md)
+WHOLE, NATIVE, SMALL = 0, 1, 2  # what a row of `training_statistics` is: a slice on its grid, a native view, a small view
 
 
-def training_statistics(data: SliceSet, seed: int, draws: int = DRAWS, with_small: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(estimator features, α, whether the row is for the small-image trees) of every slice clean and at `draws`
-    seeded uniform α on the slices' grid; and, where the slices carry native views, of each native view resized by at
-    most SMALL_FIT_FACTOR and (`with_small`) each of its `small_views`, clean and at one seeded uniform α: a zoomed crop or a
-    small image is clean at its own noise level and spectrum, and its resize factor tells the small-image trees which."""
+def training_statistics(data: SliceSet, seed: int, draws: int = DRAWS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(estimator features, α, each row's kind: WHOLE, NATIVE or SMALL) of every slice clean and at `draws` seeded
+    uniform α on the slices' grid; and, where the slices carry native views, of each native view resized by at most
+    SMALL_FIT_FACTOR and each of its `small_views`, clean and at one seeded uniform α: a zoomed crop or a small image is
+    clean at its own noise level and spectrum, and its resize factor tells the small-image trees which. Each kind is
+    drawn after the kinds before it, so the rows without the SMALL ones are those a fit without small views draws."""
     rng = np.random.default_rng([seed, 7])
     rows = np.tile(np.arange(len(data)), draws + 1)
     alphas = np.concatenate([np.zeros(len(data)), rng.uniform(0.0, 1.0, size=len(data) * draws)]).astype(np.float32)
-    features = [_features(data.images, data.modalities, data.factors, rows, alphas, rng.integers(0, 2**31 - 1, size=len(rows)))]
-    whole = len(alphas)
+    parts = [(_features(data.images, data.modalities, data.factors, rows, alphas, rng.integers(0, 2**31 - 1, size=len(rows))), alphas, WHOLE)]
     if data.native is not None and data.native_factors is not None:
-        native_features, native_alphas = _clean_and_distorted(data.native, data.native_factors, data.modalities, rng)
-        features.append(native_features)
-        alphas = np.concatenate([alphas, native_alphas])
-        if with_small:  # drawn after the native rows, which stay what they were without
-            small_features, small_alphas = _clean_and_distorted(*small_views(data.images, rng), data.modalities, rng)
-            features.append(small_features)
-            alphas = np.concatenate([alphas, small_alphas])
-    return np.concatenate(features), alphas, np.arange(len(alphas)) >= whole
+        parts.append((*_clean_and_distorted(data.native, data.native_factors, data.modalities, rng), NATIVE))
+        parts.append((*_clean_and_distorted(*small_views(data.images, rng), data.modalities, rng), SMALL))
+    kinds = np.concatenate([np.full(len(part_alphas), kind, np.int8) for _, part_alphas, kind in parts])
+    return np.concatenate([f for f, _, _ in parts]), np.concatenate([a for _, a, _ in parts]), kinds
 
 
 def small_views(images: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -87,14 +84,15 @@ def fit_alpha_estimator(data: SliceSet, seed: int = 0) -> AlphaEstimator:
         raise ValueError("the α estimator needs at least two training slices")
     if len(data) > MAX_SLICES:
         data = data.subset(np.sort(np.random.default_rng([seed, 8]).choice(len(data), MAX_SLICES, replace=False)))
-    return fit_trees(*training_statistics(data, seed), seed)
+    features, alphas, kinds = training_statistics(data, seed)
+    return fit_trees(features, alphas, kinds != WHOLE, seed)
 
 
-def fit_trees(features: np.ndarray, alphas: np.ndarray, native: np.ndarray, seed: int = 0) -> AlphaEstimator:
+def fit_trees(features: np.ndarray, alphas: np.ndarray, views: np.ndarray, seed: int = 0) -> AlphaEstimator:
     """The estimator fitted on (N, 24) features, their true α and which rows are native or small views: whole-slice
     trees on the statistics of the whole slices, and (given such views) small-image trees on every row, factor included."""
-    whole = _trees(features[~native, :FACTOR_COLUMN], alphas[~native], seed)
-    if not native.any():
+    whole = _trees(features[~views, :FACTOR_COLUMN], alphas[~views], seed)
+    if not views.any():
         return whole
     return dataclasses.replace(whole, small=_trees(features, alphas, seed), small_factor=SMALL_FACTOR)
 

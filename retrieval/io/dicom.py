@@ -10,7 +10,6 @@ present), so CT is in Hounsfield units; colour becomes grey; MONOCHROME1 is nega
 
 from __future__ import annotations
 
-import math
 import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from retrieval.io.dicom_checks import budget_problem, frame_count, jp2_problem, mosaic, not_a_slice, pixel_problem
+from retrieval.io.dicom_checks import budget_problem, frame_count, jp2_problem, mosaic, pixel_problem, tile_side, usable
 from retrieval.io.identity import Identity
 from retrieval.io.limits import Limits
 from retrieval.io.pixels import one_line, quiet, to_grey
@@ -66,8 +65,9 @@ def _functional(ds: Any, index: int, sequence: str, attribute: str) -> Any:
     return ds.get(attribute)
 
 
-def _frames(path: Path, ds: Any, identity: Identity) -> list[Frame]:
-    """One Frame per frame of a dataset, with identity, position and spacing resolved."""
+def _frames(path: Path, ds: Any, identity: Identity, tiles: int) -> list[Frame]:
+    """One Frame per frame of a dataset (per tile of a Siemens mosaic of `tiles` slices), with identity, position and
+    spacing resolved."""
     count = frame_count(ds)
     patient = identity.patient(path, str(ds.get("PatientID") or "") or None)
     modality = identity.modality_of(path, str(ds.get("Modality") or "") or None)
@@ -79,9 +79,8 @@ def _frames(path: Path, ds: Any, identity: Identity) -> list[Frame]:
     except (TypeError, ValueError):
         instance = None
     shape = (int(ds.Rows), int(ds.Columns))
-    tiles = mosaic(ds)[0]
     if tiles:  # one frame per tile; the mosaic's position is not any tile's, so tiles order by instance, then tile
-        side = math.ceil(math.sqrt(tiles))
+        side = tile_side(tiles)
         count, shape = tiles, (shape[0] // side, shape[1] // side)
     frames = []
     for index in range(count):
@@ -107,10 +106,11 @@ def read_header(path: Path, identity: Identity, limits: Limits = Limits()) -> li
         with quiet(), path.open("rb") as handle:
             ds = pydicom.dcmread(handle, stop_before_pixels=True, force=True)
             size = path.stat().st_size
-            reason = not_a_slice(ds) or mosaic(ds)[1] or budget_problem(ds, size, limits) or pixel_problem(handle, ds, size)
+            tiles, reason = usable(ds)
+            reason = reason or budget_problem(ds, size, limits) or pixel_problem(handle, ds, size)
             if reason:
                 return Skipped(str(path), reason)
-            return _frames(path, ds, identity)
+            return _frames(path, ds, identity, tiles)
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on corrupt input; report, never stop
         return Skipped(str(path), f"unreadable DICOM header: {one_line(exc)}")
 
@@ -182,11 +182,12 @@ def _decode(path: str) -> tuple[Any, np.ndarray]:
 
     with quiet():
         ds = pydicom.dcmread(path, force=True)
-    return ds, _pixels(ds)
+    return ds, _pixels(ds, mosaic(ds)[0])
 
 
-def _pixels(ds: Any) -> np.ndarray:
-    """Decode a dataset's pixels into an array of shape (frames, rows, cols[, samples])."""
+def _pixels(ds: Any, tiles: int) -> np.ndarray:
+    """Decode a dataset's pixels into an array of shape (frames, rows, cols[, samples]); a Siemens mosaic of `tiles`
+    slices into (tiles, rows, cols)."""
     with quiet():
         _assume_transfer_syntax(ds)
         problem = jp2_problem(ds) if ds.file_meta.TransferSyntaxUID in _J2K else None
@@ -205,9 +206,8 @@ def _pixels(ds: Any) -> np.ndarray:
     expected_ndim = 4 if colour else 3
     if pixels.ndim != expected_ndim:
         raise ValueError(f"decoded pixel array has shape {pixels.shape}, expected {count} frame(s)")
-    tiles = mosaic(ds)[0]
     if tiles:  # (1, side·r, side·c) → (tiles, r, c), row by row
-        side = math.ceil(math.sqrt(tiles))
+        side = tile_side(tiles)
         rows, cols = pixels.shape[1] // side, pixels.shape[2] // side
         pixels = pixels[0].reshape(side, rows, side, cols).swapaxes(1, 2).reshape(side * side, rows, cols)[:tiles]
     return pixels
@@ -224,12 +224,12 @@ def dataset_slices(ds: Any, identity: Identity | None = None, name: str = "<data
     """Every frame of an in-memory pydicom Dataset as a Slice, as the archive reader would give it (rescaled to
     modality units, MONOCHROME1 inverted, spacing and identity from the header); raises ValueError in one line.
     A dataset without a transfer syntax is given the native one (`_assume_transfer_syntax`)."""
-    reason = not_a_slice(ds) or mosaic(ds)[1]
+    tiles, reason = usable(ds)
     if reason:
         raise ValueError(f"{name}: {reason}")
     try:
-        pixels = _pixels(ds)
-        frames = _frames(Path(name), ds, identity or Identity())
+        pixels = _pixels(ds, tiles)
+        frames = _frames(Path(name), ds, identity or Identity(), tiles)
         return [
             Slice(pixels=_image(ds, pixels, f.frame), patient_id=f.patient_id, series_id=f.series_uid, modality=f.modality,
                   index=f.frame, path=name, spacing=f.spacing, study_id=f.study_id)

@@ -47,12 +47,24 @@ def mosaic(ds: Any) -> tuple[int, str | None]:
             count = int(csareader.get_n_mosaic(csareader.get_csa_header(ds, "image")) or 0)
     except Exception as exc:  # noqa: BLE001 - a damaged or absent CSA header: nibabel raises several types
         return 0, f"Siemens mosaic whose CSA header gives no NumberOfImagesInMosaic ({one_line(exc)}): its slices cannot be told apart"
-    side = math.ceil(math.sqrt(count)) if count > 0 else 0
+    side = tile_side(count) if count > 0 else 0
     rows, cols = int(ds.Rows), int(ds.Columns)
     if not side or rows % side or cols % side or frame_count(ds) != 1 or int(ds.get("SamplesPerPixel") or 1) != 1:
         return 0, (f"Siemens mosaic of {count} slices whose {rows} × {cols} image does not divide into a {side} × {side} grid"
                    " of grey tiles: its slices cannot be told apart")
     return count, None
+
+
+def tile_side(tiles: int) -> int:
+    """Tiles a side of the square grid a Siemens mosaic of `tiles` slices fills row by row."""
+    return math.ceil(math.sqrt(tiles))
+
+
+def usable(ds: Any) -> tuple[int, str | None]:
+    """(the slices a Siemens mosaic tiles, 0 for any other image; why the dataset holds no usable slice, or None):
+    `not_a_slice`, then `mosaic`, each read once."""
+    reason = not_a_slice(ds)
+    return (0, reason) if reason else mosaic(ds)
 
 
 def not_a_slice(ds: Any) -> str | None:

@@ -33,6 +33,7 @@ _COLOUR_COMPONENTS = (3, 4)
 _BZIP2 = re.compile(rb"^encoding:\s*(bzip2|bz2)\s*$", re.MULTILINE)  # the one NRRD encoding that can expand past deflate's 1032x
 _NRRD_LINE = 512  # bytes: the longest NRRD field line handed to ITK (a 4D volume's space directions take about 200)
 _NRRD_HEADER = 1 << 20  # bytes: an NRRD header must end within this (a detached one may list thousands of data files)
+_HEADER_END = re.compile(rb"\n\r?\n")  # the blank line after an NRRD header
 
 
 def data_files(path: Path) -> list[str]:
@@ -90,16 +91,18 @@ def _nrrd_header_problem(path: str) -> str | None:
     formatting its error about a long malformed line and kills the process: found by benchmarks/fuzz_readers.py), or
     no end of the header within _NRRD_HEADER. Comments and key:=value lines are free text that ITK reads safely."""
     with open(path, "rb") as handle:
-        head = handle.read(_NRRD_HEADER)
-        longer = bool(handle.read(1))
-    lines = head.split(b"\n")
-    for number, line in enumerate(lines, 1):
+        head = handle.read(_HEADER_BYTES)
+        end = _HEADER_END.search(head)
+        if end is None and len(head) == _HEADER_BYTES:  # a long detached header (a list of data files): read on
+            head += handle.read(_NRRD_HEADER - _HEADER_BYTES)
+            end = _HEADER_END.search(head)
+            if end is None and handle.read(1):
+                return f"no end of the header in its first {_NRRD_HEADER >> 20} MiB"
+    for number, line in enumerate(head[: end.start() if end else len(head)].split(b"\n"), 1):
         line = line.rstrip(b"\r")
-        if not line and number < len(lines):
-            return None  # the blank line that ends the header
         if len(line) > _NRRD_LINE and not line.startswith(b"#") and b":=" not in line:
             return f"header line {number} is {len(line):,} bytes long: no NRRD field needs more than {_NRRD_LINE}"
-    return f"no end of the header in its first {_NRRD_HEADER >> 20} MiB" if longer else None
+    return None
 
 
 def _reader(path: str) -> Any:

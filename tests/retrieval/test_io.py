@@ -254,8 +254,10 @@ def test_the_other_volume_formats_nibabel_reads_are_cut_as_its_own_images(name: 
     path = Path(nibabel_data) / name
     series = [s for s in read_archive([path]) if isinstance(s, Series)]
     read = [s for one in series for s in one.load()]
-    cut = object_slices(nib.load(path))
-    assert len(series) == (nib.load(path).shape + (1,))[3] and len(read) == len(cut) > 0
+    image = nib.load(path)
+    cut = object_slices(image)
+    assert len(series) == (image.shape + (1,))[3] and len(read) == len(cut) > 0
+    assert sum(float(s.pixels.sum(dtype=np.float64)) for s in read) == pytest.approx(float(image.get_fdata().sum()), rel=1e-5)  # every voxel, scaled as nibabel scales it
     for mine, theirs in zip(read, cut):
         np.testing.assert_array_equal(mine.pixels, theirs.pixels)
         assert mine.spacing == theirs.spacing
