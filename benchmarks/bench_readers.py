@@ -1,5 +1,6 @@
-"""Time the archive readers and preprocessing on a real archive: headers only, full decode, prepare(), and the
-empty-slice check with the resize onto the 64² grid that indexing runs on every slice.
+"""Time the archive readers and preprocessing on a real archive: headers only, full decode, prepare(), the
+empty-slice check with the resize onto the 64² grid that indexing runs on every slice, and what reading in a reader
+process (retrieval.io.sandbox) costs `scan` against reading in this process.
 
 Run: python benchmarks/bench_readers.py [ARCHIVE] [--repeats 3]   (ARCHIVE defaults to $RETRIEVAL_SAMPLE_ARCHIVE)
 Each figure is the best of `repeats` runs in this process (warm file cache), per source format, so the
@@ -18,7 +19,9 @@ from pathlib import Path
 import torch
 
 from retrieval.io import Series, read_archive
+from retrieval.io.sandbox import Sandbox
 from retrieval.preprocess import is_empty, prepare, to_grid
+from retrieval.scan import scan_archive
 
 
 def _kind(series: Series) -> str:
@@ -72,6 +75,26 @@ def main() -> None:
     print(f"prepare() to 3×256×256, {len(loaded)} slices: {prep * per:.2f} ms per slice with {threads} torch threads, "
           f"{prep_one * per:.2f} ms with 1 (ratio {prep / prep_one:.1f})")
     print(f"is_empty + to_grid(64), {len(loaded)} slices: {index_checks * per:.3f} ms per slice")
+    _reader_processes(args.archive, args.repeats)
+
+
+def _reader_processes(archive: str, repeats: int) -> None:
+    """`scan` with its files read in a reader process against in this process, and what starting readers costs."""
+
+    def fresh() -> None:
+        with Sandbox() as sandbox:
+            sandbox.call(os.getpid, seconds=30)
+
+    first = best(1, fresh)  # starts the fork server, which imports the readers
+    reader = best(repeats, fresh)
+    print(f"reader processes: the first answered after {first:.2f} s (the fork server's start, once per process), "
+          f"a fresh one after {reader * 1000:.0f} ms")
+    print("| scan | in this process s | in a reader process s | ratio |")
+    print("|---|---|---|---|")
+    for label, pixels in (("headers only", False), ("headers and pixels", True)):
+        inline = best(repeats, lambda: scan_archive([archive], read_pixels=pixels, isolated=False))
+        isolated = best(repeats, lambda: scan_archive([archive], read_pixels=pixels))
+        print(f"| {label} | {inline:.2f} | {isolated:.2f} | {isolated / inline:.2f} |")
 
 
 if __name__ == "__main__":

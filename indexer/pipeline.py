@@ -40,6 +40,7 @@ from indexer.ann import INDEX_TYPES
 from retrieval import __version__
 from retrieval.checkpoint import file_sha256
 from retrieval.io import Identity, Limits, Series, Skipped, SourceUnavailable, read_archive
+from retrieval.io.sandbox import Sandbox
 from retrieval.metric import DistortionAwareMetric, bf16_is_fast
 from retrieval.runtime import OnnxMetric, ensure_model
 
@@ -103,11 +104,14 @@ def _fingerprint(series: Series, sums: dict[str, str]) -> str:
 
 def plan(paths: Sequence[str | Path], identity: Identity, states: dict[str, tuple[str, bool]], recorded: dict[str, str],
          limits: Limits | None = None, quarantine: Quarantine | None = None) -> Plan:
-    """Read headers and checksums; split series into to-do and unchanged; list stale and missing catalog series."""
+    """Read headers (in a reader process: a file that crashes a C library is skipped) and checksums; split series into
+    to-do and unchanged; list stale and missing catalog series."""
     series_list: list[Series] = []
     skipped: list[Skipped] = []
     held_keys: set[str] = set()  # quarantined series: their rows go, and they are not missing
-    for item in read_archive(paths, identity, limits=limits):
+    with Sandbox(identity) as sandbox:
+        items = list(read_archive(paths, identity, limits=limits, sandbox=sandbox))
+    for item in items:
         held = quarantine.reason(item.files) if quarantine and isinstance(item, Series) else None
         if held:
             held_keys.add(series_key(item))  # type: ignore[arg-type]

@@ -4,28 +4,44 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from contextlib import nullcontext
 from typing import Any, Callable, Iterable
+
+import numpy as np
 
 from retrieval.io import Identity, Limits, Series, Skipped, read_archive
 from retrieval.io.archive import load_series
+from retrieval.io.sandbox import ReaderCrashed, Sandbox
 
 Progress = Callable[[str, str], None]  # (event: "file" | "series", path)
 
 
 def _series_entry(series: Series, read_pixels: bool, limits: Limits | None = None) -> tuple[dict[str, Any], list[Skipped]]:
-    """One series' summary; with `read_pixels`, decode it for the value range and real slice count."""
+    """One series' summary; with `read_pixels`, decode it for the value range and real slice count (run in a reader process)."""
     entry: dict[str, Any] = {
         "series_id": series.series_id, "path": series.path, "modality": series.modality, "study_id": series.study_id,
         "n_slices": series.n_slices, "n_files": len(series.files), "shape": list(series.shape),
-        "spacing": [round(float(s), 4) for s in series.spacing], "value_range": None,
+        "spacing": [round(float(s), 4) for s in series.spacing], "value_range": None, "non_finite_pixels": None,
     }
     if not read_pixels:
         return entry, []
     slices, skipped = load_series(series, limits)
     entry["n_slices"] = len(slices)
-    if slices:
-        entry["value_range"] = [float(min(s.pixels.min() for s in slices)), float(max(s.pixels.max() for s in slices))]
+    finite = [s.pixels[np.isfinite(s.pixels)] for s in slices]  # NaN outside a resampled field of view is not a value
+    if any(values.size for values in finite):
+        entry["value_range"] = [float(min(v.min() for v in finite if v.size)), float(max(v.max() for v in finite if v.size))]
+    entry["non_finite_pixels"] = sum(s.pixels.size - v.size for s, v in zip(slices, finite))
     return entry, skipped
+
+
+def _guarded_entry(series: Series, read_pixels: bool, limits: Limits, sandbox: Sandbox | None) -> tuple[dict[str, Any], list[Skipped]]:
+    """`_series_entry` in the sandbox's reader process when there is one; a reader that crashes or hangs skips the series."""
+    if sandbox is None:
+        return _series_entry(series, read_pixels, limits)
+    try:
+        return sandbox.call(_series_entry, series, read_pixels, limits, seconds=limits.wall_seconds(len(series.files)))
+    except ReaderCrashed as exc:
+        return {"n_slices": 0}, [Skipped(series.path, str(exc))]
 
 
 def scan_archive(
@@ -36,25 +52,30 @@ def scan_archive(
     read_pixels: bool = True,
     progress: Progress | None = None,
     limits: Limits | None = None,
+    isolated: bool = True,
 ) -> dict[str, Any]:
     """Walk `paths` and return the scan report: patients with their series, skipped files, totals.
 
     With `read_pixels` (the default) every series is decoded, one at a time, so the report has value
-    ranges and catches files whose pixel data is corrupt; without it only headers are read.
+    ranges and catches files whose pixel data is corrupt; without it only headers are read. `isolated` (the default):
+    files are read in a reader process (retrieval.io.sandbox), so one that crashes a C library or never returns is
+    skipped with the reason.
     """
     patients: dict[str, list[dict[str, Any]]] = defaultdict(list)
     skipped: list[Skipped] = []
+    identity, limits = identity or Identity(), limits or Limits()
     on_file = (lambda path: progress("file", str(path))) if progress else None
-    for item in read_archive(paths, identity, slice_axis=slice_axis, on_file=on_file, limits=limits):
-        if isinstance(item, Skipped):
-            skipped.append(item)
-            continue
-        if progress:
-            progress("series", item.path)
-        entry, problems = _series_entry(item, read_pixels, limits)
-        skipped.extend(problems)
-        if entry["n_slices"]:
-            patients[item.patient_id].append(entry)
+    with Sandbox(identity) if isolated else nullcontext() as sandbox:
+        for item in read_archive(paths, identity, slice_axis=slice_axis, on_file=on_file, limits=limits, sandbox=sandbox):
+            if isinstance(item, Skipped):
+                skipped.append(item)
+                continue
+            if progress:
+                progress("series", item.path)
+            entry, problems = _guarded_entry(item, read_pixels, limits, sandbox)
+            skipped.extend(problems)
+            if entry["n_slices"]:
+                patients[item.patient_id].append(entry)
     report_patients = [
         {
             "patient_id": patient,
@@ -107,7 +128,8 @@ def print_report(report: dict[str, Any]) -> None:
             table.add_row(
                 patient["patient_id"] if number == 0 else "", series["modality"], os.path.relpath(series["path"], root),
                 str(series["n_slices"]), "×".join(map(str, series["shape"])), "×".join(_number(s) for s in series["spacing"]),
-                f"{_number(value_range[0])}…{_number(value_range[1])}" if value_range else "-",
+                (f"{_number(value_range[0])}…{_number(value_range[1])}" if value_range else "-")
+                + (f" ({series['non_finite_pixels']:,} non-finite)" if series["non_finite_pixels"] else ""),
             )
     console.print(table)
     totals = report["totals"]

@@ -254,11 +254,13 @@ def own_series(slices: Sequence[Any]) -> tuple[Callable[["SliceInfo"], bool], se
 
 
 def query_embeddings(metric: "DistortionAwareMetric", path: str | Path, identity: "Identity", slice_index: int | None = None):  # type: ignore[no-untyped-def]
-    """Embed a query file or series: every non-empty slice (or the one `slice_index`); returns the embeddings and those slices."""
+    """Embed a query file or series: every non-empty slice (or the one `slice_index`); returns the embeddings and those slices.
+
+    The query is read in a reader process: a file that crashes a C library is refused with the reason, not the caller."""
     from retrieval.io import read_path
     from retrieval.preprocess import is_empty, prepare_slice
 
-    slices = read_path(path, identity)
+    slices = read_path(path, identity, isolated=True)
     if slice_index is not None:
         chosen = [s for s in slices if s.index == slice_index]
         if not chosen:

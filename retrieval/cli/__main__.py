@@ -2,4 +2,5 @@
 
 from retrieval.cli import main
 
-main()
+if __name__ == "__main__":  # not when a reader process (retrieval.io.sandbox) imports the main module
+    main()

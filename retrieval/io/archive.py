@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -14,6 +15,7 @@ from retrieval.io.images import read_image
 from retrieval.io.limits import Limits, ReadTimeout, time_limit
 from retrieval.io.itk import is_detached_data, read_itk
 from retrieval.io.nifti import image_slices, is_pair_data, read_nifti
+from retrieval.io.sandbox import ReaderCrashed, Sandbox
 from retrieval.io.slices import Series, Skipped, Slice
 
 PathLike = str | os.PathLike[str]
@@ -102,10 +104,63 @@ def _read_file(path: Path, identity: Identity, slice_axis: int | None, limits: L
         return [], [Skipped(str(path), str(exc))]
 
 
-def load_series(series: Series, limits: Limits | None = None) -> tuple[list[Slice], list[Skipped]]:
-    """A series' slices and the files it could not use, read under the per-file time limit (× its files)."""
+def _read_entry(entry: Path | Skipped, identity: Identity, slice_axis: int | None, limits: Limits) -> tuple[list[Frame], list[Series | Skipped]]:
+    """A walked entry's outcome: a file's headers (`_read_file`), or the walk's own Skipped."""
+    return ([], [entry]) if isinstance(entry, Skipped) else _read_file(entry, identity, slice_axis, limits)
+
+
+def _read_entries(
+    entries: Iterable[Path | Skipped], identity: Identity, slice_axis: int | None, limits: Limits, sandbox: Sandbox | None
+) -> Iterator[tuple[Path | Skipped, tuple[list[Frame], list[Series | Skipped]]]]:
+    """Each entry with its outcome, read in the sandbox's reader process when there is one: a file whose reader crashes
+    or hangs there is Skipped with the reason, and the rest go on in a fresh reader."""
+    if sandbox is None:
+        yield from ((entry, _read_entry(entry, identity, slice_axis, limits)) for entry in entries)
+        return
+    for entry, outcome in sandbox.map(_read_entry, entries, identity, slice_axis, limits, seconds=limits.wall_seconds()):
+        yield entry, ([], [Skipped(str(entry), str(outcome))]) if isinstance(outcome, ReaderCrashed) else outcome
+
+
+def _files(root: Path, seen: set[str], named: set[str]) -> Iterator[Path | Skipped]:
+    """The walk's files to read, each once by real path; data files (of a pair, or named by a header read) are read with their header."""
+    for item in walk(root):
+        if isinstance(item, Skipped):
+            yield item
+            continue
+        real = os.path.realpath(item)
+        if real in seen or real in named or _is_pair_data(item):
+            continue
+        seen.add(real)
+        yield item
+
+
+def _read_root(
+    root: Path, identity: Identity, slice_axis: int | None, limits: Limits, sandbox: Sandbox | None,
+    frames: list[Frame], seen: set[str], named: set[str], on_file: Callable[[Path], None] | None,
+) -> Iterator[Series | Skipped]:
+    """The Series and Skipped of one local root in walk order; its DICOM frames go to `frames`, grouped after the walk."""
+    for entry, (found, items) in _read_entries(_files(root, seen, named), identity, slice_axis, limits, sandbox):
+        if not isinstance(entry, Skipped):
+            if os.path.realpath(entry) in named:  # queued before the header that names it was read
+                continue
+            if on_file is not None:
+                on_file(entry)
+        frames.extend(found)
+        named.update(os.path.realpath(f) for v in items if isinstance(v, Series) for f in v.files)
+        yield from items
+
+
+def load_series(series: Series, limits: Limits | None = None, sandbox: Sandbox | None = None) -> tuple[list[Slice], list[Skipped]]:
+    """A series' slices and the files it could not use, read under the per-file time limit (× its files), in the
+    sandbox's reader process when there is one (a crash or hang there skips the series with the reason)."""
+    limits = limits or Limits()
+    if sandbox is not None:
+        try:
+            return sandbox.call(load_series, series, limits, seconds=limits.wall_seconds(len(series.files)))
+        except ReaderCrashed as exc:
+            return [], [Skipped(series.path, str(exc))]
     try:
-        with time_limit((limits or Limits()).seconds_per_file * max(1, len(series.files))):
+        with time_limit(limits.seconds_per_file * max(1, len(series.files))):
             slices = series.load()
     except ReadTimeout as exc:
         return [], [Skipped(series.path, str(exc))]
@@ -119,65 +174,63 @@ def read_archive(
     slice_axis: int | None = None,
     on_file: Callable[[Path], None] | None = None,
     limits: Limits | None = None,
+    sandbox: Sandbox | None = None,
 ) -> Iterator[Series | Skipped]:
     """Headers only: yield a lazily loaded Series per volume/DICOM series, and a Skipped per unusable file.
 
     NIfTI and 2D images are yielded as they are met; DICOM series after the walk, since one series
     may span folders. `slice_axis` fixes the NIfTI slice axis; `on_file` is called per file (progress);
     a file whose header declares more than `limits` allow (or more than its bytes can hold) is Skipped.
+    With a `sandbox`, each file's header is read in its reader process, so a file that crashes a C library is Skipped.
     """
     identity, limits = identity or Identity(), limits or Limits()
     if isinstance(paths, (str, os.PathLike, DicomWeb)):
         paths = [paths]  # one path, not an iterable of characters
     frames: list[Frame] = []
-    seen: set[str] = set()
+    seen: set[str] = set()  # files read (or queued to the reader process)
+    named: set[str] = set()  # files the headers read so far name
     for root in paths:
         remote = remote_source(root)
         if remote is not None:  # listed with QIDO-RS, fetched by each series' loader
             yield from remote.read(identity)
             continue
-        for item in walk(Path(os.path.abspath(root))):
-            if isinstance(item, Skipped):
-                yield item
-                continue
-            real = os.path.realpath(item)
-            if real in seen or _is_pair_data(item):
-                continue
-            seen.add(real)
-            if on_file is not None:
-                on_file(item)
-            found, items = _read_file(item, identity, slice_axis, limits)
-            frames.extend(found)
-            seen.update(os.path.realpath(f) for v in items if isinstance(v, Series) for f in v.files)  # data files a header names
-            yield from items
+        items = _read_root(Path(os.path.abspath(root)), identity, slice_axis, limits, sandbox, frames, seen, named, on_file)
+        yield from list(items) if sandbox is not None else items  # the reader process is free again before a Series is loaded
     yield from group_series(frames)
 
 
 def iter_slices(
-    paths: Iterable[Source], identity: Identity | None = None, *, slice_axis: int | None = None, limits: Limits | None = None
+    paths: Iterable[Source], identity: Identity | None = None, *, slice_axis: int | None = None, limits: Limits | None = None,
+    sandbox: Sandbox | None = None,
 ) -> Iterator[Slice | Skipped]:
     """Every slice of an archive in series order, one series in memory at a time; problems as Skipped."""
-    for item in read_archive(paths, identity, slice_axis=slice_axis, limits=limits):
+    for item in read_archive(paths, identity, slice_axis=slice_axis, limits=limits, sandbox=sandbox):
         if isinstance(item, Skipped):
             yield item
             continue
-        slices, skipped = load_series(item, limits)
+        slices, skipped = load_series(item, limits, sandbox)
         yield from slices
         yield from skipped
 
 
 def read_path(
-    path: Source, identity: Identity | None = None, *, slice_axis: int | None = None, limits: Limits | None = None
+    path: Source, identity: Identity | None = None, *, slice_axis: int | None = None, limits: Limits | None = None,
+    isolated: bool = False,
 ) -> list[Slice]:
-    """All slices of one file or folder (e.g. a search query); raises when it holds no usable image."""
+    """All slices of one file or folder (e.g. a search query); raises when it holds no usable image.
+
+    `isolated`: read in a reader process (retrieval.io.sandbox), for files from outside (an upload, a user's query).
+    """
+    identity = identity or Identity()
     remote = remote_source(path)
     target = remote or Path(path)  # type: ignore[arg-type]
     if remote is None and not os.path.lexists(target):
         raise FileNotFoundError(f"{target}: no such file or folder")
     slices: list[Slice] = []
     problems: list[Skipped] = []
-    for item in iter_slices([target], identity, slice_axis=slice_axis, limits=limits):
-        (problems if isinstance(item, Skipped) else slices).append(item)  # type: ignore[arg-type]
+    with Sandbox(identity) if isolated else nullcontext() as sandbox:
+        for item in iter_slices([target], identity, slice_axis=slice_axis, limits=limits, sandbox=sandbox):
+            (problems if isinstance(item, Skipped) else slices).append(item)  # type: ignore[arg-type]
     if not slices:
         reason = f"{problems[0].path}: {problems[0].reason}" if problems else f"{remote.name if remote else target}: no image files"
         raise ValueError(reason)

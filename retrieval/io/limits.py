@@ -40,6 +40,11 @@ class Limits:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
 
+    def wall_seconds(self, files: int = 1) -> float:
+        """Wall time a reader process gets for `files` files before it is killed: twice their CPU limit plus 5 s for
+        a busy machine, since a C library that hangs (a loop, a blocking read) never lets the CPU-time limit fire."""
+        return 2 * self.seconds_per_file * max(1, files) + 5
+
     def refuse(self, cost: Cost) -> str | None:
         """Why a file with this cost is refused (which limit, which option raises it), or None when it fits."""
         rows, cols = cost.shape

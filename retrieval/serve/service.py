@@ -103,6 +103,9 @@ class ServerState:
         """Read the secrets, open the index and load its checkpoint (once per process), as `retrieval search` does."""
         import faiss
 
+        from retrieval.io.sandbox import warm
+
+        warm()  # query files are read in reader processes forked from it
         faiss.omp_set_num_threads(config.threads)
         access, pseudonyms, metrics = Access(config.token()), Pseudonyms(config.pseudonym_key()), metrics or Metrics()
 
@@ -164,7 +167,7 @@ class ServerState:
         """A data: URL of the query slice searched with (the given one, else the middle one), since the upload is deleted."""
         from retrieval.io import read_path
 
-        slices = read_path(target, identity)
+        slices = read_path(target, identity, isolated=True)
         chosen = pick(slices, slices[0].series_id, slice_index) if slice_index is not None else slices[len(slices) // 2]
         if chosen is None or chosen.modality not in ("CT", "MR"):
             return None

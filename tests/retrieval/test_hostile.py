@@ -41,10 +41,18 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, st
 
 # The measured command is started by this small launcher, not by pytest itself: a process forked from a large parent
 # counts the parent's pages in its peak RSS (ru_maxrss keeps the pre-exec high-water mark), so in the full suite every
-# child would report pytest's own 2-3 GB.
-LAUNCHER = """import json, os, subprocess, sys
+# child would report pytest's own 2-3 GB. The launcher is a child subreaper, so the command's reader processes count
+# too: their fork server, orphaned when the command exits, comes back to it with the readers it reaped.
+LAUNCHER = """import ctypes, json, os, resource, subprocess, sys
+ctypes.CDLL(None).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
 child = subprocess.Popen(sys.argv[1:], stderr=subprocess.DEVNULL)
-_, status, usage = os.wait4(child.pid, 0)
+_, status, _ = os.wait4(child.pid, 0)
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        break
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
 print(json.dumps([os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024]), file=sys.stderr)
 """
 
@@ -182,7 +190,7 @@ def test_index_skips_hostile_files_and_records_files_that_kill_or_stall_a_reader
     stalled = _volume_4d(archive / "stalled.nii.gz", 1)
     second = json.loads(run(command + ["--max-seconds-per-file", "0.001"])[0].stdout)
     reasons = {s["path"]: s["reason"] for s in second["skipped"]}
-    # 1 ms stops every read: headers in the main process (1 ms of CPU) or decoding in a worker (watchdog), whichever comes first
+    # 1 ms stops every read: headers in the reader process (1 ms of CPU) or decoding in a worker (watchdog), whichever comes first
     assert "per-file time limit (0.001 s" in reasons[str(stalled)] and second["slices_added"] == 0
     third = json.loads(run(command)[0].stdout)
     reasons = {s["path"]: s["reason"] for s in third["skipped"]}
