@@ -137,3 +137,18 @@ def test_scan_table_lists_series_totals_and_skipped(tmp_path: Path) -> None:
     patient = pydicom.dcmread(tmp_path / "ct.dcm").PatientID
     assert patient in result.stdout and "ct.dcm" in result.stdout and "notes.txt" in result.stdout
     assert "1 patients, 1 series, 1 slices; 1 files skipped" in result.stdout
+
+
+def test_value_ranges_are_of_finite_pixels_and_the_json_is_strict(tmp_path: Path) -> None:
+    """nibabel's resampled_anat_moved.nii is NaN outside its field of view: the range is of the rest, the NaN counted."""
+    import nibabel as nib
+    import numpy as np
+
+    source = Path(nib.__file__).parent / "tests" / "data" / "resampled_anat_moved.nii"
+    shutil.copy(source, tmp_path / "moved.nii")
+    result = runner.invoke(app, ["scan", "--json", str(tmp_path)])
+    report = json.loads(result.stdout, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
+    (series,) = report["patients"][0]["series"]
+    data = np.asanyarray(nib.load(source).dataobj, dtype=np.float64)
+    assert series["value_range"] == pytest.approx([np.nanmin(data), np.nanmax(data)], rel=1e-6)
+    assert series["non_finite_pixels"] == int(np.isnan(data).sum()) > 0
