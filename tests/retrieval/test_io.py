@@ -247,9 +247,9 @@ def test_nibabel_test_volumes() -> None:
     assert "analyze.img is missing" in items[0].reason and "not a volume" in items[1].reason
 
 
-@pytest.mark.parametrize("name", ["phantom_EPI_asc_CLEAR_2_1.PAR", "test.mgz", "tiny.mnc", "example4d+orig.HEAD"])
+@pytest.mark.parametrize("name", ["phantom_EPI_asc_CLEAR_2_1.PAR", "test.mgz", "tiny.mnc", "minc2_1_scale.mnc", "example4d+orig.HEAD"])
 def test_the_other_volume_formats_nibabel_reads_are_cut_as_its_own_images(name: str) -> None:
-    """Philips PAR/REC, FreeSurfer MGZ, MINC-1 and AFNI files nibabel ships are read from a folder with the slices that
+    """Philips PAR/REC, FreeSurfer MGZ, MINC-1, MINC-2 (HDF5, through h5py) and AFNI files nibabel ships are read from a folder with the slices that
     `embed` cuts from nibabel's own image of them; PAR/REC is MR by its nature."""
     path = Path(nibabel_data) / name
     series = [s for s in read_archive([path]) if isinstance(s, Series)]
