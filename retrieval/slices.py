@@ -13,7 +13,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from retrieval.io import Identity, Skipped, iter_slices
+from retrieval.io import Identity, Limits, Series, Skipped, read_archive
+from retrieval.io.archive import load_series
+from retrieval.io.sandbox import ReaderCrashed, Sandbox
 from retrieval.preprocess import is_empty, native_view, to_grid
 
 FIELDS = ("images", "patients", "modalities", "sources", "datasets", "series", "factors", "native", "native_factors")  # the cache's arrays, in SliceSet order
@@ -61,37 +63,50 @@ class SliceSet:
                 "by_dataset": dict(zip(sets.tolist(), set_counts.tolist()))}
 
 
+Row = tuple[np.ndarray, float, "np.ndarray | None", "float | None", str, str, str, str, str]  # grid, factor, native view, its factor, patient, modality, source, series, path
+
+
+def series_rows(series: Series, size: int, native_views: bool, first: int, limits: Limits) -> tuple[list[Row], list[Skipped]]:
+    """One series' non-empty CT/MR slices on the size×size grid (and their native views, drawn for slice numbers from
+    `first` on), made in the reader process so only the small grids cross back; the files it could not use."""
+    slices, skipped = load_series(series, limits)
+    rows: list[Row] = []
+    for item in slices:
+        if item.modality not in ("CT", "MR") or is_empty(item.pixels, item.modality):
+            continue
+        grid, factor = to_grid(item.pixels, size, item.spacing)
+        view, view_factor = native_view(item.pixels, size, item.spacing, np.random.default_rng([NATIVE_SEED, first + len(rows)])) if native_views else (None, None)
+        rows.append((grid, factor, view, view_factor, item.patient_id, item.modality, f"{item.path}#{item.index}", item.series_id, item.path))
+    return rows, skipped
+
+
 def load_slices(
     paths: Sequence[Path], identity: Identity, size: int, on_skip: Callable[[Skipped], None] | None = None, native_views: bool = True
 ) -> SliceSet:
     """Read every CT/MR slice under `paths`, drop empty ones, resize to size×size (modality units kept), noting each
     slice's resize factor, and draw its seeded native view (`native_view`; only the α estimator's fit reads them,
-    so a benchmark asks for none and holds half the memory)."""
-    images, patients, modalities, sources, datasets, series, factors, native, native_factors = [], [], [], [], [], [], [], [], []
-    for item in iter_slices(paths, identity):
-        if isinstance(item, Skipped):
-            if on_skip is not None:
-                on_skip(item)
-            continue
-        if item.modality not in ("CT", "MR") or is_empty(item.pixels, item.modality):
-            continue
-        grid, factor = to_grid(item.pixels, size, item.spacing)
-        images.append(grid)
-        factors.append(factor)
-        if native_views:
-            view, view_factor = native_view(item.pixels, size, item.spacing, np.random.default_rng([NATIVE_SEED, len(images) - 1]))
-            native.append(view)
-            native_factors.append(view_factor)
-        patients.append(item.patient_id)
-        modalities.append(item.modality)
-        sources.append(f"{item.path}#{item.index}")
-        datasets.append(identity.dataset(Path(item.path)))
-        series.append(item.series_id)
-    if not images:
+    so a benchmark asks for none and holds half the memory). Files are read in a reader process (retrieval.io.sandbox):
+    one that crashes a C library or never returns is skipped with the reason, not the training run."""
+    rows: list[Row] = []
+    limits = Limits()
+    with Sandbox(identity) as sandbox:
+        for item in read_archive(paths, identity, sandbox=sandbox):
+            if isinstance(item, Skipped):
+                skipped = [item]
+            else:
+                try:
+                    made, skipped = sandbox.call(series_rows, item, size, native_views, len(rows), limits, seconds=limits.wall_seconds(len(item.files)))
+                except ReaderCrashed as exc:
+                    made, skipped = [], [Skipped(item.path, str(exc))]
+                rows.extend(made)
+            for problem in skipped if on_skip is not None else ():
+                on_skip(problem)
+    if not rows:
         raise ValueError(f"no usable CT/MR slices under {', '.join(map(str, paths))}")
-    return SliceSet(np.stack(images).astype(np.float32), np.array(patients), np.array(modalities), np.array(sources), np.array(datasets),
-                    np.array(series), np.array(factors, np.float32), np.stack(native).astype(np.float32) if native_views else None,
-                    np.array(native_factors, np.float32) if native_views else None)
+    grids, factors, views, view_factors, patients, modalities, sources, series, files = zip(*rows)
+    return SliceSet(np.stack(grids).astype(np.float32), np.array(patients), np.array(modalities), np.array(sources),
+                    np.array([identity.dataset(Path(f)) for f in files]), np.array(series), np.array(factors, np.float32),
+                    np.stack(views).astype(np.float32) if native_views else None, np.array(view_factors, np.float32) if native_views else None)
 
 
 def cached_slices(paths: Sequence[Path], identity: Identity, size: int, cache_dir: Path | None,
