@@ -103,14 +103,14 @@ def _fingerprint(series: Series, sums: dict[str, str]) -> str:
 
 
 def plan(paths: Sequence[str | Path], identity: Identity, states: dict[str, tuple[str, bool]], recorded: dict[str, str],
-         limits: Limits | None = None, quarantine: Quarantine | None = None) -> Plan:
-    """Read headers (in a reader process: a file that crashes a C library is skipped) and checksums; split series into
-    to-do and unchanged; list stale and missing catalog series."""
+         limits: Limits | None = None, quarantine: Quarantine | None = None, exclude: Sequence[str | Path] = ()) -> Plan:
+    """Read headers (in a reader process: a file that crashes a C library is skipped; folders in `exclude`, the index's
+    own, not walked) and checksums; split series into to-do and unchanged; list stale and missing catalog series."""
     series_list: list[Series] = []
     skipped: list[Skipped] = []
     held_keys: set[str] = set()  # quarantined series: their rows go, and they are not missing
     with Sandbox(identity) as sandbox:
-        items = list(read_archive(paths, identity, limits=limits, sandbox=sandbox))
+        items = list(read_archive(paths, identity, limits=limits, sandbox=sandbox, exclude=exclude))
     for item in items:
         held = quarantine.reason(item.files) if quarantine and isinstance(item, Series) else None
         if held:
@@ -165,7 +165,7 @@ def index_archive(
     limits, quarantine = limits or Limits(), Quarantine(directory.path)
     quarantine.collect()  # a file that outlived the time limit in a killed run's main process
     recorded = catalog.series_paths()
-    work = plan(paths, identity, catalog.series_states(), recorded, limits, quarantine)
+    work = plan(paths, identity, catalog.series_states(), recorded, limits, quarantine, exclude=[directory.path])
     if prune:
         check_prune(work.missing, recorded, paths, force)
     pruned = work.missing if prune else []

@@ -47,8 +47,9 @@ def _entries(folder: Path) -> list[os.DirEntry[str]] | Skipped:
         return Skipped(str(folder), f"cannot read folder: {exc.strerror or exc}")
 
 
-def walk(root: Path) -> Iterator[Path | Skipped]:
-    """Every file under `root` in name order (folder symlinks followed once); problems as Skipped."""
+def walk(root: Path, exclude: frozenset[str] = frozenset()) -> Iterator[Path | Skipped]:
+    """Every file under `root` in name order (folder symlinks followed once, folders whose real path is in `exclude` left
+    out); problems as Skipped."""
     if root.is_file():
         yield root
         return
@@ -60,7 +61,7 @@ def walk(root: Path) -> Iterator[Path | Skipped]:
     while stack:
         folder = stack.pop()
         real = os.path.realpath(folder)
-        if real in seen:
+        if real in seen or real in exclude:
             continue
         seen.add(real)
         entries = _entries(folder)
@@ -121,9 +122,9 @@ def _read_entries(
         yield entry, ([], [Skipped(str(entry), str(outcome))]) if isinstance(outcome, ReaderCrashed) else outcome
 
 
-def _files(root: Path, seen: set[str], named: set[str]) -> Iterator[Path | Skipped]:
+def _files(root: Path, seen: set[str], named: set[str], exclude: frozenset[str]) -> Iterator[Path | Skipped]:
     """The walk's files to read, each once by real path; data files (of a pair, or named by a header read) are read with their header."""
-    for item in walk(root):
+    for item in walk(root, exclude):
         if isinstance(item, Skipped):
             yield item
             continue
@@ -136,10 +137,10 @@ def _files(root: Path, seen: set[str], named: set[str]) -> Iterator[Path | Skipp
 
 def _read_root(
     root: Path, identity: Identity, slice_axis: int | None, limits: Limits, sandbox: Sandbox | None,
-    frames: list[Frame], seen: set[str], named: set[str], on_file: Callable[[Path], None] | None,
+    frames: list[Frame], seen: set[str], named: set[str], on_file: Callable[[Path], None] | None, exclude: frozenset[str],
 ) -> Iterator[Series | Skipped]:
     """The Series and Skipped of one local root in walk order; its DICOM frames go to `frames`, grouped after the walk."""
-    for entry, (found, items) in _read_entries(_files(root, seen, named), identity, slice_axis, limits, sandbox):
+    for entry, (found, items) in _read_entries(_files(root, seen, named, exclude), identity, slice_axis, limits, sandbox):
         if not isinstance(entry, Skipped):
             if os.path.realpath(entry) in named:  # queued before the header that names it was read
                 continue
@@ -175,6 +176,7 @@ def read_archive(
     on_file: Callable[[Path], None] | None = None,
     limits: Limits | None = None,
     sandbox: Sandbox | None = None,
+    exclude: Iterable[PathLike] = (),
 ) -> Iterator[Series | Skipped]:
     """Headers only: yield a lazily loaded Series per volume/DICOM series, and a Skipped per unusable file.
 
@@ -182,6 +184,7 @@ def read_archive(
     may span folders. `slice_axis` fixes the NIfTI slice axis; `on_file` is called per file (progress);
     a file whose header declares more than `limits` allow (or more than its bytes can hold) is Skipped.
     With a `sandbox`, each file's header is read in its reader process, so a file that crashes a C library is Skipped.
+    Folders in `exclude` are not walked (`index` leaves out its own index folder when it sits inside the archive).
     """
     identity, limits = identity or Identity(), limits or Limits()
     if isinstance(paths, (str, os.PathLike, DicomWeb)):
@@ -189,12 +192,13 @@ def read_archive(
     frames: list[Frame] = []
     seen: set[str] = set()  # files read (or queued to the reader process)
     named: set[str] = set()  # files the headers read so far name
+    left_out = frozenset(os.path.realpath(folder) for folder in exclude)
     for root in paths:
         remote = remote_source(root)
         if remote is not None:  # listed with QIDO-RS, fetched by each series' loader
             yield from remote.read(identity)
             continue
-        items = _read_root(Path(os.path.abspath(root)), identity, slice_axis, limits, sandbox, frames, seen, named, on_file)
+        items = _read_root(Path(os.path.abspath(root)), identity, slice_axis, limits, sandbox, frames, seen, named, on_file, left_out)
         yield from list(items) if sandbox is not None else items  # the reader process is free again before a Series is loaded
     yield from group_series(frames)
 

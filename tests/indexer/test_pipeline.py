@@ -23,6 +23,8 @@ from indexer.prune import PruneRefused
 from indexer.store import VectorStore
 from retrieval.checkpoint import file_sha256, save_checkpoint
 from retrieval.cli import app
+
+runner = CliRunner()
 from retrieval.io import Identity, Skipped, iter_slices
 from retrieval.metric import bf16_is_fast
 from retrieval.model import DisentangledSiamese
@@ -129,7 +131,6 @@ def test_cpus_without_bf16_units_index_with_the_onnx_export_queries_use(archive,
 
 def test_other_checkpoint_is_refused_with_a_clear_message(archive, tmp_path, checkpoint) -> None:
     folder = link_subset(archive, tmp_path / "archive", SUBSET[3:4])
-    runner = CliRunner()
     first = runner.invoke(app, ["index", str(folder), "--index", str(tmp_path / "idx"), "--checkpoint", str(checkpoint), "--workers", "0", "--json"])
     assert first.exit_code == 0, first.output
     other = tiny_checkpoint(tmp_path / "other.pt", seed=1)
@@ -141,7 +142,6 @@ def test_an_emptied_folder_keeps_its_slices_until_pruned_with_force(archive, tmp
     folder = link_subset(archive, tmp_path / "share", SUBSET[3:6])
     index = ["index", str(folder), "--index", str(tmp_path / "idx"), "--checkpoint", str(checkpoint), "--workers", "0",
              "--manifest", str(archive / "manifest.csv")]
-    runner = CliRunner()
     assert runner.invoke(app, [*index, "--json"]).exit_code == 0
     before = persisted(tmp_path / "idx")[0]
     (folder / "102_C0.nii.gz").unlink()
@@ -236,3 +236,17 @@ def test_the_index_stores_the_alpha_a_query_of_the_same_file_reads(tmp_path) -> 
     expected = {name: float(metric.alpha(folder / name)[0]) for name in stored}
     assert stored.keys() == {"CT_small.dcm", "MR_small.dcm"} and max(stored.values()) < TAU, stored
     assert all(abs(stored[name] - expected[name]) < 1e-4 for name in stored), (stored, expected)
+
+
+def test_an_index_folder_inside_its_archive_is_not_read_as_part_of_it(tmp_path, checkpoint) -> None:
+    """`retrieval index . --index ./idx`: the index's own files (catalog, FAISS file, manifest, ONNX export) are not
+    archive files, so the second run reports nothing skipped and finds the one series unchanged."""
+    from pydicom.data import get_testdata_file
+
+    (tmp_path / "ct.dcm").symlink_to(get_testdata_file("CT_small.dcm"))
+    command = ["index", str(tmp_path), "--index", str(tmp_path / "idx"), "--checkpoint", str(checkpoint), "--workers", "0", "--json"]
+    first = json.loads(runner.invoke(app, command).stdout)
+    second = json.loads(runner.invoke(app, command).stdout)
+    assert (first["slices_added"], first["skipped"]) == (1, [])
+    assert (second["series_unchanged"], second["slices_added"], second["skipped"]) == (1, 0, []), second["skipped"]
+    assert any((tmp_path / "idx").iterdir())
