@@ -82,7 +82,7 @@ def distort(
     identity = identity_options(manifest, patient_regex, modality)
     limits = limits_options(max_slice_pixels, max_slices_per_file, max_file_mb)
     try:
-        slices = read_path(path, identity, limits=limits)
+        slices = read_path(path, identity, limits=limits, isolated=True)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     index = len(slices) // 2 if slice_index is None else slice_index
