@@ -26,7 +26,7 @@ from retrieval.embeddings import best_cosine, orientations
 if TYPE_CHECKING:
     from indexer.catalog import SliceInfo
     from indexer.directory import IndexDirectory
-    from retrieval.io import Identity
+    from retrieval.io import Identity, Limits
     from retrieval.metric import DistortionAwareMetric
 
 BY = ("patient", "slice")
@@ -253,14 +253,15 @@ def own_series(slices: Sequence[Any]) -> tuple[Callable[["SliceInfo"], bool], se
     return (lambda row: row.series_id in ids or (not is_remote(row.path) and os.path.realpath(row.path) in files)), ids | files
 
 
-def query_embeddings(metric: "DistortionAwareMetric", path: str | Path, identity: "Identity", slice_index: int | None = None):  # type: ignore[no-untyped-def]
+def query_embeddings(metric: "DistortionAwareMetric", path: str | Path, identity: "Identity", slice_index: int | None = None,  # type: ignore[no-untyped-def]
+                     limits: "Limits | None" = None):
     """Embed a query file or series: every non-empty slice (or the one `slice_index`); returns the embeddings and those slices.
 
-    The query is read in a reader process: a file that crashes a C library is refused with the reason, not the caller."""
+    The query is read in a reader process under `limits`: a file that crashes a C library is refused with the reason, not the caller."""
     from retrieval.io import read_path
     from retrieval.preprocess import is_empty, prepare_slice
 
-    slices = read_path(path, identity, isolated=True)
+    slices = read_path(path, identity, limits=limits, isolated=True)
     if slice_index is not None:
         chosen = [s for s in slices if s.index == slice_index]
         if not chosen:
@@ -287,14 +288,16 @@ def search_path(
     modality: str | None = None,
     exclude_patients: Sequence[str] = (),
     same_patient: bool = False,
+    limits: "Limits | None" = None,
 ) -> SearchResult:
     """Search the index with a file, volume or series folder; results aggregate over its slices.
 
     `same_patient` (with by series or study): the other series or studies of the patient whose series matches best.
+    `limits`: the reading limits of the query file (as `scan`'s options; the defaults without).
     """
     from retrieval.io import DicomWeb
 
-    embedded, kept = query_embeddings(metric, path, identity, slice_index)
+    embedded, kept = query_embeddings(metric, path, identity, slice_index, limits)
     name, alpha = path.name if isinstance(path, DicomWeb) else str(path), float(np.mean(embedded.alpha))
     result = partial(SearchResult, name, len(kept), alpha)
     if by not in GROUPED:

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from retrieval.cli.common import (
-    MAX_K, CatalogOpt, IndexDirOpt, JsonOpt, ManifestOpt, PasswordFileOpt, PatientRegexOpt, SinceOpt, StudyOpt, TokenFileOpt, UserOpt, fail, file_path,
-    identity_options, open_index, sources,
+    LIMITS, MAX_K, CatalogOpt, IndexDirOpt, JsonOpt, ManifestOpt, MaxFileMbOpt, MaxSecondsPerFileOpt, MaxSlicePixelsOpt, MaxSlicesPerFileOpt,
+    PasswordFileOpt, PatientRegexOpt, SinceOpt, StudyOpt, TokenFileOpt, UserOpt, fail, file_path, identity_options, limits_options, open_index, sources,
 )
 
 def search(
@@ -34,6 +34,10 @@ def search(
     auth_token_file: TokenFileOpt = None,
     user: UserOpt = None,
     password_file: PasswordFileOpt = None,
+    max_slice_pixels: MaxSlicePixelsOpt = LIMITS.max_slice_pixels,
+    max_slices_per_file: MaxSlicesPerFileOpt = LIMITS.max_slices_per_file,
+    max_file_mb: MaxFileMbOpt = LIMITS.max_file_mb,
+    seconds_per_file: MaxSecondsPerFileOpt = LIMITS.seconds_per_file,
 ) -> None:
     """Find the patients (and their slices) that look most like the query, optionally only good-quality slices."""
     import json
@@ -50,11 +54,12 @@ def search(
     by = "study" if same_patient and by == "patient" else by
     modality = modality.upper() if modality else None
     identity = identity_options(manifest, patient_regex, modality)
+    limits = limits_options(max_slice_pixels, max_slices_per_file, max_file_mb, seconds_per_file)
     with open_index(index_dir, catalog=catalog) as directory:
         try:
             metric = directory.embedder(checkpoint, device, backend)
             result = search_path(directory, metric, source, identity, slice_index=slice_index, k=k, by=by, max_alpha=max_alpha,
-                                 modality=modality, exclude_patients=exclude_patient or (), same_patient=same_patient)
+                                 modality=modality, exclude_patients=exclude_patient or (), same_patient=same_patient, limits=limits)
         except (ValueError, FileNotFoundError, IndexMismatch, SourceUnavailable) as exc:
             fail(str(exc))
     if json_out:

@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-from retrieval.cli.common import IndexDirOpt, fail
+from retrieval.cli.common import (
+    LIMITS, IndexDirOpt, MaxFileMbOpt, MaxSecondsPerFileOpt, MaxSlicePixelsOpt, MaxSlicesPerFileOpt, fail, limits_options,
+)
 
 
 def serve(
@@ -22,6 +24,10 @@ def serve(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     backend: Annotated[str, typer.Option(help="auto (ONNX Runtime on CPU, torch with --device cuda), onnx or torch: as `retrieval search`.")] = "auto",
     threads: Annotated[int, typer.Option(min=1, help="FAISS (and torch-backend) threads per process; requests run side by side, so 1 is fastest on shared cores.")] = 1,
+    max_slice_pixels: MaxSlicePixelsOpt = LIMITS.max_slice_pixels,
+    max_slices_per_file: MaxSlicesPerFileOpt = LIMITS.max_slices_per_file,
+    max_file_mb: MaxFileMbOpt = LIMITS.max_file_mb,
+    seconds_per_file: MaxSecondsPerFileOpt = LIMITS.seconds_per_file,
 ) -> None:
     """Serve a web page and a JSON API over an index: search by upload, patients, QC, thumbnails, metrics."""
     import os
@@ -35,11 +41,13 @@ def serve(
         fail(f"{token_file}: no such token file")
     if pseudonymise and token_file is None:
         fail("--pseudonymise needs --token-file: its key is kept in the token file's folder")
+    limits = limits_options(max_slice_pixels, max_slices_per_file, max_file_mb, seconds_per_file)
     if not (index_dir / "manifest.json").is_file():
         fail(f"{index_dir}: no index here (no manifest.json); build one with `retrieval index ARCHIVE --index {index_dir}`")
     config = ServeConfig(index=str(index_dir.resolve()), checkpoint=str(checkpoint.resolve()) if checkpoint else None, device=device, backend=backend,
                          token_file=str(token_file.resolve()) if token_file else None, pseudonymise=pseudonymise,
-                         max_upload_mb=max_upload_mb, threads=threads)
+                         max_upload_mb=max_upload_mb, threads=threads, max_slice_pixels=limits.max_slice_pixels,
+                         max_slices_per_file=limits.max_slices_per_file, max_file_mb=limits.max_file_mb, seconds_per_file=limits.seconds_per_file)
     try:
         config.token()
         config.pseudonym_key()

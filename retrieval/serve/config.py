@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from retrieval.checkpoint import new_patient_key
+from retrieval.io.limits import Limits
 
 ENVIRONMENT = "RETRIEVAL_SERVE_CONFIG"
 KEY_NAME = "pseudonym.key"  # the pseudonymisation key lives beside the token file
@@ -31,6 +32,14 @@ class ServeConfig:
     max_upload_mb: float = 512.0
     threads: int = 1
     reload_every_s: float = 1.0
+    max_slice_pixels: int = Limits.max_slice_pixels  # reading limits of an uploaded query, as `scan`'s options
+    max_slices_per_file: int = Limits.max_slices_per_file
+    max_file_mb: int = Limits.max_file_mb
+    seconds_per_file: float = Limits.seconds_per_file
+
+    def limits(self) -> Limits:
+        """The reading limits of uploaded queries."""
+        return Limits(self.max_slice_pixels, self.max_slices_per_file, self.max_file_mb, self.seconds_per_file)
 
     def token(self) -> str | None:
         """The bearer token from the token file (None without one)."""

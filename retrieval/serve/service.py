@@ -149,7 +149,8 @@ class ServerState:
             excluded = [real for real in (self.pseudonyms.real(p, patients) for p in options.exclude_patients) if real is not None]
             try:
                 result = search_path(directory, self.metric, target, identity, slice_index=options.slice_index, k=options.k, by=options.by,
-                                     max_alpha=options.max_alpha, modality=options.modality, exclude_patients=excluded)
+                                     max_alpha=options.max_alpha, modality=options.modality, exclude_patients=excluded,
+                                     limits=self.config.limits())
             except (ValueError, FileNotFoundError) as exc:
                 raise BadQuery(str(exc).replace(f"{upload.folder}{os.sep}", "").replace(str(upload.folder), "the upload").replace("--modality", "modality")) from None
             body = result.as_dict()
@@ -167,7 +168,7 @@ class ServerState:
         """A data: URL of the query slice searched with (the given one, else the middle one), since the upload is deleted."""
         from retrieval.io import read_path
 
-        slices = read_path(target, identity, isolated=True)
+        slices = read_path(target, identity, limits=self.config.limits(), isolated=True)
         chosen = pick(slices, slices[0].series_id, slice_index) if slice_index is not None else slices[len(slices) // 2]
         if chosen is None or chosen.modality not in ("CT", "MR"):
             return None

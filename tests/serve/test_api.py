@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydicom.data import get_testdata_file
 from serve_support import TCGA, TOKEN, running
 from typer.testing import CliRunner
 
@@ -137,8 +138,10 @@ def test_bad_search_fields_are_422_naming_the_field(archive, client, fields, rea
 
 
 def test_uploads_over_the_limit_are_refused(archive, served_index, token_file) -> None:
+    """Over --max-upload-mb: 413 before or while the body streams in. Within it but over a reading limit
+    (--max-slices-per-file here): 422 naming the option."""
     query = archive / TCGA.format("0001_AGE_0069")  # 0.50 MiB
-    config = ServeConfig(index=str(served_index), token_file=str(token_file), max_upload_mb=0.4)
+    config = ServeConfig(index=str(served_index), token_file=str(token_file), max_upload_mb=0.4, max_slices_per_file=2)
     before = upload_folders()
     with running(create_app(config)) as base, httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as session:
         declared = upload(session, query)
@@ -151,7 +154,9 @@ def test_uploads_over_the_limit_are_refused(archive, served_index, token_file) -
 
         streamed = session.post("/api/search", content=chunks(), headers={"Content-Type": body.headers["Content-Type"]})
         assert streamed.status_code == 413 and "over the limit" in streamed.json()["error"]
-        small = upload(session, archive / "mr/myops/102_C0.nii.gz", {"modality": "MR"})  # 0.33 MiB: under the limit
+        volume = upload(session, archive / "mr/myops/102_C0.nii.gz", {"modality": "MR"})  # 0.33 MiB, 3 slices
+        assert volume.status_code == 422 and volume.json()["error"] == "102_C0.nii.gz: 3 slices in one file, above --max-slices-per-file 2"
+        small = upload(session, Path(get_testdata_file("CT_small.dcm")))  # 38 KiB, 1 slice: under both
         assert small.status_code == 200, small.text
     assert upload_folders() == before
 
