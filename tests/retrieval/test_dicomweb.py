@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -93,6 +94,13 @@ def test_index_from_dicomweb_equals_index_from_the_files_and_a_rerun_fetches_not
     again = build_index([orthanc.source], tmp_path / "from_pacs", identity, checkpoint=checkpoint, workers=1, show_progress=False)
     assert (again.series_indexed, again.series_unchanged, again.slices_added) == (0, 5, 0)
     assert orthanc.series_retrieved() == 5, "an unchanged series (same UID, same instances) is not fetched again"
+
+    study = pydicom.dcmread(archive / STUDIES[2], stop_before_pixels=True).StudyInstanceUID
+    searches = [CliRunner().invoke(app, ["search", query, *options, "--index", str(tmp_path / "from_files"), "-k", "3", "--json"])
+                for query, options in ((orthanc.source, ["--study", study]), (str(archive / STUDIES[2]), []))]
+    assert all(done.exit_code == 0 for done in searches), [done.output for done in searches]
+    remote, local = (json.loads(done.stdout)["results"] for done in searches)  # the PACS query is fetched in a reader process
+    assert [(m["patient_id"], round(m["distance"], 5)) for m in remote] == [(m["patient_id"], round(m["distance"], 5)) for m in local]
 
 
 def test_a_series_added_is_picked_up_and_a_changed_one_redone(archive, tmp_path, orthanc, checkpoint) -> None:
