@@ -7,6 +7,7 @@ import hmac
 import json
 import os
 import secrets
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,19 +68,49 @@ def load_checkpoint(path: str | Path | None = None) -> tuple[DisentangledSiamese
     path = Path(path) if path is not None else DEFAULT_CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt files
-        first = (str(exc).strip().splitlines() or [""])[0][:160]  # torch's unpickling errors run to a dozen lines
-        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first})") from exc
-    if not isinstance(blob, dict) or "state_dict" not in blob or "config" not in blob:
-        raise ValueError(f"{path}: not a checkpoint of this project (expected keys 'state_dict' and 'config')")
+    blob = read_weights(path)
+    if not isinstance(blob, dict) or not isinstance(blob.get("state_dict"), dict) or not isinstance(blob.get("config"), dict):
+        raise ValueError(f"{path}: not a checkpoint of this project (expected a dict 'state_dict' and a dict 'config')")
     config = blob["config"]
     model = DisentangledSiamese(config.get("backbone", "resnet50"), config.get("anatomy_dim", 128), config.get("noise_dim", 64),
                                 invariance=config.get("invariance", "none"), pooling=config.get("pooling", "avg"),
                                 layout=float(config.get("layout", 0.0)), layout_map=config.get("layout_map", "intensity"))
+    problem = fit_problem(model.state_dict(), blob["state_dict"])
+    if problem:
+        raise ValueError(f"{path}: its weights do not fit the {config.get('backbone', 'resnet50')} model its config describes ({problem})")
     model.load_state_dict(blob["state_dict"])
     return model.eval(), config
+
+
+def read_weights(path: str | Path) -> Any:
+    """What torch.save wrote to `path`, loaded without running code from it (weights_only); ValueError in one line
+    when the file is not one torch can load that way."""
+    import torch
+
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a checkpoint (torch.save writes a zip archive; this file is not one)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt files
+        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {_load_problem(exc)})") from exc
+
+
+def fit_problem(expected: dict[str, Any], given: dict[str, Any]) -> str:
+    """Why weights do not fit a model, counted (missing, unexpected and other-shaped tensors, one named each), or ''."""
+    missing = [name for name in expected if name not in given]
+    unexpected = [name for name in given if name not in expected]
+    shaped = [name for name in expected if name in given and tuple(getattr(given[name], "shape", ())) != tuple(expected[name].shape)]
+    parts = [f"{len(names)} {what}, first {names[0]}" for names, what in ((missing, "missing"), (unexpected, "unexpected"), (shaped, "of another shape")) if names]
+    return "; ".join(parts)
+
+
+def _load_problem(exc: Exception) -> str:
+    """The line of torch.load's error that says what is wrong: its unpickler's finding (the text around it advises
+    loading with weights_only=False, which would run code from the file), else its first line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    marker = next((n for n, line in enumerate(lines) if line.startswith("WeightsUnpickler error:")), None)
+    found = lines[marker].removeprefix("WeightsUnpickler error:").strip() or (lines[marker + 1] if marker + 1 < len(lines) else "") if marker is not None else ""
+    return (found or (lines[0] if lines else ""))[:160]
 
 
 def file_sha256(path: str | Path) -> str:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import models
 
+from retrieval.checkpoint import fit_problem, read_weights
 from retrieval.embeddings import LAYOUT_SIDE
 
 # name → (torchvision constructor, feature size, torchvision weights enum name)
@@ -72,7 +73,10 @@ class DisentangledSiamese(nn.Module):
         self.backbone_name = backbone
         self.encoder = constructor(weights=None)
         if pretrained is not None:
-            state = _imagenet_state(backbone) if str(pretrained) == "imagenet" else torch.load(pretrained, map_location="cpu", weights_only=True)
+            state = _imagenet_state(backbone) if str(pretrained) == "imagenet" else read_weights(pretrained)
+            problem = fit_problem(self.encoder.state_dict(), state) if isinstance(state, dict) else "not a dict of tensors"
+            if problem:
+                raise ValueError(f"{pretrained}: not torchvision {backbone} weights ({problem})")
             self.encoder.load_state_dict(state)
         self.encoder.fc = nn.Identity()
         self.encoder.avgpool = nn.AdaptiveAvgPool2d(POOLINGS[pooling])  # torchvision flattens what it returns

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from eval.baselines.base import Baseline, BaselineUnavailable, Stats
+from retrieval.checkpoint import fit_problem, read_weights
 
 HUB_FILES = (
     "dino_deitsmall16_pretrain.pth",
@@ -75,21 +76,22 @@ def load_vit(path: Path) -> torch.nn.Module:
     """A torchvision VisionTransformer (class-token output, no head) with the architecture and weights in `path`."""
     from torchvision.models import VisionTransformer
 
+    loaded = read_weights(path)  # one-line ValueError for a file torch cannot load safely
     try:
-        state = torchvision_keys(torch.load(path, map_location="cpu", weights_only=True))
+        state = torchvision_keys(loaded)
         width, _, patch, _ = state["conv_proj.weight"].shape
         tokens = state["encoder.pos_embedding"].shape[1] - 1
         layers = sum(1 for key in state if key.endswith(".ln_1.weight"))
         mlp = state["encoder.layers.encoder_layer_0.mlp.0.weight"].shape[0]
-    except Exception as exc:  # unreadable file or not a ViT: say which and why
-        raise ValueError(f"{path}: not a readable DINO ViT checkpoint ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # not a ViT: say which key or shape is missing
+        raise ValueError(f"{path}: not a DINO ViT checkpoint ({type(exc).__name__}: {exc})") from exc
     side = math.isqrt(tokens)
     model = VisionTransformer(side * patch, patch, layers, max(1, width // HEAD_WIDTH), width, mlp)
     model.heads = torch.nn.Identity()
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: weights do not fit a ViT ({str(exc).splitlines()[0]})") from exc
+    problem = fit_problem(model.state_dict(), state)
+    if problem:
+        raise ValueError(f"{path}: weights do not fit a ViT ({problem})")
+    model.load_state_dict(state, strict=True)
     return model.eval()
 
 

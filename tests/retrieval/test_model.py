@@ -59,6 +59,8 @@ def test_pretrained_loads_local_torchvision_weights(tmp_path: Path) -> None:
     torch.save(reference.state_dict(), weights)
     built = DisentangledSiamese("resnet18", pretrained=weights)
     assert torch.equal(built.encoder.conv1.weight, reference.conv1.weight)
+    with pytest.raises(ValueError, match=r"resnet18.pth: not torchvision resnet50 weights \(\d+ missing, first layer1\.0\.conv3\.weight; \d+ of another shape"):
+        DisentangledSiamese("resnet50", pretrained=weights)  # ResNet-18 weights for a ResNet-50, in one line
 
 
 def test_quickstart_loads_a_whole_checkpoint_into_the_default_model(model: DisentangledSiamese, tmp_path: Path) -> None:
@@ -82,13 +84,21 @@ def test_load_checkpoint_rejects_missing_and_foreign_files(tmp_path: Path) -> No
         load_checkpoint(tmp_path / "absent.pt")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a readable checkpoint"):
+    with pytest.raises(ValueError, match=r"junk.pt: not a checkpoint \(torch.save writes a zip archive; this file is not one\)$"):
         load_checkpoint(junk)
     unsafe = tmp_path / "unsafe.pt"
     torch.save(argparse.Namespace(weights=1), unsafe)  # a global weights_only refuses, in torch's dozen-line message
     with pytest.raises(ValueError, match="not a readable checkpoint") as refused:
         load_checkpoint(unsafe)
-    assert "\n" not in str(refused.value)
+    assert "\n" not in str(refused.value) and "argparse.Namespace" in str(refused.value)  # the unpickler's finding, not its advice
+    assert "weights_only" not in str(refused.value)
+    saved = save_checkpoint(tmp_path / "r18.pt", DisentangledSiamese("resnet18"), {"backbone": "resnet18", "size": 48})
+    blob = torch.load(saved, weights_only=True)
+    blob["config"]["backbone"] = "resnet50"  # a config that does not describe its weights
+    torch.save(blob, tmp_path / "mislabelled.pt")
+    with pytest.raises(ValueError, match=r"its weights do not fit the resnet50 model its config describes \(\d+ missing, first encoder\.") as refused:
+        load_checkpoint(tmp_path / "mislabelled.pt")
+    assert "\n" not in str(refused.value) and len(str(refused.value)) < 300
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(1)}, foreign)
     with pytest.raises(ValueError, match="not a checkpoint of this project"):
