@@ -11,8 +11,10 @@ Identity with a large manifest) travel to each reader process once and are passe
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import multiprocessing
+import os
 import signal
 import sys
 import threading
@@ -76,8 +78,28 @@ def warm() -> None:
             pass
 
 
+def _die_with_caller() -> None:
+    """Make a reader stuck in a C call end when its caller is killed. multiprocessing hands every child of the fork
+    server a copy of the caller's keep-alive pipe to it (so children could fork in turn; a reader never does), which
+    keeps the fork server, the reader's parent, running after the caller dies: close that copy, and on Linux have
+    the kernel kill this reader when the fork server ends (PR_SET_PDEATHSIG)."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    alive = getattr(server, "_forkserver_alive_fd", None)
+    if isinstance(alive, int):
+        os.close(alive)
+        server._forkserver_alive_fd = None  # type: ignore[union-attr]
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
 def _serve(connection: Connection, shared: tuple[Any, ...]) -> None:
     """The reader process: answer (fn, args) requests with (True, result) or (False, exception) until the caller hangs up."""
+    _die_with_caller()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle; it then stops this process
     while True:
         try:

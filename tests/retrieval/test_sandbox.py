@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -125,3 +127,18 @@ def test_scan_goes_on_when_its_reader_process_is_killed(tmp_path: Path) -> None:
     read = sorted(s["series_id"] for p in report["patients"] for s in p["series"])
     assert read[:5] == [f"{volumes}#t{t}" for t in (0, 1, 3, 4, 5)] and len(read) == 6  # and the CT slice
     assert killed and killed[0] not in _readers()
+
+
+def test_a_reader_stuck_in_a_c_call_does_not_outlive_a_killed_caller() -> None:
+    """kill -9 of the caller while its reader sleeps in C: the fork server ends with the caller and the kernel ends the reader."""
+    script = ("import os, sys, time\nfrom retrieval.io.sandbox import Sandbox\nsandbox = Sandbox()\n"
+              "print(sandbox.call(os.getpid, seconds=60), flush=True)\nsandbox.call(time.sleep, 600, seconds=900)\n")
+    caller = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    reader = int(caller.stdout.readline())
+    time.sleep(0.2)  # the reader is in its sleep
+    caller.kill()
+    caller.wait()
+    deadline = time.monotonic() + 30
+    while not _gone(reader):
+        assert time.monotonic() < deadline, "the reader outlived its caller"
+        time.sleep(0.01)
