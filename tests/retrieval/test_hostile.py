@@ -116,7 +116,9 @@ def test_limits_refuse_real_files_above_them_and_name_the_option(tmp_path: Path)
 def test_reads_in_the_main_thread_stop_at_the_per_file_time_limit(tmp_path: Path) -> None:
     """A read still running in Python code at the limit (a parser loop that never ends) is stopped and skipped."""
     volume = tmp_path / "volume.nii.gz"
-    nib.save(nib.Nifti1Image(np.zeros((256, 256, 64), np.int16), np.eye(4)), volume)
+    # random voxels: inflating them takes tens of ms of user CPU, which the 1 ms limit counts (zeros inflate so fast that
+    # a read made mostly of page faults, system time, could finish before the timer's first tick)
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).integers(0, 4096, (256, 256, 64)).astype(np.int16), np.eye(4)), volume)
     (item,) = iter_slices([volume], limits=Limits(seconds_per_file=0.001))
     assert isinstance(item, Skipped) and "reading took longer than the per-file time limit (0.001 s of CPU)" in item.reason
     assert sum(isinstance(s, Slice) for s in iter_slices([volume])) == 64
