@@ -143,6 +143,9 @@ def link(directories: Sequence["IndexDirectory"], names: Sequence[str], *, thres
     if len(hashes) > 1:
         raise ValueError(f"{names[1]}: built with another checkpoint than {names[0]}; their embeddings cannot be compared (re-index one of them)")
     sides = [Side.load(d, name) for d, name in zip(directories, names)]
+    empty = [side.name for side in sides if not side.rows]
+    if empty:
+        raise ValueError(f"{empty[0]}: the index holds no slices to link; index an archive into it first")
     within = [chamfer(side, side) for side in sides]
     calibration = calibrate([labelled_pairs(side, d) for side, d in zip(sides, within)], false_rate, threshold)
     a, b = sides[0], sides[-1]

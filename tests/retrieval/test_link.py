@@ -118,3 +118,11 @@ def test_two_indexes_pair_the_same_subjects_under_new_ids(built) -> None:
     assert shared == {Path(rel).name for rel in RENAMED}, "the same files in two datasets are duplicates across them"
     calibrated = run("--index", str(built["a"]), "--index", str(built["b"]))
     assert calibrated["calibration"]["target"] == 0.001 and truth <= {(p["a"]["patient_id"], p["b"]["patient_id"]) for p in calibrated["pairs"]}
+
+
+def test_an_empty_index_is_refused_in_one_line(tmp_path) -> None:
+    (tmp_path / "archive").mkdir()
+    (tmp_path / "archive" / "notes.txt").write_text("no images here\n")
+    build_index([tmp_path / "archive"], tmp_path / "idx", Identity(), workers=0, show_progress=False)
+    result = CliRunner().invoke(app, ["link", "--index", str(tmp_path / "idx")])
+    assert result.exit_code == 2 and result.stderr == f"error: {tmp_path / 'idx'}: the index holds no slices to link; index an archive into it first\n"
