@@ -10,8 +10,8 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from retrieval.io import Identity, Limits, Series, Skipped, read_archive
-from retrieval.io.archive import load_series
-from retrieval.io.sandbox import ReaderCrashed, Sandbox
+from retrieval.io.archive import in_reader, load_series
+from retrieval.io.sandbox import Sandbox
 
 Progress = Callable[[str, str], None]  # (event: "file" | "series", path)
 
@@ -32,16 +32,6 @@ def _series_entry(series: Series, read_pixels: bool, limits: Limits | None = Non
         entry["value_range"] = [float(min(v.min() for v in finite if v.size)), float(max(v.max() for v in finite if v.size))]
     entry["non_finite_pixels"] = sum(s.pixels.size - v.size for s, v in zip(slices, finite))
     return entry, skipped
-
-
-def _guarded_entry(series: Series, read_pixels: bool, limits: Limits, sandbox: Sandbox | None) -> tuple[dict[str, Any], list[Skipped]]:
-    """`_series_entry` in the sandbox's reader process when there is one; a reader that crashes or hangs skips the series."""
-    if sandbox is None:
-        return _series_entry(series, read_pixels, limits)
-    try:
-        return sandbox.call(_series_entry, series, read_pixels, limits, seconds=limits.wall_seconds(len(series.files)))
-    except ReaderCrashed as exc:
-        return {"n_slices": 0}, [Skipped(series.path, str(exc))]
 
 
 def scan_archive(
@@ -72,7 +62,8 @@ def scan_archive(
                 continue
             if progress:
                 progress("series", item.path)
-            entry, problems = _guarded_entry(item, read_pixels, limits, sandbox)
+            outcome = in_reader(sandbox, _series_entry, item, read_pixels, limits, limits=limits)
+            entry, problems = ({"n_slices": 0}, [outcome]) if isinstance(outcome, Skipped) else outcome
             skipped.extend(problems)
             if entry["n_slices"]:
                 patients[item.patient_id].append(entry)

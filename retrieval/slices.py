@@ -14,8 +14,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from retrieval.io import Identity, Limits, Series, Skipped, read_archive
-from retrieval.io.archive import load_series
-from retrieval.io.sandbox import ReaderCrashed, Sandbox
+from retrieval.io.archive import in_reader, load_series
+from retrieval.io.sandbox import Sandbox
 from retrieval.preprocess import is_empty, native_view, to_grid
 
 FIELDS = ("images", "patients", "modalities", "sources", "datasets", "series", "factors", "native", "native_factors")  # the cache's arrays, in SliceSet order
@@ -94,10 +94,8 @@ def load_slices(
             if isinstance(item, Skipped):
                 skipped = [item]
             else:
-                try:
-                    made, skipped = sandbox.call(series_rows, item, size, native_views, len(rows), limits, seconds=limits.wall_seconds(len(item.files)))
-                except ReaderCrashed as exc:
-                    made, skipped = [], [Skipped(item.path, str(exc))]
+                outcome = in_reader(sandbox, series_rows, item, size, native_views, len(rows), limits, limits=limits)
+                made, skipped = ([], [outcome]) if isinstance(outcome, Skipped) else outcome
                 rows.extend(made)
             for problem in skipped if on_skip is not None else ():
                 on_skip(problem)

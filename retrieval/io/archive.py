@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from retrieval.io.dicom import Frame, dataset_slices, group_series, read_header
 from retrieval.io.dicomweb import DicomWeb, is_remote
@@ -19,6 +19,7 @@ from retrieval.io.sandbox import ReaderCrashed, Sandbox
 from retrieval.io.slices import Series, Skipped, Slice
 
 PathLike = str | os.PathLike[str]
+T = TypeVar("T")
 Source = PathLike | DicomWeb  # a file or folder, or a DICOMweb server (`dicomweb:http://…` strings too)
 
 
@@ -151,15 +152,24 @@ def _read_root(
         yield from items
 
 
+def in_reader(sandbox: Sandbox | None, fn: Callable[..., T], series: Series, *args: Any, limits: Limits) -> T | Skipped:
+    """`fn(series, *args)` in the sandbox's reader process under the series' wall-time limit (in this process without a
+    sandbox); a Skipped naming the series when its reader died or overran."""
+    if sandbox is None:
+        return fn(series, *args)
+    try:
+        return sandbox.call(fn, series, *args, seconds=limits.wall_seconds(len(series.files)))
+    except ReaderCrashed as exc:
+        return Skipped(series.path, str(exc))
+
+
 def load_series(series: Series, limits: Limits | None = None, sandbox: Sandbox | None = None) -> tuple[list[Slice], list[Skipped]]:
     """A series' slices and the files it could not use, read under the per-file time limit (× its files), in the
     sandbox's reader process when there is one (a crash or hang there skips the series with the reason)."""
     limits = limits or Limits()
     if sandbox is not None:
-        try:
-            return sandbox.call(load_series, series, limits, seconds=limits.wall_seconds(len(series.files)))
-        except ReaderCrashed as exc:
-            return [], [Skipped(series.path, str(exc))]
+        outcome = in_reader(sandbox, load_series, series, limits, limits=limits)
+        return ([], [outcome]) if isinstance(outcome, Skipped) else outcome
     try:
         with time_limit(limits.seconds_per_file * max(1, len(series.files))):
             slices = series.load()
