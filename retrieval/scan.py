@@ -55,7 +55,7 @@ def scan_archive(
     skipped: list[Skipped] = []
     identity, limits = identity or Identity(), limits or Limits()
     on_file = (lambda path: progress("file", str(path))) if progress else None
-    with Sandbox(identity) if isolated else nullcontext() as sandbox:
+    with Sandbox(identity, memory=limits.reader_bytes()) if isolated else nullcontext() as sandbox:
         for item in read_archive(paths, identity, slice_axis=slice_axis, on_file=on_file, limits=limits, sandbox=sandbox):
             if isinstance(item, Skipped):
                 skipped.append(item)

@@ -89,7 +89,7 @@ def load_slices(
     one that crashes a C library or never returns is skipped with the reason, not the training run."""
     rows: list[Row] = []
     limits = Limits()
-    with Sandbox(identity) as sandbox:
+    with Sandbox(identity, memory=limits.reader_bytes()) as sandbox:
         for item in read_archive(paths, identity, sandbox=sandbox):
             if isinstance(item, Skipped):
                 skipped = [item]

@@ -235,14 +235,14 @@ def read_path(
 
     `isolated`: read in a reader process (retrieval.io.sandbox), for files from outside (an upload, a user's query).
     """
-    identity = identity or Identity()
+    identity, limits = identity or Identity(), limits or Limits()
     remote = remote_source(path)
     target = remote or Path(path)  # type: ignore[arg-type]
     if remote is None and not os.path.lexists(target):
         raise FileNotFoundError(f"{target}: no such file or folder")
     slices: list[Slice] = []
     problems: list[Skipped] = []
-    with Sandbox(identity) if isolated else nullcontext() as sandbox:
+    with Sandbox(identity, memory=limits.reader_bytes()) if isolated else nullcontext() as sandbox:
         for item in iter_slices([target], identity, slice_axis=slice_axis, limits=limits, sandbox=sandbox):
             (problems if isinstance(item, Skipped) else slices).append(item)  # type: ignore[arg-type]
     if not slices:

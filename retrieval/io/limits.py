@@ -40,6 +40,11 @@ class Limits:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
 
+    def reader_bytes(self) -> int:
+        """Memory a reader process may hold (retrieval.io.sandbox): four times --max-file-mb, for the decoded pixels,
+        their float32 slices and the copies a reader makes, plus 1 GiB for the interpreter and its libraries."""
+        return (4 * self.max_file_mb + 1024) * _MIB
+
     def wall_seconds(self, files: int = 1) -> float:
         """Wall time a reader process gets for `files` files before it is killed: twice their CPU limit plus 5 s for
         a busy machine, since a C library that hangs (a loop, a blocking read) never lets the CPU-time limit fire."""

@@ -5,8 +5,9 @@ A `Sandbox` keeps one reader process, forked from multiprocessing's fork server,
 fresh reader starts in about 10 ms and never inherits the caller's threads (torch's, ONNX Runtime's, a web server's).
 `call(fn, *args, seconds=…)` runs a picklable function there and returns what it returns or raises what it raises.
 When the process dies (a signal, the OOM killer) or has not answered within `seconds` of wall time, it is killed,
-`ReaderCrashed` says why in one line, and the next call starts a new one. Objects given to `Sandbox(*shared)` (an
-Identity with a large manifest) travel to each reader process once and are passed by reference afterwards.
+`ReaderCrashed` says why in one line, and the next call starts a new one; so does a reader that reaches its memory limit
+(`memory`, RLIMIT_DATA). Objects given to `Sandbox(*shared)` (an Identity with a large manifest) travel to each reader
+process once and are passed by reference afterwards.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+from retrieval.io.limits import size_text
 
 T = TypeVar("T")
 # what the fork server imports once, so a reader starts warm: the readers and the libraries they import on first use
@@ -97,9 +100,23 @@ def _die_with_caller() -> None:
             pass
 
 
-def _serve(connection: Connection, shared: tuple[Any, ...]) -> None:
+def _cap_memory(memory: int | None) -> None:
+    """Bound this reader's data memory (RLIMIT_DATA: heap and private mappings, where numpy's arrays live), so a codec
+    that allocates without end fails here instead of waking the OOM killer, which may pick another process."""
+    if memory is None:
+        return
+    try:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_DATA, (memory, memory))
+    except (ImportError, ValueError, OverflowError, OSError):  # no such limit here, or a limit past what the kernel takes
+        pass
+
+
+def _serve(connection: Connection, shared: tuple[Any, ...], memory: int | None) -> None:
     """The reader process: answer (fn, args) requests with (True, result) or (False, exception) until the caller hangs up."""
     _die_with_caller()
+    _cap_memory(memory)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle; it then stops this process
     while True:
         try:
@@ -109,6 +126,8 @@ def _serve(connection: Connection, shared: tuple[Any, ...]) -> None:
         args = [shared[a.index] if isinstance(a, _Shared) else a for a in args]
         try:
             outcome = (True, fn(*args))
+        except MemoryError:
+            outcome = (False, ReaderCrashed(f"the reader process reached its memory limit ({size_text(memory or 0)}) while reading it"))
         except Exception as exc:  # noqa: BLE001 - the caller gets the reader's exception as its own
             outcome = (False, exc)
         try:
@@ -132,8 +151,8 @@ def death(exitcode: int | None) -> str:
 class Sandbox:
     """One reader process at a time, restarted after a crash; use as a context manager, or call `close()`."""
 
-    def __init__(self, *shared: Any) -> None:
-        self.shared = shared
+    def __init__(self, *shared: Any, memory: int | None = None) -> None:
+        self.shared, self.memory = shared, memory
         self._process: Any = None
         self._connection: Connection | None = None
         self._mapping = False  # a `map` has requests queued: a `call` now would read their answers
@@ -217,6 +236,9 @@ class Sandbox:
             self._stop()
             return ReaderCrashed(f"reading did not finish within {seconds:g} s of wall time; the reader process was stopped")
         done, value = outcome
+        if not done and isinstance(value, ReaderCrashed):  # out of memory: that reader may be in any state; start afresh
+            self._stop()
+            return value
         if not done:
             raise value
         return value
@@ -225,7 +247,7 @@ class Sandbox:
         """Start a reader process holding the shared objects."""
         context = _context()
         ours, theirs = context.Pipe()
-        process = context.Process(target=_serve, args=(theirs, self.shared), daemon=True, name="retrieval-reader")
+        process = context.Process(target=_serve, args=(theirs, self.shared, self.memory), daemon=True, name="retrieval-reader")
         try:
             with _without_main():
                 process.start()

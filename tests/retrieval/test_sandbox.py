@@ -142,3 +142,20 @@ def test_a_reader_stuck_in_a_c_call_does_not_outlive_a_killed_caller() -> None:
     while not _gone(reader):
         assert time.monotonic() < deadline, "the reader outlived its caller"
         time.sleep(0.01)
+
+
+def allocated(size: int) -> int:
+    """Allocate `size` bytes in the reader and say how many (the answer stays small)."""
+    return len(np.ones(size, np.uint8))
+
+
+def test_a_reader_that_reaches_its_memory_limit_costs_one_call() -> None:
+    """A reader's data memory is capped (RLIMIT_DATA): an allocation past it is that call's ReaderCrashed, not the OOM killer's pick."""
+    with Sandbox(memory=512 << 20) as sandbox:
+        first = sandbox.call(os.getpid, seconds=60)
+        assert sandbox.call(allocated, 64 << 20, seconds=60) == 64 << 20
+        with pytest.raises(ReaderCrashed, match=r"^the reader process reached its memory limit \(512 MiB\) while reading it$"):
+            sandbox.call(allocated, 768 << 20, seconds=60)
+        assert sandbox.call(os.getpid, seconds=60) != first  # a fresh reader
+    with Sandbox() as sandbox:  # without a cap the same allocation is fine
+        assert sandbox.call(allocated, 768 << 20, seconds=60) == 768 << 20
