@@ -109,7 +109,8 @@ def plan(paths: Sequence[str | Path], identity: Identity, states: dict[str, tupl
     series_list: list[Series] = []
     skipped: list[Skipped] = []
     held_keys: set[str] = set()  # quarantined series: their rows go, and they are not missing
-    with Sandbox(identity, memory=(limits or Limits()).reader_bytes()) as sandbox:
+    limits = limits or Limits()
+    with Sandbox(identity, memory=limits.reader_bytes()) as sandbox:
         items = list(read_archive(paths, identity, limits=limits, sandbox=sandbox, exclude=exclude))
     for item in items:
         held = quarantine.reason(item.files) if quarantine and isinstance(item, Series) else None
