@@ -61,8 +61,6 @@ def save_checkpoint(path: str | Path, model: DisentangledSiamese, config: dict[s
 
 def load_checkpoint(path: str | Path | None = None) -> tuple[DisentangledSiamese, dict[str, Any]]:
     """Build the model a checkpoint describes and load its weights (None: the shipped checkpoint)."""
-    import torch
-
     from retrieval.model import DisentangledSiamese
 
     path = Path(path) if path is not None else DEFAULT_CHECKPOINT

@@ -136,7 +136,7 @@ def _serve(connection: Connection, shared: tuple[Any, ...], memory: int | None) 
             connection.send((False, RuntimeError(f"the reader's answer could not be sent back ({type(exc).__name__}: {exc})")))
 
 
-def death(exitcode: int | None) -> str:
+def _death(exitcode: int | None) -> str:
     """How a reader process ended, in words: the signal that killed it and what that usually means."""
     if exitcode is not None and exitcode < 0:
         try:
@@ -228,7 +228,7 @@ class Sandbox:
             answered = self._connection.poll(max(0.0, deadline - time.monotonic()))
             outcome = self._connection.recv() if answered else None
         except (EOFError, OSError):
-            return ReaderCrashed(death(self._stop()))
+            return ReaderCrashed(_death(self._stop()))
         except BaseException:  # KeyboardInterrupt while waiting: the reader goes with the caller
             self._stop()
             raise

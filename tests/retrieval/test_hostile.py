@@ -23,7 +23,7 @@ from pydicom.data import get_testdata_file
 
 from indexer.quarantine import Quarantine, Watchdog
 from retrieval.io import Limits, Skipped, Slice, iter_slices, read_archive
-from retrieval.io.hostile import SHAPES, build, read_or_skip
+from retrieval.io.hostile import build, read_or_skip
 
 SECONDS_PER_FILE = 2.0  # the bound per file, in CPU seconds (wall time on a shared machine measures the neighbours)
 SCAN_PEAK_MB = 1024  # the bound for a process over the whole corpus
