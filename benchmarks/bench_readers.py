@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from retrieval.io import Series, read_archive
+from retrieval.io import Series, read_archive, read_path
 from retrieval.io.sandbox import Sandbox
 from retrieval.preprocess import is_empty, prepare, to_grid
 from retrieval.scan import scan_archive
@@ -95,6 +95,11 @@ def _reader_processes(archive: str, repeats: int) -> None:
         inline = best(repeats, lambda: scan_archive([archive], read_pixels=pixels, isolated=False))
         isolated = best(repeats, lambda: scan_archive([archive], read_pixels=pixels))
         print(f"| {label} | {inline:.2f} | {isolated:.2f} | {isolated / inline:.2f} |")
+    queries = [s.files[0] for s in read_archive([archive]) if isinstance(s, Series) and s.n_slices][:: 40][:5]
+    inline = best(repeats, lambda: [read_path(q) for q in queries])
+    isolated = best(repeats, lambda: [read_path(q, isolated=True) for q in queries])  # a fresh reader per query, as `serve` reads an upload
+    print(f"a query read as `search` and `serve` read it ({len(queries)} files of the archive, each in a fresh reader): "
+          f"{isolated / len(queries) * 1000:.0f} ms a query against {inline / len(queries) * 1000:.0f} ms in this process")
 
 
 if __name__ == "__main__":
