@@ -121,8 +121,8 @@ def test_two_indexes_pair_the_same_subjects_under_new_ids(built) -> None:
 
 
 def test_an_empty_index_is_refused_in_one_line(tmp_path) -> None:
-    (tmp_path / "archive").mkdir()
-    (tmp_path / "archive" / "notes.txt").write_text("no images here\n")
-    build_index([tmp_path / "archive"], tmp_path / "idx", Identity(), workers=0, show_progress=False)
+    from indexer.manifest import new_manifest
+
+    IndexDirectory.open(tmp_path / "idx", new_manifest("a" * 64, tmp_path / "m.pt", {"backbone": "resnet18", "size": 64}, 64), writable=True).close()
     result = CliRunner().invoke(app, ["link", "--index", str(tmp_path / "idx")])
     assert result.exit_code == 2 and result.stderr == f"error: {tmp_path / 'idx'}: the index holds no slices to link; index an archive into it first\n"

@@ -274,13 +274,12 @@ def test_an_index_on_read_only_storage_answers_like_the_original(archive, index_
     assert cli("qc", "--index", str(frozen), "--above", "0.2") == cli("qc", "--index", str(index_dir), "--above", "0.2")
 
 
-def test_search_reads_the_query_under_the_limit_options(tmp_path) -> None:
+def test_search_reads_the_query_under_the_limit_options(shipped_index) -> None:
     """The query file is read under `scan`'s limit options: one over them is refused in one line naming the option."""
     from pydicom.data import get_testdata_file
 
     query = get_testdata_file("CT_small.dcm")
-    build_index([query], tmp_path / "idx", Identity(), workers=0, show_progress=False)
-    base = ["search", query, "--index", str(tmp_path / "idx")]
+    base = ["search", query, "--index", str(shipped_index)]
     refused = CliRunner().invoke(app, [*base, "--max-slice-pixels", "16383"])
     assert refused.exit_code == 2 and refused.stderr == f"error: {query}: slices of 128×128 = 16,384 pixels, above --max-slice-pixels 16,383\n"
     assert CliRunner().invoke(app, [*base, "--max-slice-pixels", "16384"]).exit_code == 0
