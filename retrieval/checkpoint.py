@@ -106,9 +106,11 @@ def _load_problem(exc: Exception) -> str:
     """The line of torch.load's error that says what is wrong: its unpickler's finding (the text around it advises
     loading with weights_only=False, which would run code from the file), else its first line."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    marker = next((n for n, line in enumerate(lines) if line.startswith("WeightsUnpickler error:")), None)
-    found = lines[marker].removeprefix("WeightsUnpickler error:").strip() or (lines[marker + 1] if marker + 1 < len(lines) else "") if marker is not None else ""
-    return (found or (lines[0] if lines else ""))[:160]
+    for number, line in enumerate(lines):
+        if line.startswith("WeightsUnpickler error:"):
+            finding = line.removeprefix("WeightsUnpickler error:").strip()
+            return (finding or (lines[number + 1] if number + 1 < len(lines) else ""))[:160]
+    return (lines[0] if lines else "")[:160]
 
 
 def file_sha256(path: str | Path) -> str:

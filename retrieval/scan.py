@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections import defaultdict
 from contextlib import nullcontext
@@ -27,11 +28,21 @@ def _series_entry(series: Series, read_pixels: bool, limits: Limits | None = Non
         return entry, []
     slices, skipped = load_series(series, limits)
     entry["n_slices"] = len(slices)
-    finite = [s.pixels[np.isfinite(s.pixels)] for s in slices]  # NaN outside a resampled field of view is not a value
-    if any(values.size for values in finite):
-        entry["value_range"] = [float(min(v.min() for v in finite if v.size)), float(max(v.max() for v in finite if v.size))]
-    entry["non_finite_pixels"] = sum(s.pixels.size - v.size for s, v in zip(slices, finite))
+    ranges = [_finite_range(s.pixels) for s in slices]  # NaN outside a resampled field of view is not a value
+    low, high = min((r[0] for r in ranges), default=math.inf), max((r[1] for r in ranges), default=-math.inf)
+    entry["value_range"] = [low, high] if low <= high else None
+    entry["non_finite_pixels"] = sum(r[2] for r in ranges)
     return entry, skipped
+
+
+def _finite_range(pixels: np.ndarray) -> tuple[float, float, int]:
+    """A slice's smallest and largest finite value and how many pixels are not finite ((inf, -inf, n) when none is);
+    the finite mask is made only for a slice whose plain min or max is not finite, so a normal slice costs two passes."""
+    low, high = float(pixels.min()), float(pixels.max())
+    if math.isfinite(low) and math.isfinite(high):
+        return low, high, 0
+    finite = np.isfinite(pixels)
+    return float(pixels.min(where=finite, initial=math.inf)), float(pixels.max(where=finite, initial=-math.inf)), int(pixels.size - finite.sum())
 
 
 def scan_archive(

@@ -153,6 +153,7 @@ class Sandbox:
 
     def __init__(self, *shared: Any, memory: int | None = None) -> None:
         self.shared, self.memory = shared, memory
+        self._refs = {id(value): _Shared(n) for n, value in enumerate(shared)}  # what a request sends in place of a shared object
         self._process: Any = None
         self._connection: Connection | None = None
         self._mapping = False  # a `map` has requests queued: a `call` now would read their answers
@@ -215,9 +216,8 @@ class Sandbox:
         if self._process is None:
             self._start()
         assert self._connection is not None
-        refs = {id(value): _Shared(n) for n, value in enumerate(self.shared)}
         try:
-            self._connection.send((fn, [refs.get(id(arg), arg) for arg in args]))
+            self._connection.send((fn, [self._refs.get(id(arg), arg) for arg in args]))
         except OSError:  # BrokenPipeError: the reader died reading an earlier request
             pass
 
